@@ -1,0 +1,136 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Condition types and reasons shared by every kind in this group.
+const (
+	// ConditionReady is True when the object's desired state is in effect in the broker.
+	ConditionReady = "Ready"
+
+	// ReasonReconciled means the broker holds what the spec declares.
+	ReasonReconciled = "Reconciled"
+	// ReasonBrokerError means a broker call failed; the message carries the broker's error.
+	ReasonBrokerError = "BrokerError"
+	// ReasonSecretConflict means a Secret with the chosen name exists and was not created by this object.
+	ReasonSecretConflict = "SecretConflict"
+	// ReasonInstanceIDConflict means another Instance already owns the broker-side instance id.
+	ReasonInstanceIDConflict = "InstanceIDConflict"
+	// ReasonDeleting means the object is being removed from the broker.
+	ReasonDeleting = "Deleting"
+)
+
+// Keys of the connection Secret an Instance generates. An application can mount the
+// Secret as its connection settings.
+const (
+	SecretKeyAccessKeyID     = "accessKeyId"
+	SecretKeyAccessKeySecret = "accessKeySecret"
+	SecretKeyInstanceID      = "instanceId"
+	SecretKeyHTTPEndpoint    = "httpEndpoint"
+	SecretKeyTCPEndpoint     = "tcpEndpoint"
+)
+
+// InstanceSpec defines the desired state of an Instance.
+// +kubebuilder:validation:XValidation:rule="has(self.instanceId) == has(oldSelf.instanceId) && (!has(self.instanceId) || self.instanceId == oldSelf.instanceId)",message="instanceId is immutable: applications address the instance by it"
+type InstanceSpec struct {
+	// instanceId is the broker-side id of the instance: the `ns` parameter of the mq-http
+	// SDKs and the namespace of the TCP clients (`instanceId%topic` on the wire). It
+	// defaults to MQ_INST_<namespace>_<name> (dots in the name become underscores), so an
+	// Instance deleted and applied again keeps the id its applications are configured
+	// with. Set it to keep the id of an instance migrated from a cloud console.
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:Pattern=`^[a-zA-Z0-9_-]+$`
+	InstanceID string `json:"instanceId,omitempty"`
+
+	// credentialsSecretName is the name of the Secret the operator generates in the
+	// Instance's namespace with the AccessKey pair and connection settings. It defaults to
+	// <name>-credentials. The operator never overwrites a Secret it did not create.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	CredentialsSecretName string `json:"credentialsSecretName,omitempty"`
+}
+
+// InstanceEndpoints are the addresses applications connect to.
+type InstanceEndpoints struct {
+	// http is the endpoint URL for the mq-http SDKs.
+	// +optional
+	HTTP string `json:"http,omitempty"`
+	// tcp is the name-server address (host:port) for the RocketMQ TCP clients.
+	// +optional
+	TCP string `json:"tcp,omitempty"`
+}
+
+// InstanceStatus defines the observed state of an Instance.
+type InstanceStatus struct {
+	// observedGeneration is the generation of the spec this status describes. It is
+	// written on every reconcile, whether it succeeded or not; the Ready condition says
+	// whether that generation took effect.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// instanceId is the broker-side id in effect.
+	// +optional
+	InstanceID string `json:"instanceId,omitempty"`
+
+	// endpoints are the addresses applications connect to.
+	// +optional
+	Endpoints InstanceEndpoints `json:"endpoints,omitempty"`
+
+	// credentialsSecret is the name of the Secret holding the AccessKey pair and the
+	// connection settings.
+	// +optional
+	CredentialsSecret string `json:"credentialsSecret,omitempty"`
+
+	// conditions describe the Instance's state. Ready is True once the broker serves
+	// the instance with the credentials in the Secret.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	// +kubebuilder:validation:MaxItems=8
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// Instance is a tenant of the embedded broker, like an instance in a cloud console: it
+// owns its topics, consumer groups and credentials, and sees no other instance's.
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=mqi;mqinstance,categories=orderly
+// +kubebuilder:printcolumn:name="Instance ID",type=string,JSONPath=`.status.instanceId`
+// +kubebuilder:printcolumn:name="HTTP",type=string,JSONPath=`.status.endpoints.http`
+// +kubebuilder:printcolumn:name="TCP",type=string,JSONPath=`.status.endpoints.tcp`,priority=1
+// +kubebuilder:printcolumn:name="Secret",type=string,JSONPath=`.status.credentialsSecret`,priority=1
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,priority=1
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type Instance struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// +optional
+	Spec InstanceSpec `json:"spec,omitempty"`
+	// +optional
+	Status InstanceStatus `json:"status,omitempty"`
+}
+
+// +kubebuilder:object:root=true
+
+// InstanceList contains a list of Instance.
+type InstanceList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []Instance `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&Instance{}, &InstanceList{})
+}
+
+// GetConditions returns the Instance's status conditions.
+func (i *Instance) GetConditions() []metav1.Condition { return i.Status.Conditions }
+
+// SetConditions replaces the Instance's status conditions.
+func (i *Instance) SetConditions(c []metav1.Condition) { i.Status.Conditions = c }

@@ -1,0 +1,356 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	mqv1alpha1 "github.com/orderly-dev/orderly/api/v1alpha1"
+	"github.com/orderly-dev/orderly/internal/broker"
+)
+
+const (
+	// InstanceFinalizer holds an Instance until its tenant is removed from the broker.
+	InstanceFinalizer = "mq.orderly.dev/broker-cleanup"
+
+	// instanceIDIndex indexes Instances by their effective broker-side id, to find
+	// two Instances claiming the same id without listing them all.
+	instanceIDIndex = "mq.orderly.dev/instance-id"
+)
+
+// BrokerAdmin is the part of the embedded broker the controllers reconcile into.
+type BrokerAdmin interface {
+	EnsureInstance(cfg broker.InstanceConfig) error
+	DeleteInstance(id string) error
+}
+
+// Endpoints are the broker addresses the operator advertises to applications.
+type Endpoints struct {
+	// HTTP is the mq-http endpoint URL, scheme://host:port.
+	HTTP string
+	// TCP is the name-server address, host:port.
+	TCP string
+}
+
+// InstanceReconciler reconciles an Instance into a broker tenant and its connection Secret.
+type InstanceReconciler struct {
+	client.Client
+	// APIReader reads around the cache, which holds only the Secrets this operator labels.
+	APIReader client.Reader
+	Scheme    *runtime.Scheme
+	Recorder  events.EventRecorder
+	Broker    BrokerAdmin
+	Endpoints Endpoints
+}
+
+// +kubebuilder:rbac:groups=mq.orderly.dev,resources=instances,verbs=get;list;watch;update;patch
+// +kubebuilder:rbac:groups=mq.orderly.dev,resources=instances/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=mq.orderly.dev,resources=instances/finalizers,verbs=update
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update;patch
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
+// Reconcile brings the broker tenant, the connection Secret and the status of one
+// Instance in line with its spec.
+func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ ctrl.Result, err error) {
+	inst := &mqv1alpha1.Instance{}
+	if err := r.Get(ctx, req.NamespacedName, inst); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	log := ctrl.LoggerFrom(ctx).WithValues("Instance", klog.KObj(inst))
+	ctx = ctrl.LoggerInto(ctx, log)
+
+	before := inst.DeepCopy()
+	defer func() {
+		// observedGeneration is written on every pass, failed or not: the Ready
+		// condition says whether this generation took effect.
+		inst.Status.ObservedGeneration = inst.Generation
+		err = errors.Join(err, r.patchStatus(ctx, before, inst))
+	}()
+
+	if !inst.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, r.reconcileDelete(ctx, inst)
+	}
+	return ctrl.Result{}, r.reconcileNormal(ctx, inst)
+}
+
+func (r *InstanceReconciler) reconcileNormal(ctx context.Context, inst *mqv1alpha1.Instance) error {
+	if controllerutil.AddFinalizer(inst, InstanceFinalizer) {
+		if err := r.Update(ctx, inst); err != nil {
+			return fmt.Errorf("failed to add finalizer: %w", err)
+		}
+	}
+
+	id := EffectiveInstanceID(inst)
+	if owner, err := r.instanceIDOwner(ctx, inst, id); err != nil {
+		return err
+	} else if owner != nil {
+		r.setReady(inst, metav1.ConditionFalse, mqv1alpha1.ReasonInstanceIDConflict,
+			fmt.Sprintf("instance id %q is already claimed by Instance %s; this Instance changes nothing in the broker", id, klog.KObj(owner)))
+		r.Recorder.Eventf(inst, nil, corev1.EventTypeWarning, mqv1alpha1.ReasonInstanceIDConflict, "Reconcile",
+			"Instance id %q is already claimed by Instance %s", id, klog.KObj(owner))
+		// The owner's deletion wakes this Instance through the index watch.
+		return nil
+	}
+
+	cred, err := r.ensureSecret(ctx, inst, id)
+	if err != nil {
+		var conflict *secretConflictError
+		if errors.As(err, &conflict) {
+			r.setReady(inst, metav1.ConditionFalse, mqv1alpha1.ReasonSecretConflict, conflict.Error())
+			r.Recorder.Eventf(inst, nil, corev1.EventTypeWarning, mqv1alpha1.ReasonSecretConflict, "Reconcile", "%s", conflict.Error())
+			// Terminal until the Secret changes; the Secret watch brings us back.
+			return nil
+		}
+		return err
+	}
+
+	if err := r.Broker.EnsureInstance(broker.InstanceConfig{ID: id, Credentials: []broker.Credential{cred}}); err != nil {
+		r.setReady(inst, metav1.ConditionFalse, mqv1alpha1.ReasonBrokerError, err.Error())
+		r.Recorder.Eventf(inst, nil, corev1.EventTypeWarning, mqv1alpha1.ReasonBrokerError, "Reconcile",
+			"Failed to declare instance %q in the broker: %v", id, err)
+		if errors.Is(err, broker.ErrInvalidArgument) {
+			return reconcile.TerminalError(err)
+		}
+		return fmt.Errorf("failed to declare instance %q: %w", id, err)
+	}
+
+	if inst.Status.InstanceID == "" {
+		r.Recorder.Eventf(inst, nil, corev1.EventTypeNormal, "Created", "Reconcile", "Instance %q is served by the broker", id)
+	}
+	inst.Status.InstanceID = id
+	inst.Status.CredentialsSecret = credentialsSecretName(inst)
+	inst.Status.Endpoints = mqv1alpha1.InstanceEndpoints{HTTP: r.Endpoints.HTTP, TCP: r.Endpoints.TCP}
+	r.setReady(inst, metav1.ConditionTrue, mqv1alpha1.ReasonReconciled, "The broker serves this instance")
+	return nil
+}
+
+func (r *InstanceReconciler) reconcileDelete(ctx context.Context, inst *mqv1alpha1.Instance) error {
+	if !controllerutil.ContainsFinalizer(inst, InstanceFinalizer) {
+		return nil
+	}
+	id := EffectiveInstanceID(inst)
+	owner, err := r.instanceIDOwner(ctx, inst, id)
+	if err != nil {
+		return err
+	}
+	// An Instance that lost an id conflict never created the tenant; removing it would
+	// take the tenant away from the Instance that owns it.
+	if owner == nil {
+		ctrl.LoggerFrom(ctx).Info("Deleting instance from the broker", "instanceId", id)
+		if err := r.Broker.DeleteInstance(id); err != nil {
+			r.setReady(inst, metav1.ConditionFalse, mqv1alpha1.ReasonBrokerError, err.Error())
+			return fmt.Errorf("failed to delete instance %q from the broker: %w", id, err)
+		}
+		r.Recorder.Eventf(inst, nil, corev1.EventTypeNormal, "Deleted", "Delete", "Instance %q removed from the broker", id)
+	}
+	controllerutil.RemoveFinalizer(inst, InstanceFinalizer)
+	if err := r.Update(ctx, inst); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	return nil
+}
+
+// instanceIDOwner returns the Instance that owns id if it is not inst: of all live
+// Instances claiming one id, the oldest owns it (ties broken by namespace/name), so
+// the outcome does not depend on reconcile order.
+func (r *InstanceReconciler) instanceIDOwner(ctx context.Context, inst *mqv1alpha1.Instance, id string) (*mqv1alpha1.Instance, error) {
+	var claimants mqv1alpha1.InstanceList
+	if err := r.List(ctx, &claimants, client.MatchingFields{instanceIDIndex: id}); err != nil {
+		return nil, fmt.Errorf("failed to list Instances claiming id %q: %w", id, err)
+	}
+	var owner *mqv1alpha1.Instance
+	for i := range claimants.Items {
+		c := &claimants.Items[i]
+		if c.UID != inst.UID && !c.DeletionTimestamp.IsZero() {
+			continue
+		}
+		if owner == nil || olderThan(c, owner) {
+			owner = c
+		}
+	}
+	if owner == nil || owner.UID == inst.UID {
+		return nil, nil
+	}
+	return owner, nil
+}
+
+func olderThan(a, b *mqv1alpha1.Instance) bool {
+	if !a.CreationTimestamp.Equal(&b.CreationTimestamp) {
+		return a.CreationTimestamp.Before(&b.CreationTimestamp)
+	}
+	return a.Namespace+"/"+a.Name < b.Namespace+"/"+b.Name
+}
+
+// secretConflictError reports a Secret with the chosen name that this Instance did not create.
+type secretConflictError struct{ name string }
+
+func (e *secretConflictError) Error() string {
+	return fmt.Sprintf("Secret %q exists and was not created by this Instance; the operator never overwrites it. Delete it or set spec.credentialsSecretName", e.name)
+}
+
+// ensureSecret makes sure the Instance's connection Secret exists, is controlled by
+// the Instance and carries current connection settings, and returns its AccessKey
+// pair. A Secret this Instance did not create is never touched.
+func (r *InstanceReconciler) ensureSecret(ctx context.Context, inst *mqv1alpha1.Instance, id string) (broker.Credential, error) {
+	key := types.NamespacedName{Namespace: inst.Namespace, Name: credentialsSecretName(inst)}
+	secret := &corev1.Secret{}
+	err := r.Get(ctx, key, secret)
+	if apierrors.IsNotFound(err) {
+		// The cache only sees Secrets this operator labels; ask the apiserver before
+		// concluding the name is free.
+		err = r.APIReader.Get(ctx, key, secret)
+	}
+	switch {
+	case apierrors.IsNotFound(err):
+		secret = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name}}
+	case err != nil:
+		return broker.Credential{}, fmt.Errorf("failed to get Secret %s: %w", key.Name, err)
+	case !metav1.IsControlledBy(secret, inst):
+		return broker.Credential{}, &secretConflictError{name: key.Name}
+	}
+
+	desired := secret.DeepCopy()
+	if desired.Labels == nil {
+		desired.Labels = map[string]string{}
+	}
+	maps.Copy(desired.Labels, secretLabels(inst))
+	desired.Type = corev1.SecretTypeOpaque
+	if desired.Data == nil {
+		desired.Data = map[string][]byte{}
+	}
+	if len(desired.Data[mqv1alpha1.SecretKeyAccessKeyID]) == 0 || len(desired.Data[mqv1alpha1.SecretKeyAccessKeySecret]) == 0 {
+		cred, err := newCredential()
+		if err != nil {
+			return broker.Credential{}, err
+		}
+		desired.Data[mqv1alpha1.SecretKeyAccessKeyID] = []byte(cred.AccessKeyID)
+		desired.Data[mqv1alpha1.SecretKeyAccessKeySecret] = []byte(cred.AccessKeySecret)
+	}
+	desired.Data[mqv1alpha1.SecretKeyInstanceID] = []byte(id)
+	desired.Data[mqv1alpha1.SecretKeyHTTPEndpoint] = []byte(r.Endpoints.HTTP)
+	desired.Data[mqv1alpha1.SecretKeyTCPEndpoint] = []byte(r.Endpoints.TCP)
+	if err := controllerutil.SetControllerReference(inst, desired, r.Scheme); err != nil {
+		return broker.Credential{}, fmt.Errorf("failed to own Secret %s: %w", key.Name, err)
+	}
+
+	cred := broker.Credential{
+		AccessKeyID:     string(desired.Data[mqv1alpha1.SecretKeyAccessKeyID]),
+		AccessKeySecret: string(desired.Data[mqv1alpha1.SecretKeyAccessKeySecret]),
+	}
+	log := ctrl.LoggerFrom(ctx).WithValues("Secret", key.Name)
+	if secret.CreationTimestamp.IsZero() {
+		log.Info("Creating credentials Secret")
+		if err := r.Create(ctx, desired); err != nil {
+			if apierrors.IsAlreadyExists(err) { // created by someone else since we looked
+				return broker.Credential{}, &secretConflictError{name: key.Name}
+			}
+			return broker.Credential{}, fmt.Errorf("failed to create Secret %s: %w", key.Name, err)
+		}
+		r.Recorder.Eventf(inst, nil, corev1.EventTypeNormal, "SecretCreated", "Reconcile", "Created credentials Secret %s", key.Name)
+		return cred, nil
+	}
+	if !equality.Semantic.DeepEqual(secret, desired) {
+		log.Info("Updating credentials Secret")
+		if err := r.Update(ctx, desired); err != nil {
+			return broker.Credential{}, fmt.Errorf("failed to update Secret %s: %w", key.Name, err)
+		}
+	}
+	return cred, nil
+}
+
+// EffectiveInstanceID is the broker-side id of inst: spec.instanceId, or one derived
+// from namespace and name. Namespaces hold no '_' or '.', so the first '_' after the
+// prefix separates namespace from name and distinct Instances get distinct ids.
+func EffectiveInstanceID(inst *mqv1alpha1.Instance) string {
+	if inst.Spec.InstanceID != "" {
+		return inst.Spec.InstanceID
+	}
+	return "MQ_INST_" + inst.Namespace + "_" + strings.ReplaceAll(inst.Name, ".", "_")
+}
+
+func credentialsSecretName(inst *mqv1alpha1.Instance) string {
+	if inst.Spec.CredentialsSecretName != "" {
+		return inst.Spec.CredentialsSecretName
+	}
+	return inst.Name + "-credentials"
+}
+
+// setReady sets the Ready condition for the Instance's current generation.
+func (r *InstanceReconciler) setReady(inst *mqv1alpha1.Instance, status metav1.ConditionStatus, reason, message string) {
+	meta.SetStatusCondition(&inst.Status.Conditions, metav1.Condition{
+		Type:               mqv1alpha1.ConditionReady,
+		Status:             status,
+		Reason:             reason,
+		Message:            message,
+		ObservedGeneration: inst.Generation,
+	})
+}
+
+// patchStatus writes inst's status if it differs from before's.
+func (r *InstanceReconciler) patchStatus(ctx context.Context, before, inst *mqv1alpha1.Instance) error {
+	if equality.Semantic.DeepEqual(before.Status, inst.Status) {
+		return nil
+	}
+	if err := r.Status().Patch(ctx, inst, client.MergeFrom(before)); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	return nil
+}
+
+// SetupWithManager registers the controller, its index and its watches.
+func (r *InstanceReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager) error {
+	if err := mgr.GetFieldIndexer().IndexField(ctx, &mqv1alpha1.Instance{}, instanceIDIndex, func(o client.Object) []string {
+		return []string{EffectiveInstanceID(o.(*mqv1alpha1.Instance))}
+	}); err != nil {
+		return fmt.Errorf("failed to index Instances by id: %w", err)
+	}
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&mqv1alpha1.Instance{}).
+		Owns(&corev1.Secret{}).
+		// Any change to an Instance wakes the others claiming its id, so a conflict
+		// resolves as soon as its owner goes away.
+		Watches(&mqv1alpha1.Instance{}, handler.EnqueueRequestsFromMapFunc(r.sameIDInstances),
+			builder.WithPredicates(predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
+				return !e.ObjectNew.GetDeletionTimestamp().IsZero()
+			}})).
+		Named("instance").
+		Complete(r)
+}
+
+func (r *InstanceReconciler) sameIDInstances(ctx context.Context, o client.Object) []reconcile.Request {
+	inst, ok := o.(*mqv1alpha1.Instance)
+	if !ok {
+		return nil
+	}
+	var list mqv1alpha1.InstanceList
+	if err := r.List(ctx, &list, client.MatchingFields{instanceIDIndex: EffectiveInstanceID(inst)}); err != nil {
+		return nil
+	}
+	var reqs []reconcile.Request
+	for _, other := range list.Items {
+		if other.UID != inst.UID {
+			reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&other)})
+		}
+	}
+	return reqs
+}

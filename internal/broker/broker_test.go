@@ -1,0 +1,98 @@
+package broker
+
+import (
+	"errors"
+	"slices"
+	"testing"
+)
+
+func TestEnsureInstanceIsIdempotentAndReplacesCredentials(t *testing.T) {
+	b := New()
+	cfg := InstanceConfig{ID: "MQ_INST_a", Credentials: []Credential{{AccessKeyID: "ak1", AccessKeySecret: "s1"}}}
+	for range 2 {
+		if err := b.EnsureInstance(cfg); err != nil {
+			t.Fatalf("EnsureInstance: %v", err)
+		}
+	}
+	if got := b.Instances(); len(got) != 1 || got[0].ID != "MQ_INST_a" {
+		t.Fatalf("Instances() = %+v, want one MQ_INST_a", got)
+	}
+	inst, secret, ok := b.LookupAccessKey("ak1")
+	if !ok || inst != "MQ_INST_a" || secret != "s1" {
+		t.Fatalf("LookupAccessKey(ak1) = %q, %q, %v", inst, secret, ok)
+	}
+
+	// Rotating the key pair drops the old key at once.
+	cfg.Credentials = []Credential{{AccessKeyID: "ak2", AccessKeySecret: "s2"}}
+	if err := b.EnsureInstance(cfg); err != nil {
+		t.Fatalf("EnsureInstance: %v", err)
+	}
+	if _, _, ok := b.LookupAccessKey("ak1"); ok {
+		t.Fatal("old AccessKey still authenticates after rotation")
+	}
+	info, err := b.Instance("MQ_INST_a")
+	if err != nil || !slices.Equal(info.AccessKeyIDs, []string{"ak2"}) {
+		t.Fatalf("Instance() = %+v, %v", info, err)
+	}
+}
+
+func TestAccessKeyBelongsToOneInstance(t *testing.T) {
+	b := New()
+	cred := []Credential{{AccessKeyID: "shared", AccessKeySecret: "s"}}
+	if err := b.EnsureInstance(InstanceConfig{ID: "one", Credentials: cred}); err != nil {
+		t.Fatal(err)
+	}
+	err := b.EnsureInstance(InstanceConfig{ID: "two", Credentials: cred})
+	if !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("second instance with the same key: err = %v, want ErrInvalidArgument", err)
+	}
+	if inst, _, _ := b.LookupAccessKey("shared"); inst != "one" {
+		t.Fatalf("key moved to %q", inst)
+	}
+}
+
+func TestEnsureInstanceRejectsBadInput(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  InstanceConfig
+	}{
+		{"empty id", InstanceConfig{}},
+		{"separator in id", InstanceConfig{ID: "a%b"}},
+		{"too long", InstanceConfig{ID: string(make([]byte, 65))}},
+		{"empty secret", InstanceConfig{ID: "ok", Credentials: []Credential{{AccessKeyID: "ak"}}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := New().EnsureInstance(tc.cfg); !errors.Is(err, ErrInvalidArgument) {
+				t.Fatalf("err = %v, want ErrInvalidArgument", err)
+			}
+		})
+	}
+}
+
+func TestDeleteInstance(t *testing.T) {
+	b := New()
+	if err := b.EnsureInstance(InstanceConfig{ID: "x", Credentials: []Credential{{AccessKeyID: "ak", AccessKeySecret: "s"}}}); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // deleting twice is not an error
+		if err := b.DeleteInstance("x"); err != nil {
+			t.Fatalf("DeleteInstance: %v", err)
+		}
+	}
+	if _, err := b.Instance("x"); !errors.Is(err, ErrInstanceNotFound) {
+		t.Fatalf("Instance after delete: err = %v", err)
+	}
+	if _, _, ok := b.LookupAccessKey("ak"); ok {
+		t.Fatal("deleted instance's key still authenticates")
+	}
+}
+
+func TestClosedBrokerRefusesWrites(t *testing.T) {
+	b := New()
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.EnsureInstance(InstanceConfig{ID: "x"}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("err = %v, want ErrClosed", err)
+	}
+}

@@ -1,0 +1,213 @@
+// Command orderly is the Orderly operator: a controller manager that reconciles the
+// mq.orderly.dev custom resources into the message broker it embeds, and serves that
+// broker's protocol endpoints.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	mqv1alpha1 "github.com/orderly-dev/orderly/api/v1alpha1"
+	"github.com/orderly-dev/orderly/controllers"
+	"github.com/orderly-dev/orderly/internal/broker"
+	"github.com/orderly-dev/orderly/internal/devcluster"
+	"github.com/orderly-dev/orderly/internal/mqhttp"
+)
+
+var (
+	scheme   = runtime.NewScheme()
+	setupLog = ctrl.Log.WithName("setup")
+)
+
+func init() {
+	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
+	utilruntime.Must(mqv1alpha1.AddToScheme(scheme))
+}
+
+func main() {
+	var (
+		dev           bool
+		devDir        string
+		assetsDir     string
+		crdDir        string
+		metricsAddr   string
+		probeAddr     string
+		leaderElect   bool
+		httpAddr      string
+		tcpAddr       string
+		advertiseHost string
+	)
+	flag.BoolVar(&dev, "dev", false, "Run a local control plane (etcd and kube-apiserver) instead of connecting to a cluster.")
+	flag.StringVar(&devDir, "dev-dir", "bin/dev", "With --dev: directory for the control plane's state and the kubeconfig.")
+	flag.StringVar(&assetsDir, "dev-assets", envOr("KUBEBUILDER_ASSETS", "bin/k8s/1.36.3"), "With --dev: directory holding the etcd and kube-apiserver binaries.")
+	flag.StringVar(&crdDir, "dev-crds", "config/crd/bases", "With --dev: directory of CRDs to install.")
+	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "Address the metrics endpoint binds to; 0 disables it.")
+	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "Address the health probe endpoint binds to.")
+	flag.BoolVar(&leaderElect, "leader-elect", false, "Enable leader election for the controllers.")
+	flag.StringVar(&httpAddr, "http-bind-address", ":9880", "Address the mq-http endpoint binds to.")
+	flag.StringVar(&tcpAddr, "tcp-bind-address", ":9876", "Address the RocketMQ remoting (name server and broker) endpoint binds to.")
+	flag.StringVar(&advertiseHost, "advertise-host", "", "Host name applications reach the broker at (in a cluster, the broker Service's DNS name). Defaults to 127.0.0.1 with --dev.")
+	opts := zap.Options{}
+	opts.BindFlags(flag.CommandLine)
+	flag.Parse()
+	if dev {
+		opts.Development = true // human-readable logs on a developer's terminal
+	}
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
+
+	ctx := ctrl.SetupSignalHandler()
+
+	var (
+		cfg        *rest.Config
+		kubeconfig string // set in dev mode, where a banner tells how to reach the control plane
+	)
+	if dev {
+		if advertiseHost == "" {
+			advertiseHost = "127.0.0.1"
+		}
+		cluster, err := devcluster.Start(devcluster.Options{
+			Dir: devDir, AssetsDir: assetsDir, CRDDir: crdDir, Scheme: scheme, Log: ctrl.Log.WithName("dev"),
+		})
+		if err != nil {
+			setupLog.Error(err, "Unable to start the dev control plane")
+			os.Exit(1)
+		}
+		defer func() {
+			if err := cluster.Stop(); err != nil {
+				setupLog.Error(err, "Unable to stop the dev control plane")
+			}
+		}()
+		cfg = cluster.Config
+		kubeconfig = cluster.KubeconfigPath
+	} else {
+		var err error
+		if cfg, err = ctrl.GetConfig(); err != nil {
+			setupLog.Error(err, "Unable to load a kubeconfig; use --dev to run a local control plane")
+			os.Exit(1)
+		}
+		if advertiseHost == "" {
+			setupLog.Error(nil, "--advertise-host is required outside dev mode")
+			os.Exit(1)
+		}
+	}
+	if err := run(ctx, cfg, options{
+		metricsAddr: metricsAddr, probeAddr: probeAddr, leaderElect: leaderElect,
+		httpAddr: httpAddr, tcpAddr: tcpAddr, advertiseHost: advertiseHost, devKubeconfig: kubeconfig,
+	}); err != nil {
+		setupLog.Error(err, "Manager exited with an error")
+		// Return through the deferred control-plane stop rather than os.Exit.
+		defer os.Exit(1)
+	}
+}
+
+type options struct {
+	metricsAddr, probeAddr string
+	leaderElect            bool
+	httpAddr, tcpAddr      string
+	advertiseHost          string
+	devKubeconfig          string
+}
+
+// run wires the broker, its protocol servers and the controllers into one manager
+// and runs it until ctx ends.
+func run(ctx context.Context, cfg *rest.Config, o options) error {
+	managedSecrets, err := labels.Parse(controllers.ManagedByLabel + "=" + controllers.ManagedByValue)
+	if err != nil {
+		return err
+	}
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                 scheme,
+		Metrics:                metricsserver.Options{BindAddress: o.metricsAddr},
+		HealthProbeBindAddress: o.probeAddr,
+		LeaderElection:         o.leaderElect,
+		LeaderElectionID:       "orderly.mq.orderly.dev",
+		// Hold only the Secrets this operator creates in memory, not every Secret in
+		// the cluster; the controllers read others directly when they must.
+		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
+			&corev1.Secret{}: {Label: managedSecrets},
+		}},
+	})
+	if err != nil {
+		return fmt.Errorf("unable to create manager: %w", err)
+	}
+
+	b := broker.New()
+	defer func() { _ = b.Close() }()
+	httpServer := mqhttp.NewServer(o.httpAddr, b, ctrl.Log.WithName("mqhttp"))
+	if err := mgr.Add(httpServer); err != nil {
+		return err
+	}
+
+	endpoints := controllers.Endpoints{
+		HTTP: "http://" + net.JoinHostPort(o.advertiseHost, port(o.httpAddr)),
+		TCP:  net.JoinHostPort(o.advertiseHost, port(o.tcpAddr)),
+	}
+	if err := (&controllers.InstanceReconciler{
+		Client:    mgr.GetClient(),
+		APIReader: mgr.GetAPIReader(),
+		Scheme:    mgr.GetScheme(),
+		Recorder:  mgr.GetEventRecorder("orderly-instance"),
+		Broker:    b,
+		Endpoints: endpoints,
+	}).SetupWithManager(ctx, mgr); err != nil {
+		return fmt.Errorf("unable to set up the Instance controller: %w", err)
+	}
+
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
+		return err
+	}
+	if o.devKubeconfig != "" {
+		// Tell the developer how to use the dev control plane once it can serve them.
+		if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+			if !mgr.GetCache().WaitForCacheSync(ctx) {
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-httpServer.Listening():
+			}
+			fmt.Fprint(os.Stderr, devcluster.Banner(o.devKubeconfig, endpoints.HTTP, endpoints.TCP))
+			return nil
+		})); err != nil {
+			return err
+		}
+	}
+	setupLog.Info("Starting manager")
+	return mgr.Start(ctx)
+}
+
+func port(addr string) string {
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	return p
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
