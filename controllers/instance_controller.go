@@ -41,7 +41,7 @@ const (
 // BrokerAdmin is the part of the embedded broker the controllers reconcile into.
 type BrokerAdmin interface {
 	EnsureInstance(cfg broker.InstanceConfig) error
-	DeleteInstance(id string) error
+	DeleteInstance(id, owner string) error
 }
 
 // Endpoints are the broker addresses the operator advertises to applications.
@@ -101,17 +101,6 @@ func (r *InstanceReconciler) reconcileNormal(ctx context.Context, inst *mqv1alph
 	}
 
 	id := EffectiveInstanceID(inst)
-	if owner, err := r.instanceIDOwner(ctx, inst, id); err != nil {
-		return err
-	} else if owner != nil {
-		r.setReady(inst, metav1.ConditionFalse, mqv1alpha1.ReasonInstanceIDConflict,
-			fmt.Sprintf("instance id %q is already claimed by Instance %s; this Instance changes nothing in the broker", id, klog.KObj(owner)))
-		r.Recorder.Eventf(inst, nil, corev1.EventTypeWarning, mqv1alpha1.ReasonInstanceIDConflict, "Reconcile",
-			"Instance id %q is already claimed by Instance %s", id, klog.KObj(owner))
-		// The owner's deletion wakes this Instance through the index watch.
-		return nil
-	}
-
 	cred, err := r.ensureSecret(ctx, inst, id)
 	if err != nil {
 		var conflict *secretConflictError
@@ -124,7 +113,28 @@ func (r *InstanceReconciler) reconcileNormal(ctx context.Context, inst *mqv1alph
 		return err
 	}
 
-	if err := r.Broker.EnsureInstance(broker.InstanceConfig{ID: id, Credentials: []broker.Credential{cred}}); err != nil {
+	cfg := broker.InstanceConfig{ID: id, Owner: string(inst.UID), Credentials: []broker.Credential{cred}}
+	err = r.Broker.EnsureInstance(cfg)
+	var conflict *broker.ConflictError
+	if errors.As(err, &conflict) {
+		holder, err := r.findHolder(ctx, id, conflict.Owner)
+		if err != nil {
+			return err
+		}
+		if holder != nil {
+			msg := fmt.Sprintf("instance id %q is held by Instance %s; this Instance changes nothing in the broker until that one is deleted", id, klog.KObj(holder))
+			r.setReady(inst, metav1.ConditionFalse, mqv1alpha1.ReasonInstanceIDConflict, msg)
+			r.Recorder.Eventf(inst, nil, corev1.EventTypeWarning, mqv1alpha1.ReasonInstanceIDConflict, "Reconcile", "%s", msg)
+			// The holder's deletion wakes this Instance through the index watch.
+			return nil
+		}
+		// The holder no longer exists (it was removed without its finalizer running):
+		// adopt the tenant, and its topics and groups, rather than strand it.
+		ctrl.LoggerFrom(ctx).Info("Adopting instance whose owner no longer exists", "instanceId", id, "previousOwner", conflict.Owner)
+		cfg.PreviousOwner = conflict.Owner
+		err = r.Broker.EnsureInstance(cfg)
+	}
+	if err != nil {
 		r.setReady(inst, metav1.ConditionFalse, mqv1alpha1.ReasonBrokerError, err.Error())
 		r.Recorder.Eventf(inst, nil, corev1.EventTypeWarning, mqv1alpha1.ReasonBrokerError, "Reconcile",
 			"Failed to declare instance %q in the broker: %v", id, err)
@@ -148,21 +158,15 @@ func (r *InstanceReconciler) reconcileDelete(ctx context.Context, inst *mqv1alph
 	if !controllerutil.ContainsFinalizer(inst, InstanceFinalizer) {
 		return nil
 	}
+	// The broker removes the tenant only if this Instance owns it: an Instance that
+	// lost an id conflict never held it and must not take it from its owner.
 	id := EffectiveInstanceID(inst)
-	owner, err := r.instanceIDOwner(ctx, inst, id)
-	if err != nil {
-		return err
+	ctrl.LoggerFrom(ctx).Info("Deleting instance from the broker", "instanceId", id)
+	if err := r.Broker.DeleteInstance(id, string(inst.UID)); err != nil {
+		r.setReady(inst, metav1.ConditionFalse, mqv1alpha1.ReasonBrokerError, err.Error())
+		return fmt.Errorf("failed to delete instance %q from the broker: %w", id, err)
 	}
-	// An Instance that lost an id conflict never created the tenant; removing it would
-	// take the tenant away from the Instance that owns it.
-	if owner == nil {
-		ctrl.LoggerFrom(ctx).Info("Deleting instance from the broker", "instanceId", id)
-		if err := r.Broker.DeleteInstance(id); err != nil {
-			r.setReady(inst, metav1.ConditionFalse, mqv1alpha1.ReasonBrokerError, err.Error())
-			return fmt.Errorf("failed to delete instance %q from the broker: %w", id, err)
-		}
-		r.Recorder.Eventf(inst, nil, corev1.EventTypeNormal, "Deleted", "Delete", "Instance %q removed from the broker", id)
-	}
+	r.Recorder.Eventf(inst, nil, corev1.EventTypeNormal, "Deleted", "Delete", "Instance %q released in the broker", id)
 	controllerutil.RemoveFinalizer(inst, InstanceFinalizer)
 	if err := r.Update(ctx, inst); err != nil {
 		return client.IgnoreNotFound(err)
@@ -170,35 +174,20 @@ func (r *InstanceReconciler) reconcileDelete(ctx context.Context, inst *mqv1alph
 	return nil
 }
 
-// instanceIDOwner returns the Instance that owns id if it is not inst: of all live
-// Instances claiming one id, the oldest owns it (ties broken by namespace/name), so
-// the outcome does not depend on reconcile order.
-func (r *InstanceReconciler) instanceIDOwner(ctx context.Context, inst *mqv1alpha1.Instance, id string) (*mqv1alpha1.Instance, error) {
-	var claimants mqv1alpha1.InstanceList
-	if err := r.List(ctx, &claimants, client.MatchingFields{instanceIDIndex: id}); err != nil {
-		return nil, fmt.Errorf("failed to list Instances claiming id %q: %w", id, err)
+// findHolder returns the Instance with UID owner that claims id, or nil if there is
+// none. It reads the apiserver, not the cache: concluding that a holder is gone on
+// stale data would take a tenant from a live Instance.
+func (r *InstanceReconciler) findHolder(ctx context.Context, id, owner string) (*mqv1alpha1.Instance, error) {
+	var all mqv1alpha1.InstanceList
+	if err := r.APIReader.List(ctx, &all); err != nil {
+		return nil, fmt.Errorf("failed to list Instances: %w", err)
 	}
-	var owner *mqv1alpha1.Instance
-	for i := range claimants.Items {
-		c := &claimants.Items[i]
-		if c.UID != inst.UID && !c.DeletionTimestamp.IsZero() {
-			continue
-		}
-		if owner == nil || olderThan(c, owner) {
-			owner = c
+	for i := range all.Items {
+		if c := &all.Items[i]; string(c.UID) == owner && EffectiveInstanceID(c) == id {
+			return c, nil
 		}
 	}
-	if owner == nil || owner.UID == inst.UID {
-		return nil, nil
-	}
-	return owner, nil
-}
-
-func olderThan(a, b *mqv1alpha1.Instance) bool {
-	if !a.CreationTimestamp.Equal(&b.CreationTimestamp) {
-		return a.CreationTimestamp.Before(&b.CreationTimestamp)
-	}
-	return a.Namespace+"/"+a.Name < b.Namespace+"/"+b.Name
+	return nil, nil
 }
 
 // secretConflictError reports a Secret with the chosen name that this Instance did not create.

@@ -24,7 +24,23 @@ var (
 	ErrInvalidArgument = errors.New("invalid argument")
 	// ErrClosed means the broker has been closed.
 	ErrClosed = errors.New("broker closed")
+	// ErrConflict means another owner already declared the object; errors carrying it
+	// are *ConflictError.
+	ErrConflict = errors.New("owned by another declarer")
 )
+
+// ConflictError reports an object declared by another owner.
+type ConflictError struct {
+	// Kind and Name identify the object, Owner its current owner.
+	Kind, Name, Owner string
+}
+
+func (e *ConflictError) Error() string {
+	return fmt.Sprintf("%s %q is owned by %s", e.Kind, e.Name, e.Owner)
+}
+
+// Is makes errors.Is(err, ErrConflict) true for a *ConflictError.
+func (e *ConflictError) Is(target error) bool { return target == ErrConflict }
 
 // instanceIDPattern is the shape of an instance id. The id becomes part of TCP topic
 // names (instanceId%topic), so it is held to the topic-name character set, minus the
@@ -41,6 +57,14 @@ type Credential struct {
 type InstanceConfig struct {
 	// ID is the broker-side instance id.
 	ID string
+	// Owner identifies the declarer (the controllers pass the Instance's UID). The first
+	// owner to declare an id keeps it until it deletes it, so two declarers of one id
+	// never take turns overwriting each other.
+	Owner string
+	// PreviousOwner, when set, lets Owner take over an instance held by PreviousOwner
+	// (a declarer that no longer exists). The swap happens only if PreviousOwner still
+	// holds it, so a concurrent legitimate claim is never overridden.
+	PreviousOwner string
 	// Credentials are the AccessKey pairs accepted for this instance. An AccessKey id
 	// authenticates for one instance only.
 	Credentials []Credential
@@ -49,12 +73,14 @@ type InstanceConfig struct {
 // InstanceInfo describes an instance as the broker holds it. It never carries secrets.
 type InstanceInfo struct {
 	ID           string
+	Owner        string
 	AccessKeyIDs []string
 }
 
 // instance is one tenant. Its fields are guarded by Broker.mu.
 type instance struct {
 	id          string
+	owner       string
 	credentials map[string]string // AccessKey id -> secret
 }
 
@@ -77,8 +103,9 @@ func New() *Broker {
 }
 
 // EnsureInstance creates the instance or brings an existing one to cfg. It is
-// idempotent. An AccessKey id already bound to another instance is refused, because
-// a key authenticates for its own instance only.
+// idempotent. An instance held by another owner is refused with a *ConflictError, and
+// an AccessKey id already bound to another instance with ErrInvalidArgument, because a
+// key authenticates for its own instance only.
 func (b *Broker) EnsureInstance(cfg InstanceConfig) error {
 	if !instanceIDPattern.MatchString(cfg.ID) {
 		return fmt.Errorf("%w: instance id %q must be 1 to 64 characters of [a-zA-Z0-9_-]", ErrInvalidArgument, cfg.ID)
@@ -96,16 +123,20 @@ func (b *Broker) EnsureInstance(cfg InstanceConfig) error {
 	if b.closed {
 		return ErrClosed
 	}
+	inst, ok := b.instances[cfg.ID]
+	if ok && inst.owner != cfg.Owner && (cfg.PreviousOwner == "" || inst.owner != cfg.PreviousOwner) {
+		return &ConflictError{Kind: "instance", Name: cfg.ID, Owner: inst.owner}
+	}
 	for id := range creds {
 		if owner, ok := b.accessKeys[id]; ok && owner != cfg.ID {
 			return fmt.Errorf("%w: AccessKey id %q already authenticates for another instance", ErrInvalidArgument, id)
 		}
 	}
-	inst, ok := b.instances[cfg.ID]
 	if !ok {
 		inst = &instance{id: cfg.ID}
 		b.instances[cfg.ID] = inst
 	}
+	inst.owner = cfg.Owner
 	for id := range inst.credentials {
 		if _, keep := creds[id]; !keep {
 			delete(b.accessKeys, id)
@@ -118,16 +149,17 @@ func (b *Broker) EnsureInstance(cfg InstanceConfig) error {
 	return nil
 }
 
-// DeleteInstance removes the instance and everything it owns. Deleting an instance
-// that does not exist succeeds, so callers can retry freely.
-func (b *Broker) DeleteInstance(id string) error {
+// DeleteInstance removes the instance and everything it holds, if owner owns it.
+// Deleting an instance that does not exist, or that another owner holds, succeeds
+// without effect: the caller's claim is gone either way, and retries are free.
+func (b *Broker) DeleteInstance(id, owner string) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
 		return ErrClosed
 	}
 	inst, ok := b.instances[id]
-	if !ok {
+	if !ok || inst.owner != owner {
 		return nil
 	}
 	for key := range inst.credentials {
@@ -188,5 +220,5 @@ func (inst *instance) info() InstanceInfo {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
-	return InstanceInfo{ID: inst.id, AccessKeyIDs: keys}
+	return InstanceInfo{ID: inst.id, Owner: inst.owner, AccessKeyIDs: keys}
 }

@@ -8,7 +8,7 @@ import (
 
 func TestEnsureInstanceIsIdempotentAndReplacesCredentials(t *testing.T) {
 	b := New()
-	cfg := InstanceConfig{ID: "MQ_INST_a", Credentials: []Credential{{AccessKeyID: "ak1", AccessKeySecret: "s1"}}}
+	cfg := InstanceConfig{ID: "MQ_INST_a", Owner: "uid-a", Credentials: []Credential{{AccessKeyID: "ak1", AccessKeySecret: "s1"}}}
 	for range 2 {
 		if err := b.EnsureInstance(cfg); err != nil {
 			t.Fatalf("EnsureInstance: %v", err)
@@ -39,10 +39,10 @@ func TestEnsureInstanceIsIdempotentAndReplacesCredentials(t *testing.T) {
 func TestAccessKeyBelongsToOneInstance(t *testing.T) {
 	b := New()
 	cred := []Credential{{AccessKeyID: "shared", AccessKeySecret: "s"}}
-	if err := b.EnsureInstance(InstanceConfig{ID: "one", Credentials: cred}); err != nil {
+	if err := b.EnsureInstance(InstanceConfig{ID: "one", Owner: "o1", Credentials: cred}); err != nil {
 		t.Fatal(err)
 	}
-	err := b.EnsureInstance(InstanceConfig{ID: "two", Credentials: cred})
+	err := b.EnsureInstance(InstanceConfig{ID: "two", Owner: "o2", Credentials: cred})
 	if !errors.Is(err, ErrInvalidArgument) {
 		t.Fatalf("second instance with the same key: err = %v, want ErrInvalidArgument", err)
 	}
@@ -71,11 +71,18 @@ func TestEnsureInstanceRejectsBadInput(t *testing.T) {
 
 func TestDeleteInstance(t *testing.T) {
 	b := New()
-	if err := b.EnsureInstance(InstanceConfig{ID: "x", Credentials: []Credential{{AccessKeyID: "ak", AccessKeySecret: "s"}}}); err != nil {
+	if err := b.EnsureInstance(InstanceConfig{ID: "x", Owner: "o", Credentials: []Credential{{AccessKeyID: "ak", AccessKeySecret: "s"}}}); err != nil {
 		t.Fatal(err)
 	}
+	// Another owner's delete is a no-op: it never held the instance.
+	if err := b.DeleteInstance("x", "intruder"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Instance("x"); err != nil {
+		t.Fatalf("instance gone after another owner's delete: %v", err)
+	}
 	for range 2 { // deleting twice is not an error
-		if err := b.DeleteInstance("x"); err != nil {
+		if err := b.DeleteInstance("x", "o"); err != nil {
 			t.Fatalf("DeleteInstance: %v", err)
 		}
 	}
@@ -94,5 +101,40 @@ func TestClosedBrokerRefusesWrites(t *testing.T) {
 	}
 	if err := b.EnsureInstance(InstanceConfig{ID: "x"}); !errors.Is(err, ErrClosed) {
 		t.Fatalf("err = %v, want ErrClosed", err)
+	}
+}
+
+func TestInstanceOwnership(t *testing.T) {
+	b := New()
+	first := InstanceConfig{ID: "shared", Owner: "first", Credentials: []Credential{{AccessKeyID: "k1", AccessKeySecret: "s1"}}}
+	if err := b.EnsureInstance(first); err != nil {
+		t.Fatal(err)
+	}
+	second := InstanceConfig{ID: "shared", Owner: "second", Credentials: []Credential{{AccessKeyID: "k2", AccessKeySecret: "s2"}}}
+	err := b.EnsureInstance(second)
+	var conflict *ConflictError
+	if !errors.As(err, &conflict) || !errors.Is(err, ErrConflict) || conflict.Owner != "first" {
+		t.Fatalf("second owner: err = %v, want a ConflictError naming first", err)
+	}
+	if _, _, ok := b.LookupAccessKey("k2"); ok {
+		t.Fatal("a refused declaration registered its key")
+	}
+
+	// Taking over from an owner that is not the current one is refused too.
+	second.PreviousOwner = "somebody-else"
+	if err := b.EnsureInstance(second); !errors.Is(err, ErrConflict) {
+		t.Fatalf("takeover from the wrong previous owner: err = %v", err)
+	}
+	// Taking over from the current owner swaps owner and keys.
+	second.PreviousOwner = "first"
+	if err := b.EnsureInstance(second); err != nil {
+		t.Fatalf("takeover: %v", err)
+	}
+	info, _ := b.Instance("shared")
+	if info.Owner != "second" || !slices.Equal(info.AccessKeyIDs, []string{"k2"}) {
+		t.Fatalf("after takeover: %+v", info)
+	}
+	if _, _, ok := b.LookupAccessKey("k1"); ok {
+		t.Fatal("the previous owner's key still authenticates")
 	}
 }

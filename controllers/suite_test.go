@@ -1,0 +1,111 @@
+package controllers
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	mqv1alpha1 "github.com/orderly-dev/orderly/api/v1alpha1"
+	"github.com/orderly-dev/orderly/internal/broker"
+)
+
+// Shared by every spec. Specs give their objects names of their own, so they never
+// wait on each other.
+var (
+	k8sClient  client.Client
+	testEnv    *envtest.Environment
+	testBroker *broker.Broker
+	cancelMgr  context.CancelFunc
+
+	testEndpoints = Endpoints{HTTP: "http://127.0.0.1:19880", TCP: "127.0.0.1:19876"}
+)
+
+func TestControllers(t *testing.T) {
+	RegisterFailHandler(Fail)
+	SetDefaultEventuallyTimeout(20 * time.Second)
+	SetDefaultEventuallyPollingInterval(50 * time.Millisecond)
+	RunSpecs(t, "Controller Suite")
+}
+
+var _ = BeforeSuite(func() {
+	logf.SetLogger(zap.New(zap.WriteTo(GinkgoWriter), zap.UseDevMode(true)))
+
+	assets := os.Getenv("KUBEBUILDER_ASSETS")
+	if assets == "" {
+		// `go test ./...` outside make: use what hack/envtest.sh built.
+		assets = filepath.Join("..", "bin", "k8s", "1.36.3")
+	}
+	_, err := os.Stat(filepath.Join(assets, "kube-apiserver"))
+	Expect(err).NotTo(HaveOccurred(), "no kube-apiserver in %s: run `make envtest` (or `make test`) first", assets)
+
+	testEnv = &envtest.Environment{
+		CRDDirectoryPaths:     []string{filepath.Join("..", "config", "crd", "bases")},
+		ErrorIfCRDPathMissing: true,
+		BinaryAssetsDirectory: assets,
+	}
+	cfg, err := testEnv.Start()
+	Expect(err).NotTo(HaveOccurred())
+
+	scheme := runtime.NewScheme()
+	Expect(clientgoscheme.AddToScheme(scheme)).To(Succeed())
+	Expect(mqv1alpha1.AddToScheme(scheme)).To(Succeed())
+
+	k8sClient, err = client.New(cfg, client.Options{Scheme: scheme})
+	Expect(err).NotTo(HaveOccurred())
+
+	// The manager is configured as main.go configures it, the Secret cache included.
+	managed := labels.SelectorFromSet(labels.Set{ManagedByLabel: ManagedByValue})
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:  scheme,
+		Metrics: metricsserver.Options{BindAddress: "0"},
+		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
+			&corev1.Secret{}: {Label: managed},
+		}},
+	})
+	Expect(err).NotTo(HaveOccurred())
+
+	testBroker = broker.New()
+	var ctx context.Context
+	ctx, cancelMgr = context.WithCancel(context.Background())
+	Expect((&InstanceReconciler{
+		Client:    mgr.GetClient(),
+		APIReader: mgr.GetAPIReader(),
+		Scheme:    scheme,
+		Recorder:  mgr.GetEventRecorder("orderly-instance"),
+		Broker:    testBroker,
+		Endpoints: testEndpoints,
+	}).SetupWithManager(ctx, mgr)).To(Succeed())
+
+	go func() {
+		defer GinkgoRecover()
+		Expect(mgr.Start(ctx)).To(Succeed())
+	}()
+})
+
+var _ = AfterSuite(func() {
+	if cancelMgr != nil {
+		cancelMgr()
+	}
+	if testEnv != nil {
+		Expect(testEnv.Stop()).To(Succeed())
+	}
+	if testBroker != nil {
+		Expect(testBroker.Close()).To(Succeed())
+	}
+})
