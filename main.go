@@ -8,7 +8,10 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
+	"path/filepath"
+	"strconv"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -53,6 +56,7 @@ func main() {
 		httpAddr      string
 		tcpAddr       string
 		advertiseHost string
+		dataDir       string
 	)
 	flag.BoolVar(&dev, "dev", false, "Run a local control plane (etcd and kube-apiserver) instead of connecting to a cluster.")
 	flag.StringVar(&devDir, "dev-dir", "bin/dev", "With --dev: directory for the control plane's state and the kubeconfig.")
@@ -63,6 +67,7 @@ func main() {
 	flag.BoolVar(&leaderElect, "leader-elect", false, "Enable leader election for the controllers.")
 	flag.StringVar(&httpAddr, "http-bind-address", ":9880", "Address the mq-http endpoint binds to.")
 	flag.StringVar(&tcpAddr, "tcp-bind-address", ":9876", "Address the RocketMQ remoting (name server and broker) endpoint binds to.")
+	flag.StringVar(&dataDir, "data-dir", "", "Directory for the broker's data. Defaults to <dev-dir>/broker with --dev; required otherwise.")
 	flag.StringVar(&advertiseHost, "advertise-host", "", "Host name applications reach the broker at (in a cluster, the broker Service's DNS name). Defaults to 127.0.0.1 with --dev.")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
@@ -81,6 +86,9 @@ func main() {
 	if dev {
 		if advertiseHost == "" {
 			advertiseHost = "127.0.0.1"
+		}
+		if dataDir == "" {
+			dataDir = filepath.Join(devDir, "broker")
 		}
 		cluster, err := devcluster.Start(devcluster.Options{
 			Dir: devDir, AssetsDir: assetsDir, CRDDir: crdDir, Scheme: scheme, Log: ctrl.Log.WithName("dev"),
@@ -102,14 +110,14 @@ func main() {
 			setupLog.Error(err, "Unable to load a kubeconfig; use --dev to run a local control plane")
 			os.Exit(1)
 		}
-		if advertiseHost == "" {
-			setupLog.Error(nil, "--advertise-host is required outside dev mode")
+		if advertiseHost == "" || dataDir == "" {
+			setupLog.Error(nil, "--advertise-host and --data-dir are required outside dev mode")
 			os.Exit(1)
 		}
 	}
 	if err := run(ctx, cfg, options{
 		metricsAddr: metricsAddr, probeAddr: probeAddr, leaderElect: leaderElect,
-		httpAddr: httpAddr, tcpAddr: tcpAddr, advertiseHost: advertiseHost, devKubeconfig: kubeconfig,
+		httpAddr: httpAddr, tcpAddr: tcpAddr, advertiseHost: advertiseHost, devKubeconfig: kubeconfig, dataDir: dataDir,
 	}); err != nil {
 		setupLog.Error(err, "Manager exited with an error")
 		// Return through the deferred control-plane stop rather than os.Exit.
@@ -123,6 +131,7 @@ type options struct {
 	httpAddr, tcpAddr      string
 	advertiseHost          string
 	devKubeconfig          string
+	dataDir                string
 }
 
 // run wires the broker, its protocol servers and the controllers into one manager
@@ -148,8 +157,21 @@ func run(ctx context.Context, cfg *rest.Config, o options) error {
 		return fmt.Errorf("unable to create manager: %w", err)
 	}
 
-	b := broker.New()
-	defer func() { _ = b.Close() }()
+	b, err := broker.Open(broker.Options{
+		Dir:       o.dataDir,
+		Log:       ctrl.Log.WithName("broker"),
+		StoreHost: storeHost(o.advertiseHost),
+		StorePort: uint32(portNumber(o.tcpAddr)),
+	})
+	if err != nil {
+		return fmt.Errorf("unable to open the broker: %w", err)
+	}
+	// Closed after the manager has stopped every server that uses it.
+	defer func() {
+		if err := b.Close(); err != nil {
+			setupLog.Error(err, "Unable to close the broker cleanly")
+		}
+	}()
 	httpServer := mqhttp.NewServer(o.httpAddr, b, ctrl.Log.WithName("mqhttp"))
 	if err := mgr.Add(httpServer); err != nil {
 		return err
@@ -203,6 +225,20 @@ func port(addr string) string {
 		return addr
 	}
 	return p
+}
+
+// storeHost is the IPv4 address encoded in message ids: the advertised host if it is
+// an IPv4 address, loopback otherwise (ids only need it to be well-formed).
+func storeHost(host string) [4]byte {
+	if ip, err := netip.ParseAddr(host); err == nil && ip.Is4() {
+		return ip.As4()
+	}
+	return [4]byte{127, 0, 0, 1}
+}
+
+func portNumber(addr string) int {
+	n, _ := strconv.Atoi(port(addr))
+	return n
 }
 
 func envOr(key, def string) string {

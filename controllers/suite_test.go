@@ -80,7 +80,8 @@ var _ = BeforeSuite(func() {
 	})
 	Expect(err).NotTo(HaveOccurred())
 
-	testBroker = broker.New()
+	testBroker, err = broker.Open(broker.Options{}) // in memory
+	Expect(err).NotTo(HaveOccurred())
 	var ctx context.Context
 	ctx, cancelMgr = context.WithCancel(context.Background())
 	Expect((&InstanceReconciler{

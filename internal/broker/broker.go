@@ -3,15 +3,25 @@
 // protocol servers expose. The protocol packages translate wire requests into calls
 // on a *Broker; the controllers reconcile custom resources into it. It imports
 // nothing from the Kubernetes API, the controllers or the protocols.
+//
+// Durability: a publish returns only once its message is on disk (fsynced), and
+// concurrent publishes share fsyncs (group commit). Consume progress is written
+// without waiting for the disk: a machine crash can only cause redelivery.
 package broker
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
 	"slices"
 	"strings"
 	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+
+	"github.com/orderly-dev/orderly/internal/clock"
 )
 
 // Sentinel errors. Callers branch on them with errors.Is; protocol servers map them
@@ -19,9 +29,21 @@ import (
 var (
 	// ErrInstanceNotFound means no instance has the given id.
 	ErrInstanceNotFound = errors.New("instance not found")
+	// ErrTopicNotFound means the instance has no topic of that name.
+	ErrTopicNotFound = errors.New("topic not found")
+	// ErrGroupNotFound means the instance has no consumer group of that id.
+	ErrGroupNotFound = errors.New("consumer group not found")
 	// ErrInvalidArgument means a request carried a value the broker does not accept;
 	// the wrapping error says which.
 	ErrInvalidArgument = errors.New("invalid argument")
+	// ErrMessageType means a message does not fit its topic's type (a transactional
+	// message to a normal topic, say).
+	ErrMessageType = errors.New("message does not fit the topic's type")
+	// ErrWrongProtocol means a group was used through the other protocol.
+	ErrWrongProtocol = errors.New("consumer group belongs to another protocol")
+	// ErrImmutable means an update tried to change what cannot change (a topic's type,
+	// a group's protocol, a shrinking queue count).
+	ErrImmutable = errors.New("cannot change after creation")
 	// ErrClosed means the broker has been closed.
 	ErrClosed = errors.New("broker closed")
 	// ErrConflict means another owner already declared the object; errors carrying it
@@ -47,6 +69,23 @@ func (e *ConflictError) Is(target error) bool { return target == ErrConflict }
 // separators.
 var instanceIDPattern = regexp.MustCompile(`^[a-zA-Z0-9_-]{1,64}$`)
 
+// Options configure a broker.
+type Options struct {
+	// Dir is where the broker keeps its data. Empty keeps everything in memory (tests).
+	Dir string
+	// RelaxedFlush acknowledges publishes before they reach the disk. A process crash
+	// loses nothing (the operating system holds the writes); a machine crash can lose
+	// the last acknowledged messages. Off by default.
+	RelaxedFlush bool
+	// Clock defaults to the wall clock.
+	Clock clock.Clock
+	Log   logr.Logger
+	// StoreHost and StorePort are encoded in message ids; TCP clients read the
+	// commit-log offset back out of them. Defaults: 127.0.0.1 and 9876.
+	StoreHost [4]byte
+	StorePort uint32
+}
+
 // Credential is an AccessKey pair that authenticates requests for one instance.
 type Credential struct {
 	AccessKeyID     string
@@ -66,7 +105,8 @@ type InstanceConfig struct {
 	// holds it, so a concurrent legitimate claim is never overridden.
 	PreviousOwner string
 	// Credentials are the AccessKey pairs accepted for this instance. An AccessKey id
-	// authenticates for one instance only.
+	// authenticates for one instance only. They are held in memory only: the
+	// declarer declares them again after a restart.
 	Credentials []Credential
 }
 
@@ -75,6 +115,8 @@ type InstanceInfo struct {
 	ID           string
 	Owner        string
 	AccessKeyIDs []string
+	Topics       int
+	Groups       int
 }
 
 // instance is one tenant. Its fields are guarded by Broker.mu.
@@ -82,24 +124,102 @@ type instance struct {
 	id          string
 	owner       string
 	credentials map[string]string // AccessKey id -> secret
+	topics      map[string]*topic
+	groups      map[string]*group
 }
 
 // Broker is the embedded broker. It is safe for concurrent use.
 type Broker struct {
-	mu        sync.RWMutex
-	closed    bool
-	instances map[string]*instance
-	// accessKeys maps an AccessKey id to the instance it authenticates for, so a
-	// request that names no instance can be resolved from its key alone.
-	accessKeys map[string]string
+	opts  Options
+	clock clock.Clock
+	log   logr.Logger
+	store *store
+
+	// mu guards the registries below; it is never held across disk I/O except for
+	// the small metadata commits of admin operations, which are rare.
+	mu         sync.RWMutex
+	closed     bool
+	instances  map[string]*instance
+	accessKeys map[string]string // AccessKey id -> instance id
+	topicsByID map[uint32]*topic
+	groupsByID map[uint32]*group
+	counters   counters
+
+	// The write path: publishers hand appendRequests to one writer goroutine, which
+	// orders them and hands applied batches to one syncer goroutine.
+	appendCh   chan *appendRequest
+	syncCh     chan *commitItem
+	nextSeq    uint64         // next log sequence; the writer goroutine's after recovery
+	publishers sync.WaitGroup // publishes between the closed check and their send
+	loops      sync.WaitGroup
+	failed     failure
 }
 
-// New returns an empty broker.
-func New() *Broker {
-	return &Broker{
+// counters are the id allocators, persisted with the metadata.
+type counters struct {
+	NextTopicID uint32 `json:"nextTopicId"`
+	NextGroupID uint32 `json:"nextGroupId"`
+}
+
+// Open opens the broker stored in opts.Dir, recovering its state, and starts it.
+func Open(opts Options) (*Broker, error) {
+	if opts.Clock == nil {
+		opts.Clock = clock.Real{}
+	}
+	if opts.StoreHost == [4]byte{} {
+		opts.StoreHost = [4]byte{127, 0, 0, 1}
+	}
+	if opts.StorePort == 0 {
+		opts.StorePort = 9876
+	}
+	st, err := openStore(opts.Dir, !opts.RelaxedFlush)
+	if err != nil {
+		return nil, err
+	}
+	b := &Broker{
+		opts:       opts,
+		clock:      opts.Clock,
+		log:        opts.Log,
+		store:      st,
 		instances:  make(map[string]*instance),
 		accessKeys: make(map[string]string),
+		topicsByID: make(map[uint32]*topic),
+		groupsByID: make(map[uint32]*group),
+		counters:   counters{NextTopicID: 1, NextGroupID: 1},
+		appendCh:   make(chan *appendRequest, 4096),
+		syncCh:     make(chan *commitItem, 64),
 	}
+	if err := b.recover(); err != nil {
+		_ = st.close()
+		return nil, err
+	}
+	b.loops.Add(2)
+	go b.writeLoop()
+	go b.syncLoop()
+	return b, nil
+}
+
+// Close stops accepting work, waits for acknowledged work to reach the disk, and
+// releases everything. Later calls fail with ErrClosed.
+func (b *Broker) Close() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	topics := make([]*topic, 0, len(b.topicsByID))
+	for _, t := range b.topicsByID {
+		topics = append(topics, t)
+	}
+	b.mu.Unlock()
+	for _, t := range topics {
+		t.signal() // long polls see the broker closed
+	}
+	b.publishers.Wait()
+	close(b.appendCh)
+	b.loops.Wait()
+	return b.store.close()
 }
 
 // EnsureInstance creates the instance or brings an existing one to cfg. It is
@@ -132,8 +252,13 @@ func (b *Broker) EnsureInstance(cfg InstanceConfig) error {
 			return fmt.Errorf("%w: AccessKey id %q already authenticates for another instance", ErrInvalidArgument, id)
 		}
 	}
+	if !ok || inst.owner != cfg.Owner {
+		if err := b.putMeta(metaInstance, cfg.ID, instanceMeta{Owner: cfg.Owner}); err != nil {
+			return err
+		}
+	}
 	if !ok {
-		inst = &instance{id: cfg.ID}
+		inst = newInstance(cfg.ID)
 		b.instances[cfg.ID] = inst
 	}
 	inst.owner = cfg.Owner
@@ -149,6 +274,10 @@ func (b *Broker) EnsureInstance(cfg InstanceConfig) error {
 	return nil
 }
 
+func newInstance(id string) *instance {
+	return &instance{id: id, topics: map[string]*topic{}, groups: map[string]*group{}}
+}
+
 // DeleteInstance removes the instance and everything it holds, if owner owns it.
 // Deleting an instance that does not exist, or that another owner holds, succeeds
 // without effect: the caller's claim is gone either way, and retries are free.
@@ -161,6 +290,17 @@ func (b *Broker) DeleteInstance(id, owner string) error {
 	inst, ok := b.instances[id]
 	if !ok || inst.owner != owner {
 		return nil
+	}
+	w := b.store.newBatch()
+	for _, t := range inst.topics {
+		b.dropTopicLocked(w, t)
+	}
+	for _, g := range inst.groups {
+		b.dropGroupLocked(w, g)
+	}
+	w.delete(metaKey(metaInstance, id))
+	if err := b.store.commit(w); err != nil {
+		return fmt.Errorf("failed to delete instance %q: %w", id, err)
 	}
 	for key := range inst.credentials {
 		delete(b.accessKeys, key)
@@ -205,20 +345,131 @@ func (b *Broker) LookupAccessKey(accessKeyID string) (instanceID, secret string,
 	return instanceID, b.instances[instanceID].credentials[accessKeyID], true
 }
 
-// Close stops the broker. Later calls fail with ErrClosed.
-func (b *Broker) Close() error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.closed = true
-	return nil
-}
-
-// info describes inst. Lock should be held.
+// info describes inst. b.mu should be held.
 func (inst *instance) info() InstanceInfo {
 	keys := make([]string, 0, len(inst.credentials))
 	for k := range inst.credentials {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
-	return InstanceInfo{ID: inst.id, Owner: inst.owner, AccessKeyIDs: keys}
+	return InstanceInfo{ID: inst.id, Owner: inst.owner, AccessKeyIDs: keys, Topics: len(inst.topics), Groups: len(inst.groups)}
 }
+
+// instanceLocked returns the instance with id. b.mu should be held.
+func (b *Broker) instanceLocked(id string) (*instance, error) {
+	if b.closed {
+		return nil, ErrClosed
+	}
+	inst, ok := b.instances[id]
+	if !ok {
+		return nil, fmt.Errorf("%w: %q", ErrInstanceNotFound, id)
+	}
+	return inst, nil
+}
+
+// Metadata records, stored as JSON under 'M' keys: rare, small, and readable when
+// someone has to look at a broker's data by hand.
+type instanceMeta struct {
+	Owner string `json:"owner"`
+}
+
+// putMeta writes one metadata record durably. b.mu should be held.
+func (b *Broker) putMeta(kind byte, id string, v any) error {
+	w := b.store.newBatch()
+	if err := b.setMeta(w, kind, id, v); err != nil {
+		return err
+	}
+	if err := b.store.commit(w); err != nil {
+		return fmt.Errorf("failed to store metadata: %w", err)
+	}
+	return nil
+}
+
+func (b *Broker) setMeta(w writeBatch, kind byte, id string, v any) error {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	w.set(metaKey(kind, id), raw)
+	return nil
+}
+
+// recover loads metadata and each queue's offsets from the store. It runs before
+// the loops start, so it needs no locks.
+func (b *Broker) recover() error {
+	if raw, err := b.store.get(metaKey(metaCounter, "")); err == nil {
+		if err := json.Unmarshal(raw, &b.counters); err != nil {
+			return fmt.Errorf("corrupt id counters: %w", err)
+		}
+	} else if !errors.Is(err, errNotFound) {
+		return err
+	}
+	if err := b.scanMeta(metaInstance, func(id string, raw []byte) error {
+		var m instanceMeta
+		if err := json.Unmarshal(raw, &m); err != nil {
+			return err
+		}
+		inst := newInstance(id)
+		inst.owner = m.Owner
+		b.instances[id] = inst
+		return nil
+	}); err != nil {
+		return err
+	}
+	if err := b.scanMeta(metaTopic, b.recoverTopic); err != nil {
+		return err
+	}
+	if err := b.scanMeta(metaGroup, b.recoverGroup); err != nil {
+		return err
+	}
+	last, err := b.store.lastKey([]byte{kindLog}, []byte{kindLog + 1})
+	if err != nil {
+		return err
+	}
+	b.nextSeq = 1
+	if last != nil {
+		b.nextSeq = seqOfLogKey(last) + 1
+	}
+	return nil
+}
+
+func (b *Broker) scanMeta(kind byte, fn func(id string, raw []byte) error) error {
+	prefix := []byte{kindMeta, kind}
+	it, err := b.store.iter(prefix, prefixEnd(prefix))
+	if err != nil {
+		return err
+	}
+	defer it.close()
+	for ok := it.first(); ok; ok = it.next() {
+		id := string(it.key()[2:])
+		if err := fn(id, it.value()); err != nil {
+			return fmt.Errorf("corrupt metadata %q: %w", it.key(), err)
+		}
+	}
+	return nil
+}
+
+// failure remembers the first storage error of the write path. After it the broker
+// refuses writes: offsets were handed out for records that may not exist, and
+// carrying on could deliver a gap as if it were a message.
+type failure struct {
+	mu  sync.Mutex
+	err error
+}
+
+func (f *failure) set(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err == nil {
+		f.err = err
+	}
+}
+
+func (f *failure) get() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.err
+}
+
+// now is the broker's clock in milliseconds, the resolution of every stored time.
+func (b *Broker) now() time.Time { return b.clock.Now().Truncate(time.Millisecond) }

@@ -4,10 +4,28 @@ import (
 	"errors"
 	"slices"
 	"testing"
+
+	"go.uber.org/goleak"
 )
 
+func TestMain(m *testing.M) {
+	// Every test closes what it opens; a goroutine left behind is a leak.
+	goleak.VerifyTestMain(m)
+}
+
+// New opens an in-memory broker for t and closes it when t ends.
+func New(t testing.TB) *Broker {
+	t.Helper()
+	b, err := Open(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	return b
+}
+
 func TestEnsureInstanceIsIdempotentAndReplacesCredentials(t *testing.T) {
-	b := New()
+	b := New(t)
 	cfg := InstanceConfig{ID: "MQ_INST_a", Owner: "uid-a", Credentials: []Credential{{AccessKeyID: "ak1", AccessKeySecret: "s1"}}}
 	for range 2 {
 		if err := b.EnsureInstance(cfg); err != nil {
@@ -37,7 +55,7 @@ func TestEnsureInstanceIsIdempotentAndReplacesCredentials(t *testing.T) {
 }
 
 func TestAccessKeyBelongsToOneInstance(t *testing.T) {
-	b := New()
+	b := New(t)
 	cred := []Credential{{AccessKeyID: "shared", AccessKeySecret: "s"}}
 	if err := b.EnsureInstance(InstanceConfig{ID: "one", Owner: "o1", Credentials: cred}); err != nil {
 		t.Fatal(err)
@@ -62,7 +80,7 @@ func TestEnsureInstanceRejectsBadInput(t *testing.T) {
 		{"empty secret", InstanceConfig{ID: "ok", Credentials: []Credential{{AccessKeyID: "ak"}}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if err := New().EnsureInstance(tc.cfg); !errors.Is(err, ErrInvalidArgument) {
+			if err := New(t).EnsureInstance(tc.cfg); !errors.Is(err, ErrInvalidArgument) {
 				t.Fatalf("err = %v, want ErrInvalidArgument", err)
 			}
 		})
@@ -70,7 +88,7 @@ func TestEnsureInstanceRejectsBadInput(t *testing.T) {
 }
 
 func TestDeleteInstance(t *testing.T) {
-	b := New()
+	b := New(t)
 	if err := b.EnsureInstance(InstanceConfig{ID: "x", Owner: "o", Credentials: []Credential{{AccessKeyID: "ak", AccessKeySecret: "s"}}}); err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +113,7 @@ func TestDeleteInstance(t *testing.T) {
 }
 
 func TestClosedBrokerRefusesWrites(t *testing.T) {
-	b := New()
+	b := New(t)
 	if err := b.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +123,7 @@ func TestClosedBrokerRefusesWrites(t *testing.T) {
 }
 
 func TestInstanceOwnership(t *testing.T) {
-	b := New()
+	b := New(t)
 	first := InstanceConfig{ID: "shared", Owner: "first", Credentials: []Credential{{AccessKeyID: "k1", AccessKeySecret: "s1"}}}
 	if err := b.EnsureInstance(first); err != nil {
 		t.Fatal(err)

@@ -1,0 +1,244 @@
+package broker
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+)
+
+// Protocol is how a consumer group consumes; a group is used through one only.
+type Protocol string
+
+const (
+	// HTTP groups consume pop style: the broker tracks what each message's consumer
+	// acknowledged, and unacknowledged messages come back after their invisibility.
+	HTTP Protocol = "HTTP"
+	// TCP groups consume pull style: consumers pull from offsets and commit progress.
+	TCP Protocol = "TCP"
+)
+
+// DefaultMaxRedeliveries is RocketMQ's default retry limit before a message goes to
+// the group's dead letters.
+const DefaultMaxRedeliveries = 16
+
+var groupIDPattern = regexp.MustCompile(`^[%|a-zA-Z0-9_-]{1,127}$`)
+
+// GroupConfig is the declared state of a consumer group.
+type GroupConfig struct {
+	ID       string
+	Protocol Protocol
+	// MaxRedeliveries is how many times a message is delivered again before it goes
+	// to the dead letters; zero means DefaultMaxRedeliveries.
+	MaxRedeliveries int
+	Owner           string
+}
+
+// GroupInfo describes a group.
+type GroupInfo struct {
+	ID              string
+	Protocol        Protocol
+	MaxRedeliveries int
+	Owner           string
+}
+
+// group is one consumer group. Its configuration is guarded by Broker.mu; its
+// consume state by its own mutex.
+type group struct {
+	id              uint32
+	instance        string
+	name            string
+	protocol        Protocol
+	maxRedeliveries int
+	owner           string
+
+	mu sync.Mutex
+	// pop holds the pop-style consume state of each queue the group has consumed,
+	// created on first use.
+	pop map[*queue]*popQueue
+}
+
+type groupMeta struct {
+	Instance        string   `json:"instance"`
+	Name            string   `json:"name"`
+	Protocol        Protocol `json:"protocol"`
+	MaxRedeliveries int      `json:"maxRedeliveries"`
+	Owner           string   `json:"owner"`
+}
+
+// EnsureGroup creates the group or brings it to cfg. It is idempotent. The protocol
+// cannot change (ErrImmutable); a group declared by another owner is refused with a
+// *ConflictError.
+func (b *Broker) EnsureGroup(instanceID string, cfg GroupConfig) (GroupInfo, error) {
+	if !groupIDPattern.MatchString(cfg.ID) {
+		return GroupInfo{}, fmt.Errorf("%w: group id %q must be 1 to 127 characters of [%%|a-zA-Z0-9_-]", ErrInvalidArgument, cfg.ID)
+	}
+	switch cfg.Protocol {
+	case HTTP, TCP:
+	default:
+		return GroupInfo{}, fmt.Errorf("%w: protocol %q is not HTTP or TCP", ErrInvalidArgument, cfg.Protocol)
+	}
+	if cfg.MaxRedeliveries == 0 {
+		cfg.MaxRedeliveries = DefaultMaxRedeliveries
+	}
+	if cfg.MaxRedeliveries < 1 || cfg.MaxRedeliveries > 1000 {
+		return GroupInfo{}, fmt.Errorf("%w: max redeliveries %d is outside 1..1000", ErrInvalidArgument, cfg.MaxRedeliveries)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	inst, err := b.instanceLocked(instanceID)
+	if err != nil {
+		return GroupInfo{}, err
+	}
+	g, exists := inst.groups[cfg.ID]
+	if exists {
+		if g.owner != cfg.Owner {
+			return GroupInfo{}, &ConflictError{Kind: "consumer group", Name: cfg.ID, Owner: g.owner}
+		}
+		if g.protocol != cfg.Protocol {
+			return GroupInfo{}, fmt.Errorf("%w: group %q uses %s and cannot switch to %s", ErrImmutable, cfg.ID, g.protocol, cfg.Protocol)
+		}
+		if g.maxRedeliveries == cfg.MaxRedeliveries {
+			return g.info(), nil
+		}
+	} else {
+		g = &group{id: b.counters.NextGroupID, instance: instanceID, name: cfg.ID, protocol: cfg.Protocol,
+			owner: cfg.Owner, pop: map[*queue]*popQueue{}}
+	}
+	w := b.store.newBatch()
+	c := b.counters
+	if !exists {
+		c.NextGroupID++
+		if err := b.setMeta(w, metaCounter, "", c); err != nil {
+			return GroupInfo{}, err
+		}
+	}
+	meta := groupMeta{Instance: instanceID, Name: cfg.ID, Protocol: cfg.Protocol, MaxRedeliveries: cfg.MaxRedeliveries, Owner: cfg.Owner}
+	if err := b.setMeta(w, metaGroup, topicIDString(g.id), meta); err != nil {
+		return GroupInfo{}, err
+	}
+	if err := b.store.commit(w); err != nil {
+		return GroupInfo{}, fmt.Errorf("failed to store group %q: %w", cfg.ID, err)
+	}
+	b.counters = c
+	g.maxRedeliveries = cfg.MaxRedeliveries
+	if !exists {
+		inst.groups[cfg.ID] = g
+		b.groupsByID[g.id] = g
+	}
+	return g.info(), nil
+}
+
+// DeleteGroup removes the group and its progress, if owner declared it. Deleting a
+// group that does not exist, or that another owner declared, succeeds without effect.
+func (b *Broker) DeleteGroup(instanceID, id, owner string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	inst, err := b.instanceLocked(instanceID)
+	if err != nil {
+		if b.closed {
+			return err
+		}
+		return nil
+	}
+	g, ok := inst.groups[id]
+	if !ok || g.owner != owner {
+		return nil
+	}
+	w := b.store.newBatch()
+	b.dropGroupLocked(w, g)
+	if err := b.store.commit(w); err != nil {
+		return fmt.Errorf("failed to delete group %q: %w", id, err)
+	}
+	return nil
+}
+
+// dropGroupLocked removes g from the registries and adds the deletion of its
+// progress and metadata to w. b.mu should be held.
+func (b *Broker) dropGroupLocked(w writeBatch, g *group) {
+	prefix := binary.BigEndian.AppendUint32([]byte{kindOffset}, g.id)
+	w.deleteRange(prefix, prefixEnd(prefix))
+	w.delete(metaKey(metaGroup, topicIDString(g.id)))
+	delete(b.instances[g.instance].groups, g.name)
+	delete(b.groupsByID, g.id)
+}
+
+// forgetTopic drops g's progress on t, which is being deleted, adding the deletion
+// of its stored offsets to w.
+func (g *group) forgetTopic(w writeBatch, t *topic) {
+	prefix := binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32([]byte{kindOffset}, g.id), t.id)
+	w.deleteRange(prefix, prefixEnd(prefix))
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for q := range g.pop {
+		if q.topic == t {
+			delete(g.pop, q)
+		}
+	}
+}
+
+// Group describes one group.
+func (b *Broker) Group(instanceID, id string) (GroupInfo, error) {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	g, err := b.groupLocked(instanceID, id)
+	if err != nil {
+		return GroupInfo{}, err
+	}
+	return g.info(), nil
+}
+
+// Groups lists the instance's groups, sorted by id.
+func (b *Broker) Groups(instanceID string) ([]GroupInfo, error) {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	inst, err := b.instanceLocked(instanceID)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]GroupInfo, 0, len(inst.groups))
+	for _, g := range inst.groups {
+		out = append(out, g.info())
+	}
+	slices.SortFunc(out, func(a, b GroupInfo) int { return strings.Compare(a.ID, b.ID) })
+	return out, nil
+}
+
+// groupLocked resolves a group. b.mu should be held.
+func (b *Broker) groupLocked(instanceID, id string) (*group, error) {
+	inst, err := b.instanceLocked(instanceID)
+	if err != nil {
+		return nil, err
+	}
+	g, ok := inst.groups[id]
+	if !ok {
+		return nil, fmt.Errorf("%w: %q", ErrGroupNotFound, id)
+	}
+	return g, nil
+}
+
+func (g *group) info() GroupInfo {
+	return GroupInfo{ID: g.name, Protocol: g.protocol, MaxRedeliveries: g.maxRedeliveries, Owner: g.owner}
+}
+
+func (b *Broker) recoverGroup(id string, raw []byte) error {
+	var m groupMeta
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return err
+	}
+	if len(id) != 4 {
+		return fmt.Errorf("bad group id")
+	}
+	inst, ok := b.instances[m.Instance]
+	if !ok {
+		return nil
+	}
+	g := &group{id: binary.BigEndian.Uint32([]byte(id)), instance: m.Instance, name: m.Name, protocol: m.Protocol,
+		maxRedeliveries: m.MaxRedeliveries, owner: m.Owner, pop: map[*queue]*popQueue{}}
+	inst.groups[g.name] = g
+	b.groupsByID[g.id] = g
+	return nil
+}

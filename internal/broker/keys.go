@@ -1,0 +1,109 @@
+package broker
+
+import "encoding/binary"
+
+// Key layout. Every key starts with a one-byte kind; integers are big-endian so byte
+// order is numeric order, and one queue's entries, one group's offsets, or all timers
+// due before a time are each one contiguous range.
+//
+//	'l' seq(8)                                 -> message record (the log)
+//	'q' topic(4) queue(4) offset(8)            -> indexEntry: seq, store time, tag hash
+//	'k' topic(4) len(2) key seq(8)             -> nothing: lookup by message key
+//	'o' group(4) topic(4) queue(4)             -> committed consume offset(8)
+//	'M' kind(1) id                             -> metadata of instances, topics, groups
+//
+// Message records are keyed by a global sequence that only grows, so the tables
+// Pebble flushes hardly ever overlap older ones and sink through the levels without
+// being rewritten: the log costs a write to the WAL and one to a table, as in
+// RocketMQ's commit log. Everything a consumer scans lives in the small 'q' entries.
+const (
+	kindLog      = 'l'
+	kindQueue    = 'q'
+	kindKey      = 'k'
+	kindOffset   = 'o'
+	kindMeta     = 'M'
+	metaInstance = 'I'
+	metaTopic    = 'T'
+	metaGroup    = 'G'
+	metaCounter  = 'C'
+)
+
+func logKey(seq uint64) []byte {
+	k := make([]byte, 9)
+	k[0] = kindLog
+	binary.BigEndian.PutUint64(k[1:], seq)
+	return k
+}
+
+func queueKey(topic uint32, queue int, offset uint64) []byte {
+	k := make([]byte, 17)
+	k[0] = kindQueue
+	binary.BigEndian.PutUint32(k[1:], topic)
+	binary.BigEndian.PutUint32(k[5:], uint32(queue))
+	binary.BigEndian.PutUint64(k[9:], offset)
+	return k
+}
+
+// queueKeyOffset is the offset in a 'q' key.
+func queueKeyOffset(k []byte) uint64 { return binary.BigEndian.Uint64(k[9:]) }
+
+func keyIndexKey(topic uint32, key string, seq uint64) []byte {
+	k := make([]byte, 0, 1+4+2+len(key)+8)
+	k = append(k, kindKey)
+	k = binary.BigEndian.AppendUint32(k, topic)
+	k = binary.BigEndian.AppendUint16(k, uint16(len(key)))
+	k = append(k, key...)
+	return binary.BigEndian.AppendUint64(k, seq)
+}
+
+func offsetKey(group, topic uint32, queue int) []byte {
+	k := make([]byte, 13)
+	k[0] = kindOffset
+	binary.BigEndian.PutUint32(k[1:], group)
+	binary.BigEndian.PutUint32(k[5:], topic)
+	binary.BigEndian.PutUint32(k[9:], uint32(queue))
+	return k
+}
+
+func metaKey(kind byte, id string) []byte {
+	return append([]byte{kindMeta, kind}, id...)
+}
+
+// prefixEnd returns the least key greater than every key with prefix p.
+func prefixEnd(p []byte) []byte {
+	end := append([]byte(nil), p...)
+	for i := len(end) - 1; i >= 0; i-- {
+		end[i]++
+		if end[i] != 0 {
+			return end[:i+1]
+		}
+	}
+	return nil // p is all 0xff: no upper bound
+}
+
+// indexEntry is the value of a 'q' key: enough to filter by tag and search by time
+// without reading the record.
+type indexEntry struct {
+	seq       uint64
+	storeTime int64 // ms since the epoch
+	tagHash   uint32
+}
+
+func (e indexEntry) encode() []byte {
+	v := make([]byte, 20)
+	binary.BigEndian.PutUint64(v, e.seq)
+	binary.BigEndian.PutUint64(v[8:], uint64(e.storeTime))
+	binary.BigEndian.PutUint32(v[16:], e.tagHash)
+	return v
+}
+
+func decodeIndexEntry(v []byte) (indexEntry, bool) {
+	if len(v) != 20 {
+		return indexEntry{}, false
+	}
+	return indexEntry{
+		seq:       binary.BigEndian.Uint64(v),
+		storeTime: int64(binary.BigEndian.Uint64(v[8:])),
+		tagHash:   binary.BigEndian.Uint32(v[16:]),
+	}, true
+}

@@ -1,0 +1,517 @@
+package broker
+
+import (
+	"container/heap"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Pop-style consumption defaults, from the mq-http SDKs' documentation.
+const (
+	// DefaultInvisibility is how long a popped message stays hidden before it is
+	// delivered again.
+	DefaultInvisibility = 300 * time.Second
+	// DefaultOrderedInvisibility is the same for ordered topics, which retry sooner.
+	DefaultOrderedInvisibility = 60 * time.Second
+	// MaxPopMessages is the largest batch one pop returns.
+	MaxPopMessages = 16
+	// MaxPopWait is the longest a pop may wait for messages.
+	MaxPopWait = 30 * time.Second
+)
+
+// Per-handle ack errors.
+var (
+	// ErrHandleExpired means the handle's invisibility has passed (the message may
+	// have been delivered again), or its message is already acknowledged.
+	ErrHandleExpired = errors.New("receipt handle expired")
+	// ErrInvalidHandle means the handle is malformed or unknown.
+	ErrInvalidHandle = errors.New("invalid receipt handle")
+)
+
+// PopRequest asks for messages of one topic for one group.
+type PopRequest struct {
+	Group string
+	// Max is 1..MaxPopMessages.
+	Max int
+	// Wait is how long to wait for a message when none is ready, up to MaxPopWait.
+	Wait time.Duration
+	// Filter selects by tag.
+	Filter TagFilter
+	// Orderly asks for ordered consumption: at most one batch of a queue in flight,
+	// and the next only once it is fully acknowledged. It needs an ordered topic.
+	Orderly bool
+	// Invisibility overrides the default invisibility window.
+	Invisibility time.Duration
+}
+
+// Delivery is one message handed to a consumer.
+type Delivery struct {
+	StoredMessage
+	// Handle acknowledges this delivery, and only this one.
+	Handle string
+	// ConsumedTimes counts deliveries of the message to the group, this one included.
+	ConsumedTimes int
+	// FirstConsumeTime is when the group first received it; NextConsumeTime is when
+	// it is delivered again unless acknowledged.
+	FirstConsumeTime, NextConsumeTime time.Time
+}
+
+// popQueue is a group's pop-style state on one queue. Its fields are guarded by mu.
+// Reads of the store happen under mu: it serializes only pops of one group on one
+// queue, which must agree on the cursor anyway.
+type popQueue struct {
+	mu        sync.Mutex
+	committed uint64 // every offset below is done for the group
+	cursor    uint64 // the next offset never handed out
+	inflight  map[uint64]*delivery
+	done      map[uint64]struct{} // acknowledged or filtered offsets in [committed, cursor)
+	expiring  deliveryHeap
+	stored    uint64 // committed as last written to the store
+}
+
+// delivery is one message in flight.
+type delivery struct {
+	offset       uint64
+	seq          uint64
+	token        uint64 // random per delivery: a handle is valid only with it
+	visibleAt    int64  // ms: delivered again from then on
+	firstConsume int64  // ms
+	times        int
+	heapIdx      int
+}
+
+// Pop hands out up to req.Max messages of the topic to an HTTP group, each invisible
+// to the group until its next-consume time. It waits up to req.Wait for a message;
+// a message published meanwhile is handed over at once. It returns no messages and
+// no error when none arrived in time.
+func (b *Broker) Pop(ctx context.Context, instanceID, topicName string, req PopRequest) ([]Delivery, error) {
+	if req.Max < 1 || req.Max > MaxPopMessages {
+		return nil, fmt.Errorf("%w: batch of %d messages; 1 to %d", ErrInvalidArgument, req.Max, MaxPopMessages)
+	}
+	if req.Wait < 0 || req.Wait > MaxPopWait {
+		return nil, fmt.Errorf("%w: wait of %v; 0 to %v", ErrInvalidArgument, req.Wait, MaxPopWait)
+	}
+	t, g, err := b.popTarget(instanceID, topicName, req.Group)
+	if err != nil {
+		return nil, err
+	}
+	if req.Orderly && t.typ != Ordered {
+		return nil, fmt.Errorf("%w: ordered consumption needs an ordered topic; %q is %s", ErrMessageType, topicName, t.typ)
+	}
+	if req.Invisibility <= 0 {
+		req.Invisibility = DefaultInvisibility
+		if t.typ == Ordered {
+			req.Invisibility = DefaultOrderedInvisibility
+		}
+	}
+	deadline := b.clock.Now().Add(req.Wait)
+	for {
+		out, wake, err := b.popOnce(g, t, req)
+		if err != nil || len(out) > 0 {
+			return out, err
+		}
+		if !b.clock.Now().Before(deadline) {
+			return nil, nil
+		}
+		// Sleep until a message arrives, an in-flight one becomes visible again, or
+		// time is up; then look again.
+		until := deadline
+		if !wake.IsZero() && wake.Before(until) {
+			until = wake
+		}
+		b.waitForMessages(ctx, t, until)
+		switch {
+		case ctx.Err() != nil:
+			return nil, ctx.Err()
+		case b.isClosed():
+			return nil, ErrClosed
+		case t.deleted.Load():
+			return nil, fmt.Errorf("%w: %q was deleted", ErrTopicNotFound, t.name)
+		}
+	}
+}
+
+// popTarget resolves topic and group for a pop, checking the group's protocol.
+func (b *Broker) popTarget(instanceID, topicName, groupID string) (*topic, *group, error) {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	t, err := b.topicLocked(instanceID, topicName)
+	if err != nil {
+		return nil, nil, err
+	}
+	g, err := b.groupLocked(instanceID, groupID)
+	if err != nil {
+		return nil, nil, err
+	}
+	if g.protocol != HTTP {
+		return nil, nil, fmt.Errorf("%w: group %q is a %s group", ErrWrongProtocol, groupID, g.protocol)
+	}
+	return t, g, nil
+}
+
+// popOnce collects what is ready now across the topic's queues, and when nothing is,
+// the earliest time an in-flight message becomes visible again (zero if none).
+func (b *Broker) popOnce(g *group, t *topic, req PopRequest) ([]Delivery, time.Time, error) {
+	b.mu.RLock()
+	queues := t.queues
+	b.mu.RUnlock()
+	now := b.now().UnixMilli()
+	var out []Delivery
+	var wake int64
+	// Start at a different queue each time so busy queues do not starve the rest.
+	start := int(t.rr.Add(1))
+	for i := 0; i < len(queues) && len(out) < req.Max; i++ {
+		q := queues[(start+i)%len(queues)]
+		pq, err := b.popState(g, q)
+		if err != nil {
+			return nil, time.Time{}, err
+		}
+		got, next, err := b.popQueue(pq, q, req, now, req.Max-len(out))
+		if err != nil {
+			return nil, time.Time{}, err
+		}
+		out = append(out, got...)
+		if next != 0 && (wake == 0 || next < wake) {
+			wake = next
+		}
+	}
+	if len(out) > 0 {
+		wake = 0
+	}
+	return out, fromMillis(wake), nil
+}
+
+// popQueue takes up to max deliveries from one queue, and returns the next time an
+// in-flight message there becomes visible.
+func (b *Broker) popQueue(pq *popQueue, q *queue, req PopRequest, now int64, max int) ([]Delivery, int64, error) {
+	pq.mu.Lock()
+	defer pq.mu.Unlock()
+	var out []Delivery
+	visibleAt := now + req.Invisibility.Milliseconds()
+
+	if req.Orderly && len(pq.inflight) > 0 {
+		// One batch of a queue in flight at a time: it comes back whole, in order,
+		// once its invisibility passes, and nothing after it is delivered before
+		// it is fully acknowledged.
+		top := pq.expiring[0]
+		if top.visibleAt > now {
+			return nil, top.visibleAt, nil
+		}
+		if len(pq.inflight) > max {
+			return nil, 0, nil // too big for what is left of this response; next pop
+		}
+		batch := make([]*delivery, len(pq.expiring))
+		copy(batch, pq.expiring)
+		sortDeliveries(batch)
+		for _, d := range batch {
+			dl, ok, err := b.redeliver(pq, q, d, now, visibleAt)
+			if err != nil {
+				return nil, 0, err
+			}
+			if ok {
+				out = append(out, dl)
+			}
+		}
+		return out, 0, nil
+	}
+
+	// Messages whose invisibility passed come back first.
+	for len(out) < max && len(pq.expiring) > 0 && pq.expiring[0].visibleAt <= now {
+		dl, ok, err := b.redeliver(pq, q, pq.expiring[0], now, visibleAt)
+		if err != nil {
+			return nil, 0, err
+		}
+		if ok {
+			out = append(out, dl)
+		}
+	}
+	// Then messages never delivered to the group.
+	for len(out) < max {
+		ix, next, err := b.readIndex(q, pq.cursor, max-len(out))
+		if err != nil {
+			return nil, 0, err
+		}
+		if len(ix) == 0 {
+			pq.cursor = max64(pq.cursor, next)
+			break
+		}
+		for _, e := range ix {
+			pq.cursor = e.offset + 1
+			if !req.Filter.mayMatch(e.entry.tagHash) {
+				pq.markDone(e.offset)
+				continue
+			}
+			m, ok, err := b.loadMessage(q, e)
+			if err != nil {
+				return nil, 0, err
+			}
+			if !ok || !req.Filter.matches(m.Tag) {
+				pq.markDone(e.offset)
+				continue
+			}
+			d := &delivery{offset: e.offset, seq: e.entry.seq, firstConsume: now}
+			pq.inflight[e.offset] = d
+			out = append(out, pq.hand(q, d, m, now, visibleAt))
+		}
+	}
+	var wake int64
+	if len(out) == 0 && len(pq.expiring) > 0 {
+		wake = pq.expiring[0].visibleAt
+	}
+	return out, wake, nil
+}
+
+// redeliver hands an in-flight message out again; ok is false if the message is
+// gone (reclaimed by retention while in flight). pq.mu should be held.
+func (b *Broker) redeliver(pq *popQueue, q *queue, d *delivery, now, visibleAt int64) (_ Delivery, ok bool, _ error) {
+	m, ok, err := b.loadMessage(q, indexed{offset: d.offset, entry: indexEntry{seq: d.seq}})
+	if err != nil {
+		return Delivery{}, false, err
+	}
+	if !ok {
+		pq.remove(d)
+		pq.markDone(d.offset)
+		return Delivery{}, false, nil
+	}
+	return pq.hand(q, d, m, now, visibleAt), true, nil
+}
+
+// hand makes d the message's current delivery: a new token, a new invisibility
+// window, one more delivery counted. pq.mu should be held.
+func (pq *popQueue) hand(q *queue, d *delivery, m StoredMessage, now, visibleAt int64) Delivery {
+	d.token = randomToken()
+	d.times++
+	d.visibleAt = visibleAt
+	if d.heapIdx >= 0 && d.heapIdx < len(pq.expiring) && pq.expiring[d.heapIdx] == d {
+		heap.Fix(&pq.expiring, d.heapIdx)
+	} else {
+		heap.Push(&pq.expiring, d)
+	}
+	return Delivery{
+		StoredMessage:    m,
+		Handle:           encodeHandle(q.topic.id, q.id, d.offset, d.token, visibleAt),
+		ConsumedTimes:    d.times,
+		FirstConsumeTime: fromMillis(d.firstConsume),
+		NextConsumeTime:  fromMillis(visibleAt),
+	}
+}
+
+// Ack acknowledges deliveries of the topic to an HTTP group. It returns one error per
+// handle, nil where the acknowledgement took: ErrHandleExpired for a handle past its
+// next-consume time (or already acknowledged), ErrInvalidHandle for one that is not
+// a handle of this topic. The error it returns itself concerns the whole request.
+func (b *Broker) Ack(instanceID, topicName, groupID string, handles []string) ([]error, error) {
+	t, g, err := b.popTarget(instanceID, topicName, groupID)
+	if err != nil {
+		return nil, err
+	}
+	b.mu.RLock()
+	queues := t.queues
+	b.mu.RUnlock()
+	now := b.now().UnixMilli()
+	errs := make([]error, len(handles))
+	touched := map[*popQueue]*queue{}
+	for i, h := range handles {
+		hd, ok := decodeHandle(h)
+		if !ok || hd.topic != t.id || hd.queue >= len(queues) {
+			errs[i] = ErrInvalidHandle
+			continue
+		}
+		if now >= hd.visibleAt {
+			errs[i] = ErrHandleExpired
+			continue
+		}
+		q := queues[hd.queue]
+		pq, err := b.popState(g, q)
+		if err != nil {
+			return nil, err
+		}
+		pq.mu.Lock()
+		d := pq.inflight[hd.offset]
+		switch {
+		case d != nil && d.token == hd.token && d.visibleAt == hd.visibleAt:
+			pq.remove(d)
+			pq.markDone(d.offset)
+			touched[pq] = q
+		case d == nil && (hd.offset < pq.committed || pq.isDone(hd.offset)):
+			errs[i] = ErrHandleExpired // acknowledged already
+		default:
+			errs[i] = ErrInvalidHandle
+		}
+		pq.mu.Unlock()
+	}
+	return errs, b.storeProgress(g, touched)
+}
+
+// storeProgress writes the committed offsets of the touched queues that moved. It
+// does not wait for the disk: losing it in a machine crash means redelivery only.
+func (b *Broker) storeProgress(g *group, touched map[*popQueue]*queue) error {
+	w := b.store.newBatch()
+	for pq, q := range touched {
+		pq.mu.Lock()
+		if pq.committed != pq.stored {
+			w.set(offsetKey(g.id, q.topic.id, q.id), binary.BigEndian.AppendUint64(nil, pq.committed))
+			pq.stored = pq.committed
+		}
+		pq.mu.Unlock()
+	}
+	if w.empty() {
+		w.b.Close()
+		return nil
+	}
+	return b.store.commitNoSync(w)
+}
+
+// popState returns g's pop state on q, loading its committed offset on first use. A
+// group that never consumed the queue starts at its oldest message, as RocketMQ's
+// broker answers a new group.
+func (b *Broker) popState(g *group, q *queue) (*popQueue, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if pq, ok := g.pop[q]; ok {
+		return pq, nil
+	}
+	start := q.min.Load()
+	raw, err := b.store.get(offsetKey(g.id, q.topic.id, q.id))
+	switch {
+	case err == nil && len(raw) == 8:
+		start = max64(start, binary.BigEndian.Uint64(raw))
+	case err != nil && err != errNotFound:
+		return nil, err
+	}
+	pq := &popQueue{committed: start, cursor: start, stored: start, inflight: map[uint64]*delivery{}, done: map[uint64]struct{}{}}
+	g.pop[q] = pq
+	return pq, nil
+}
+
+// markDone records that offset needs nothing more from the group, and moves the
+// committed offset past every done offset at its front. pq.mu should be held.
+func (pq *popQueue) markDone(offset uint64) {
+	if offset < pq.committed {
+		return
+	}
+	pq.done[offset] = struct{}{}
+	for {
+		if _, ok := pq.done[pq.committed]; !ok {
+			return
+		}
+		delete(pq.done, pq.committed)
+		pq.committed++
+	}
+}
+
+func (pq *popQueue) isDone(offset uint64) bool {
+	_, ok := pq.done[offset]
+	return ok
+}
+
+// remove takes d out of flight. pq.mu should be held.
+func (pq *popQueue) remove(d *delivery) {
+	delete(pq.inflight, d.offset)
+	if d.heapIdx >= 0 && d.heapIdx < len(pq.expiring) && pq.expiring[d.heapIdx] == d {
+		heap.Remove(&pq.expiring, d.heapIdx)
+	}
+}
+
+// deliveryHeap orders in-flight messages by the time they become visible again,
+// then by offset, so an expired ordered batch comes back in queue order.
+type deliveryHeap []*delivery
+
+func (h deliveryHeap) Len() int { return len(h) }
+func (h deliveryHeap) Less(i, j int) bool {
+	if h[i].visibleAt != h[j].visibleAt {
+		return h[i].visibleAt < h[j].visibleAt
+	}
+	return h[i].offset < h[j].offset
+}
+func (h deliveryHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].heapIdx, h[j].heapIdx = i, j
+}
+func (h *deliveryHeap) Push(x any) {
+	d := x.(*delivery)
+	d.heapIdx = len(*h)
+	*h = append(*h, d)
+}
+func (h *deliveryHeap) Pop() any {
+	old := *h
+	d := old[len(old)-1]
+	*h = old[:len(old)-1]
+	d.heapIdx = -1
+	return d
+}
+
+func sortDeliveries(ds []*delivery) {
+	for i := 1; i < len(ds); i++ {
+		for j := i; j > 0 && ds[j].offset < ds[j-1].offset; j-- {
+			ds[j], ds[j-1] = ds[j-1], ds[j]
+		}
+	}
+}
+
+// A receipt handle is "1" followed by the hex of topic(4) queue(4) offset(8)
+// token(8) visibleAt(8): it names the delivery and carries its expiry, so an expired
+// handle is told from an unknown one without any state, and the random token makes
+// handles unguessable and unique per delivery.
+type handle struct {
+	topic     uint32
+	queue     int
+	offset    uint64
+	token     uint64
+	visibleAt int64
+}
+
+const handleVersion = "1"
+
+func encodeHandle(topic uint32, queue int, offset, token uint64, visibleAt int64) string {
+	var b [32]byte
+	binary.BigEndian.PutUint32(b[0:], topic)
+	binary.BigEndian.PutUint32(b[4:], uint32(queue))
+	binary.BigEndian.PutUint64(b[8:], offset)
+	binary.BigEndian.PutUint64(b[16:], token)
+	binary.BigEndian.PutUint64(b[24:], uint64(visibleAt))
+	return handleVersion + strings.ToUpper(hex.EncodeToString(b[:]))
+}
+
+func decodeHandle(s string) (handle, bool) {
+	if len(s) != 65 || !strings.HasPrefix(s, handleVersion) {
+		return handle{}, false
+	}
+	raw, err := hex.DecodeString(s[1:])
+	if err != nil {
+		return handle{}, false
+	}
+	return handle{
+		topic:     binary.BigEndian.Uint32(raw[0:]),
+		queue:     int(binary.BigEndian.Uint32(raw[4:])),
+		offset:    binary.BigEndian.Uint64(raw[8:]),
+		token:     binary.BigEndian.Uint64(raw[16:]),
+		visibleAt: int64(binary.BigEndian.Uint64(raw[24:])),
+	}, true
+}
+
+func randomToken() uint64 {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return binary.BigEndian.Uint64(b[:])
+}
+
+func max64(a, b uint64) uint64 {
+	if a > b {
+		return a
+	}
+	return b
+}
+
+func (b *Broker) isClosed() bool {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return b.closed
+}

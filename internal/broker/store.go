@@ -1,0 +1,173 @@
+package broker
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/sstable"
+	"github.com/cockroachdb/pebble/v2/vfs"
+)
+
+// This file is the only one that knows the storage engine is Pebble. The broker talks
+// to it through store, writeBatch and storeIter.
+
+// errNotFound is the store's "no such key".
+var errNotFound = errors.New("key not found")
+
+// store is the broker's durable key-value store.
+type store struct {
+	db   *pebble.DB
+	sync bool // fsync each commit (the default); false is the relaxed flush mode
+}
+
+// openStore opens (or creates) the store in dir; an empty dir keeps everything in
+// memory, for tests.
+func openStore(dir string, syncWrites bool) (*store, error) {
+	opts := &pebble.Options{
+		// Message records arrive with ever-growing keys, so flushed tables rarely
+		// overlap and sink by move compactions. Bodies are usually small or already
+		// compressed by the application: don't spend the two cores compressing them.
+		MemTableSize:                64 << 20,
+		MemTableStopWritesThreshold: 4,
+		L0CompactionThreshold:       4,
+		L0StopWritesThreshold:       64,
+		LBaseMaxBytes:               256 << 20,
+		CompactionConcurrencyRange:  func() (int, int) { return 1, 2 },
+		Logger:                      quietLogger{},
+	}
+	for i := range opts.Levels {
+		opts.Levels[i].Compression = func() *sstable.CompressionProfile { return sstable.NoCompression }
+		opts.Levels[i].BlockSize = 32 << 10
+	}
+	opts.EnsureDefaults()
+	if dir == "" {
+		opts.FS = vfs.NewMem()
+	}
+	db, err := pebble.Open(dir, opts)
+	if err != nil {
+		return nil, fmt.Errorf("failed to open store in %q: %w", dir, err)
+	}
+	return &store{db: db, sync: syncWrites}, nil
+}
+
+func (s *store) close() error { return s.db.Close() }
+
+// get returns a copy of the value at key, or errNotFound.
+func (s *store) get(key []byte) ([]byte, error) {
+	v, closer, err := s.db.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, errNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := bytes.Clone(v)
+	_ = closer.Close()
+	return out, nil
+}
+
+// writeBatch collects writes that become visible and durable together.
+type writeBatch struct{ b *pebble.Batch }
+
+func (s *store) newBatch() writeBatch { return writeBatch{s.db.NewBatch()} }
+
+func (w writeBatch) set(key, value []byte)         { _ = w.b.Set(key, value, nil) }
+func (w writeBatch) delete(key []byte)             { _ = w.b.Delete(key, nil) }
+func (w writeBatch) deleteRange(start, end []byte) { _ = w.b.DeleteRange(start, end, nil) }
+func (w writeBatch) empty() bool                   { return w.b.Empty() }
+func (w writeBatch) len() int                      { return w.b.Len() }
+
+// commit applies w, durably unless the store runs in relaxed mode, and releases it.
+func (s *store) commit(w writeBatch) error {
+	defer w.b.Close()
+	return s.db.Apply(w.b, s.writeOpts())
+}
+
+// commitNoSync applies w without waiting for the disk: for state whose loss in a
+// machine crash only causes redelivery (consume progress), never for messages. It
+// still survives a process crash, since the write-ahead log is in the OS's hands.
+func (s *store) commitNoSync(w writeBatch) error {
+	defer w.b.Close()
+	return s.db.Apply(w.b, pebble.NoSync)
+}
+
+// applyAsync applies w in order with every other commit and returns a function that
+// waits until it is durable and releases it. Applying is quick; the caller can apply
+// the next batch while the disk syncs this one, and the disk syncs both at once.
+func (s *store) applyAsync(w writeBatch) (wait func() error, err error) {
+	if err := s.db.ApplyNoSyncWait(w.b, s.writeOpts()); err != nil {
+		w.b.Close()
+		return nil, err
+	}
+	return func() error {
+		defer w.b.Close()
+		return w.b.SyncWait()
+	}, nil
+}
+
+func (s *store) writeOpts() *pebble.WriteOptions {
+	if s.sync {
+		return pebble.Sync
+	}
+	return pebble.NoSync
+}
+
+// storeIter walks keys in [lower, upper) in order.
+type storeIter struct{ it *pebble.Iterator }
+
+func (s *store) iter(lower, upper []byte) (storeIter, error) {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+	if err != nil {
+		return storeIter{}, err
+	}
+	return storeIter{it}, nil
+}
+
+func (i storeIter) first() bool          { return i.it.First() }
+func (i storeIter) last() bool           { return i.it.Last() }
+func (i storeIter) seekGE(k []byte) bool { return i.it.SeekGE(k) }
+func (i storeIter) next() bool           { return i.it.Next() }
+func (i storeIter) prev() bool           { return i.it.Prev() }
+func (i storeIter) valid() bool          { return i.it.Valid() }
+
+// key and value are valid until the iterator moves.
+func (i storeIter) key() []byte   { return i.it.Key() }
+func (i storeIter) value() []byte { return i.it.Value() }
+func (i storeIter) close() error  { return i.it.Close() }
+
+// lastKey returns a copy of the greatest key in [lower, upper), or nil.
+func (s *store) lastKey(lower, upper []byte) ([]byte, error) {
+	it, err := s.iter(lower, upper)
+	if err != nil {
+		return nil, err
+	}
+	defer it.close()
+	if !it.last() {
+		return nil, nil
+	}
+	return bytes.Clone(it.key()), nil
+}
+
+// firstKey returns a copy of the least key in [lower, upper), or nil.
+func (s *store) firstKey(lower, upper []byte) ([]byte, error) {
+	it, err := s.iter(lower, upper)
+	if err != nil {
+		return nil, err
+	}
+	defer it.close()
+	if !it.first() {
+		return nil, nil
+	}
+	return bytes.Clone(it.key()), nil
+}
+
+// quietLogger drops Pebble's informational chatter and keeps its fatal path.
+type quietLogger struct{}
+
+func (quietLogger) Infof(string, ...any)  {}
+func (quietLogger) Errorf(string, ...any) {}
+func (quietLogger) Fatalf(format string, args ...any) {
+	panic(fmt.Sprintf("pebble: "+format, args...))
+}
