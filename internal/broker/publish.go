@@ -6,7 +6,9 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"runtime"
 	"strings"
+	"time"
 )
 
 // Limits of one group commit. A batch closes at whichever comes first; under load
@@ -154,6 +156,13 @@ func (b *Broker) writeLoop() {
 	defer b.loops.Done()
 	defer close(b.syncCh)
 	for first := range b.appendCh {
+		// Wait for a free slot: while the disk syncs the batches in flight, more
+		// publishes queue up, and the next batch takes them all at once.
+		b.syncSlots <- struct{}{}
+		// Publishers just acknowledged by the last sync are about to publish again:
+		// give them a moment to join this batch rather than wait a whole sync for
+		// the next one.
+		runtime.Gosched()
 		reqs := []*appendRequest{first}
 		n, size := len(first.entries), 0
 	drain:
@@ -226,7 +235,9 @@ func (b *Broker) syncLoop() {
 	for item := range b.syncCh {
 		err := item.err
 		if err == nil {
+			start := time.Now()
 			err = item.wait()
+			b.writeStats.syncWait.Add(int64(time.Since(start)))
 		}
 		if err != nil {
 			err = fmt.Errorf("failed to store messages: %w", err)
@@ -242,12 +253,17 @@ func (b *Broker) syncLoop() {
 				t.signal()
 			}
 		}
+		n := 0
 		for _, r := range item.requests {
 			if r.err == nil {
 				r.err = err
 			}
+			n += len(r.entries)
 			close(r.done)
 		}
+		b.writeStats.commits.Add(1)
+		b.writeStats.messages.Add(int64(n))
+		<-b.syncSlots
 	}
 }
 
