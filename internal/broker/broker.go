@@ -85,6 +85,9 @@ type Options struct {
 	// commit-log offset back out of them. Defaults: 127.0.0.1 and 9876.
 	StoreHost [4]byte
 	StorePort uint32
+	// DelayLevels are the delays of RocketMQ's delay levels 1..n; tests shorten
+	// them. Default: DefaultDelayLevels.
+	DelayLevels []time.Duration
 }
 
 // Credential is an AccessKey pair that authenticates requests for one instance.
@@ -154,6 +157,12 @@ type Broker struct {
 	// syncSlots bounds the batches applied but not yet durable.
 	syncSlots  chan struct{}
 	publishers sync.WaitGroup // publishes between the closed check and their send
+	// background loops (timers) that feed the writer; stopped through quit before
+	// the writer is.
+	background sync.WaitGroup
+	quit       chan struct{}
+	txns       txnRegistry
+	timers     timers
 	writeStats writeStats
 	loops      sync.WaitGroup
 	failed     failure
@@ -182,6 +191,9 @@ func Open(opts Options) (*Broker, error) {
 	if opts.StorePort == 0 {
 		opts.StorePort = 9876
 	}
+	if len(opts.DelayLevels) == 0 {
+		opts.DelayLevels = DefaultDelayLevels
+	}
 	st, err := openStore(opts.Dir, !opts.RelaxedFlush)
 	if err != nil {
 		return nil, err
@@ -199,6 +211,9 @@ func Open(opts Options) (*Broker, error) {
 		appendCh:   make(chan *appendRequest, 4096),
 		syncCh:     make(chan *commitItem, 64),
 		syncSlots:  make(chan struct{}, syncSlots),
+		quit:       make(chan struct{}),
+		txns:       txnRegistry{halves: map[uint64]*halfState{}},
+		timers:     timers{kick: make(chan struct{}, 1)},
 	}
 	if err := b.recover(); err != nil {
 		_ = st.close()
@@ -207,6 +222,11 @@ func Open(opts Options) (*Broker, error) {
 	b.loops.Add(2)
 	go b.writeLoop()
 	go b.syncLoop()
+	b.background.Add(1)
+	go func() {
+		defer b.background.Done()
+		b.timerLoop()
+	}()
 	return b, nil
 }
 
@@ -227,6 +247,8 @@ func (b *Broker) Close() error {
 	for _, t := range topics {
 		t.signal() // long polls see the broker closed
 	}
+	close(b.quit)
+	b.background.Wait()
 	b.publishers.Wait()
 	close(b.appendCh)
 	b.loops.Wait()
@@ -431,6 +453,9 @@ func (b *Broker) recover() error {
 		return err
 	}
 	if err := b.scanMeta(metaGroup, b.recoverGroup); err != nil {
+		return err
+	}
+	if err := b.recoverHalves(); err != nil {
 		return err
 	}
 	last, err := b.store.lastKey([]byte{kindLog}, []byte{kindLog + 1})

@@ -10,6 +10,9 @@ import "encoding/binary"
 //	'q' topic(4) queue(4) offset(8)            -> indexEntry: seq, store time, tag hash
 //	'k' topic(4) len(2) key seq(8)             -> nothing: lookup by message key
 //	'o' group(4) topic(4) queue(4)             -> committed consume offset(8)
+//	't' due(8) seq(8)                          -> pendingEntry: a timer not yet due
+//	'h' seq(8)                                 -> halfState: an unresolved half message
+//	'm' topic(4) queue(4)                      -> the queue's min offset after retention
 //	'M' kind(1) id                             -> metadata of instances, topics, groups
 //
 // Message records are keyed by a global sequence that only grows, so the tables
@@ -21,6 +24,9 @@ const (
 	kindQueue    = 'q'
 	kindKey      = 'k'
 	kindOffset   = 'o'
+	kindTimer    = 't'
+	kindHalf     = 'h'
+	kindQueueMin = 'm'
 	kindMeta     = 'M'
 	metaInstance = 'I'
 	metaTopic    = 'T'
@@ -106,4 +112,64 @@ func decodeIndexEntry(v []byte) (indexEntry, bool) {
 		storeTime: int64(binary.BigEndian.Uint64(v[8:])),
 		tagHash:   binary.BigEndian.Uint32(v[16:]),
 	}, true
+}
+
+func timerKey(due int64, seq uint64) []byte {
+	k := make([]byte, 17)
+	k[0] = kindTimer
+	binary.BigEndian.PutUint64(k[1:], uint64(due))
+	binary.BigEndian.PutUint64(k[9:], seq)
+	return k
+}
+
+func halfKey(seq uint64) []byte {
+	k := make([]byte, 9)
+	k[0] = kindHalf
+	binary.BigEndian.PutUint64(k[1:], seq)
+	return k
+}
+
+func queueMinKey(topic uint32, queue int) []byte {
+	k := make([]byte, 9)
+	k[0] = kindQueueMin
+	binary.BigEndian.PutUint32(k[1:], topic)
+	binary.BigEndian.PutUint32(k[5:], uint32(queue))
+	return k
+}
+
+// pendingEntry is what a record waiting for delivery (a timer) needs to enter its
+// queue without reading the record.
+type pendingEntry struct {
+	topic   uint32
+	queue   int
+	tagHash uint32
+	store   int64
+}
+
+func (p pendingEntry) encode() []byte {
+	v := make([]byte, 20)
+	binary.BigEndian.PutUint32(v, p.topic)
+	binary.BigEndian.PutUint32(v[4:], uint32(p.queue))
+	binary.BigEndian.PutUint32(v[8:], p.tagHash)
+	binary.BigEndian.PutUint64(v[12:], uint64(p.store))
+	return v
+}
+
+func decodePendingEntry(v []byte) (pendingEntry, bool) {
+	if len(v) != 20 {
+		return pendingEntry{}, false
+	}
+	return pendingEntry{
+		topic:   binary.BigEndian.Uint32(v),
+		queue:   int(binary.BigEndian.Uint32(v[4:])),
+		tagHash: binary.BigEndian.Uint32(v[8:]),
+		store:   int64(binary.BigEndian.Uint64(v[12:])),
+	}, true
+}
+
+func minNonZero(a, b int64) int64 {
+	if a == 0 || (b != 0 && b < a) {
+		return b
+	}
+	return a
 }

@@ -43,6 +43,9 @@ type Message struct {
 	Queue int
 	// DeliverAt delays delivery until this time (timer messages); zero delivers now.
 	DeliverAt time.Time
+	// DelayLevel delays delivery by RocketMQ's delay level (1..18; higher clamps to
+	// the last); 0 for none. It sets DeliverAt when the message is stored.
+	DelayLevel int
 	// Transactional stores the message as a half message that no consumer sees until
 	// it is committed.
 	Transactional bool
@@ -86,11 +89,14 @@ type StoredMessage struct {
 
 // PublishResult is what a producer learns about a stored message.
 type PublishResult struct {
-	ID      string
-	Seq     uint64
-	Queue   int
-	Offset  int64 // -1 if not deliverable yet
-	BodyMD5 string
+	// TxnHandle commits or rolls back a transactional message until its first
+	// check-back is due; empty for other messages.
+	TxnHandle string
+	ID        string
+	Seq       uint64
+	Queue     int
+	Offset    int64 // -1 if not deliverable yet
+	BodyMD5   string
 	// StoreTime is the publish time.
 	StoreTime time.Time
 }

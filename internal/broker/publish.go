@@ -30,12 +30,23 @@ type appendRequest struct {
 // appendEntry is one message of a publish, encoded by the publisher's goroutine so
 // that the writer only orders and copies.
 type appendEntry struct {
-	queue   *queue
+	queue *queue
+	// record is the encoded message; nil when delivering a record stored earlier,
+	// which seq names.
 	record  []byte
+	seq     uint64
 	tagHash uint32
 	keys    []string
 	store   int64 // store time, ms
 	md5     string
+	// dueAt (ms), when later than the time of writing, holds the message back as a
+	// timer: it enters its queue, and gets an offset, only when due.
+	dueAt int64
+	// half stores the message as an unresolved half message instead.
+	half *halfState
+	// remove lists keys deleted in the same batch: the timer or half-message entry
+	// of a record being delivered, so delivery happens exactly once.
+	remove [][]byte
 }
 
 // commitItem is an applied batch waiting for the disk.
@@ -45,6 +56,10 @@ type commitItem struct {
 	requests []*appendRequest
 	// advances are the queues' new durable watermarks once the batch is on disk.
 	advances map[*queue]uint64
+	// halves are half messages stored by the batch, registered once durable.
+	halves []*halfState
+	// earliestTimer is the earliest timer the batch stored (ms), zero if none.
+	earliestTimer int64
 }
 
 // Publish stores msg on the topic and returns once it is durable.
@@ -81,15 +96,27 @@ func (b *Broker) PublishBatch(ctx context.Context, instanceID, topicName string,
 			b.mu.RUnlock()
 			return nil, err
 		}
-		sum := md5.Sum(msgs[i].Body)
-		req.entries[i] = appendEntry{
+		m := &msgs[i]
+		if m.DelayLevel > 0 {
+			m.DeliverAt = now.Add(b.delay(m.DelayLevel))
+		}
+		sum := md5.Sum(m.Body)
+		e := appendEntry{
 			queue:   q,
-			record:  encodeRecord(record{topic: t.id, queue: q.id, storeTime: now.UnixMilli(), md5: sum, msg: &msgs[i]}),
-			tagHash: tagHash(msgs[i].Tag),
-			keys:    msgs[i].Keys,
+			record:  encodeRecord(record{topic: t.id, queue: q.id, storeTime: now.UnixMilli(), md5: sum, msg: m}),
+			tagHash: tagHash(m.Tag),
+			keys:    m.Keys,
 			store:   now.UnixMilli(),
 			md5:     strings.ToUpper(hex.EncodeToString(sum[:])),
+			dueAt:   millis(m.DeliverAt),
 		}
+		if m.Transactional {
+			if e.half, err = b.newHalf(m, q, e.tagHash, now); err != nil {
+				b.mu.RUnlock()
+				return nil, err
+			}
+		}
+		req.entries[i] = e
 	}
 	// Registered while b.mu is held, so Close (which takes b.mu) cannot close the
 	// channel under a publisher about to send on it.
@@ -112,6 +139,11 @@ func (b *Broker) PublishBatch(ctx context.Context, instanceID, topicName string,
 	if req.err != nil {
 		return nil, req.err
 	}
+	for i, e := range req.entries {
+		if e.half != nil {
+			req.results[i].TxnHandle = encodeTxnHandle(t.id, e.half.seq, e.half.token, e.half.checkAt)
+		}
+	}
 	return req.results, nil
 }
 
@@ -123,15 +155,10 @@ func (t *topic) pickQueue(msg *Message) (*queue, error) {
 		return nil, fmt.Errorf("%w: a transactional message cannot go to %s topic %q", ErrMessageType, strings.ToLower(string(t.typ)), t.name)
 	case !msg.Transactional && t.typ == Transactional:
 		return nil, fmt.Errorf("%w: transactional topic %q takes only transactional messages", ErrMessageType, t.name)
-	case t.typ == Ordered && !msg.DeliverAt.IsZero():
+	case t.typ == Ordered && (!msg.DeliverAt.IsZero() || msg.DelayLevel > 0):
 		return nil, fmt.Errorf("%w: ordered topic %q does not take timer messages", ErrMessageType, t.name)
 	case t.typ == Ordered && msg.ShardingKey == "" && msg.Queue == AnyQueue:
 		return nil, fmt.Errorf("%w: a message to ordered topic %q needs a sharding key", ErrMessageType, t.name)
-	}
-	// Timer and transactional delivery land with their own issue of the work; until
-	// then they are refused rather than stored and never delivered.
-	if msg.Transactional || !msg.DeliverAt.IsZero() {
-		return nil, fmt.Errorf("%w: timer and transactional messages are not supported yet", ErrInvalidArgument)
 	}
 	n := len(t.queues)
 	switch {
@@ -194,29 +221,15 @@ func (b *Broker) applyBatch(reqs []*appendRequest) *commitItem {
 		return item
 	}
 	w := b.store.newBatch()
+	now := b.now().UnixMilli()
 	for _, r := range reqs {
 		if r.topic.deleted.Load() {
 			r.err = fmt.Errorf("%w: %q was deleted", ErrTopicNotFound, r.topic.name)
 			continue
 		}
 		r.results = make([]PublishResult, len(r.entries))
-		for i, e := range r.entries {
-			seq := b.nextSeq
-			b.nextSeq++
-			w.set(logKey(seq), e.record)
-			offset := e.queue.next
-			e.queue.next++
-			w.set(queueKey(r.topic.id, e.queue.id, offset), indexEntry{seq: seq, storeTime: e.store, tagHash: e.tagHash}.encode())
-			for _, k := range e.keys {
-				if k != "" {
-					w.set(keyIndexKey(r.topic.id, k, seq), nil)
-				}
-			}
-			item.advances[e.queue] = e.queue.next
-			r.results[i] = PublishResult{
-				ID: messageID(b.opts.StoreHost, b.opts.StorePort, seq), Seq: seq, Queue: e.queue.id,
-				Offset: int64(offset), BodyMD5: e.md5, StoreTime: fromMillis(e.store),
-			}
+		for i := range r.entries {
+			r.results[i] = b.applyEntry(w, item, &r.entries[i], now)
 		}
 	}
 	if w.empty() {
@@ -226,6 +239,44 @@ func (b *Broker) applyBatch(reqs []*appendRequest) *commitItem {
 	}
 	item.wait, item.err = b.store.applyAsync(w)
 	return item
+}
+
+// applyEntry adds one entry to w. Only the writer goroutine calls it.
+func (b *Broker) applyEntry(w writeBatch, item *commitItem, e *appendEntry, now int64) PublishResult {
+	t := e.queue.topic
+	seq := e.seq
+	if e.record != nil {
+		seq = b.nextSeq
+		b.nextSeq++
+		w.set(logKey(seq), e.record)
+		for _, k := range e.keys {
+			if k != "" {
+				w.set(keyIndexKey(t.id, k, seq), nil)
+			}
+		}
+	}
+	for _, k := range e.remove {
+		w.delete(k)
+	}
+	res := PublishResult{ID: messageID(b.opts.StoreHost, b.opts.StorePort, seq), Seq: seq, Queue: e.queue.id,
+		Offset: -1, BodyMD5: e.md5, StoreTime: fromMillis(e.store)}
+	pending := pendingEntry{topic: t.id, queue: e.queue.id, tagHash: e.tagHash, store: e.store}
+	switch {
+	case e.half != nil:
+		e.half.seq = seq
+		w.set(halfKey(seq), e.half.encode())
+		item.halves = append(item.halves, e.half)
+	case e.dueAt > now:
+		w.set(timerKey(e.dueAt, seq), pending.encode())
+		item.earliestTimer = minNonZero(item.earliestTimer, e.dueAt)
+	default:
+		offset := e.queue.next
+		e.queue.next++
+		w.set(queueKey(t.id, e.queue.id, offset), indexEntry{seq: seq, storeTime: e.store, tagHash: e.tagHash}.encode())
+		item.advances[e.queue] = e.queue.next
+		res.Offset = int64(offset)
+	}
+	return res
 }
 
 // syncLoop waits for each batch to be durable, in order, then makes its messages
@@ -251,6 +302,10 @@ func (b *Broker) syncLoop() {
 			}
 			for t := range signalled {
 				t.signal()
+			}
+			b.txns.register(item.halves)
+			if item.earliestTimer != 0 {
+				b.timers.wake(item.earliestTimer)
 			}
 		}
 		n := 0

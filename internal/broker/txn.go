@@ -1,0 +1,385 @@
+package broker
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Transaction check-back timing, from the mq-http SDKs' documentation: the first
+// check after the message's immunity time (10 to 300 s on HTTP), then about every
+// 10 s, for a day; an unresolved half message is then rolled back.
+const (
+	DefaultCheckImmunity = 10 * time.Second
+	MinCheckImmunity     = time.Second
+	MaxCheckImmunity     = 24 * time.Hour
+	CheckInterval        = 10 * time.Second
+	TransactionTimeout   = 24 * time.Hour
+)
+
+// halfState is an unresolved half message. Its mutable fields are guarded by
+// txnRegistry.mu.
+type halfState struct {
+	seq           uint64
+	topic         uint32
+	queue         int
+	tagHash       uint32
+	store         int64  // ms
+	dueAt         int64  // ms: a timer message is delayed after its commit
+	producerGroup string // TCP: the check-back goes to a producer of this group
+	checkAt       int64  // ms: next check-back due
+	deadline      int64  // ms: rolled back if still unresolved
+	checks        int32
+	token         uint64 // the current handle's token
+	resolving     bool   // in memory only: a commit or rollback is under way
+}
+
+// Layout: seq(8) topic(4) queue(4) tagHash(4) store(8) dueAt(8) checkAt(8)
+// deadline(8) checks(4) token(8) producerGroup(rest).
+func (h *halfState) encode() []byte {
+	v := make([]byte, 0, 68+len(h.producerGroup))
+	v = binary.BigEndian.AppendUint64(v, h.seq)
+	v = binary.BigEndian.AppendUint32(v, h.topic)
+	v = binary.BigEndian.AppendUint32(v, uint32(h.queue))
+	v = binary.BigEndian.AppendUint32(v, h.tagHash)
+	v = binary.BigEndian.AppendUint64(v, uint64(h.store))
+	v = binary.BigEndian.AppendUint64(v, uint64(h.dueAt))
+	v = binary.BigEndian.AppendUint64(v, uint64(h.checkAt))
+	v = binary.BigEndian.AppendUint64(v, uint64(h.deadline))
+	v = binary.BigEndian.AppendUint32(v, uint32(h.checks))
+	v = binary.BigEndian.AppendUint64(v, h.token)
+	return append(v, h.producerGroup...)
+}
+
+func decodeHalfState(v []byte) (*halfState, bool) {
+	if len(v) < 68 {
+		return nil, false
+	}
+	return &halfState{
+		seq:           binary.BigEndian.Uint64(v),
+		topic:         binary.BigEndian.Uint32(v[8:]),
+		queue:         int(binary.BigEndian.Uint32(v[12:])),
+		tagHash:       binary.BigEndian.Uint32(v[16:]),
+		store:         int64(binary.BigEndian.Uint64(v[20:])),
+		dueAt:         int64(binary.BigEndian.Uint64(v[28:])),
+		checkAt:       int64(binary.BigEndian.Uint64(v[36:])),
+		deadline:      int64(binary.BigEndian.Uint64(v[44:])),
+		checks:        int32(binary.BigEndian.Uint32(v[52:])),
+		token:         binary.BigEndian.Uint64(v[56:]),
+		producerGroup: string(v[64+4:]),
+	}, true
+}
+
+// txnRegistry holds the unresolved half messages in memory; each is also stored
+// under its 'h' key, from which it is recovered.
+type txnRegistry struct {
+	mu     sync.Mutex
+	halves map[uint64]*halfState
+}
+
+// register adds half messages that just became durable.
+func (r *txnRegistry) register(hs []*halfState) {
+	if len(hs) == 0 {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, h := range hs {
+		r.halves[h.seq] = h
+	}
+}
+
+func (b *Broker) recoverHalves() error {
+	it, err := b.store.iter([]byte{kindHalf}, []byte{kindHalf + 1})
+	if err != nil {
+		return err
+	}
+	defer it.close()
+	for ok := it.first(); ok; ok = it.next() {
+		h, valid := decodeHalfState(it.value())
+		if !valid {
+			return fmt.Errorf("corrupt half message %x", it.key())
+		}
+		b.txns.halves[h.seq] = h
+	}
+	return nil
+}
+
+// newHalf describes a transactional message about to be stored.
+func (b *Broker) newHalf(m *Message, q *queue, tagHash uint32, now time.Time) (*halfState, error) {
+	immunity := m.CheckImmunity
+	if immunity == 0 {
+		immunity = DefaultCheckImmunity
+	}
+	if immunity < MinCheckImmunity || immunity > MaxCheckImmunity {
+		return nil, fmt.Errorf("%w: check immunity %v is outside %v..%v", ErrInvalidArgument, immunity, MinCheckImmunity, MaxCheckImmunity)
+	}
+	return &halfState{
+		topic: q.topic.id, queue: q.id, tagHash: tagHash, store: now.UnixMilli(), dueAt: millis(m.DeliverAt),
+		producerGroup: m.ProducerGroup, checkAt: now.Add(immunity).UnixMilli(),
+		deadline: now.Add(TransactionTimeout).UnixMilli(), token: randomToken(),
+	}, nil
+}
+
+// A transaction handle names a half message and one check-back period: "T" then the
+// hex of topic(4) seq(8) token(8) expiry(8). The publish of a half message returns
+// one valid until its first check-back; each check-back hands out a new one.
+const txnHandlePrefix = "T"
+
+func encodeTxnHandle(topic uint32, seq, token uint64, expiry int64) string {
+	var b [28]byte
+	binary.BigEndian.PutUint32(b[0:], topic)
+	binary.BigEndian.PutUint64(b[4:], seq)
+	binary.BigEndian.PutUint64(b[12:], token)
+	binary.BigEndian.PutUint64(b[20:], uint64(expiry))
+	return txnHandlePrefix + strings.ToUpper(hex.EncodeToString(b[:]))
+}
+
+type txnHandle struct {
+	topic  uint32
+	seq    uint64
+	token  uint64
+	expiry int64
+}
+
+func decodeTxnHandle(s string) (txnHandle, bool) {
+	if len(s) != 57 || !strings.HasPrefix(s, txnHandlePrefix) {
+		return txnHandle{}, false
+	}
+	raw, err := hex.DecodeString(s[1:])
+	if err != nil {
+		return txnHandle{}, false
+	}
+	return txnHandle{
+		topic:  binary.BigEndian.Uint32(raw[0:]),
+		seq:    binary.BigEndian.Uint64(raw[4:]),
+		token:  binary.BigEndian.Uint64(raw[12:]),
+		expiry: int64(binary.BigEndian.Uint64(raw[20:])),
+	}, true
+}
+
+// EndTransaction commits or rolls back a half message of the topic by the handle its
+// publish or a check-back returned (the HTTP protocol's way). It returns
+// ErrHandleExpired for a handle past its period or a message already resolved, and
+// ErrInvalidHandle for anything else that is not a current handle of this topic.
+func (b *Broker) EndTransaction(instanceID, topicName, handle string, commit bool) error {
+	b.mu.RLock()
+	t, err := b.topicLocked(instanceID, topicName)
+	b.mu.RUnlock()
+	if err != nil {
+		return err
+	}
+	h, ok := decodeTxnHandle(handle)
+	if !ok || h.topic != t.id {
+		return ErrInvalidHandle
+	}
+	if b.now().UnixMilli() >= h.expiry {
+		return ErrHandleExpired
+	}
+	b.txns.mu.Lock()
+	half := b.txns.halves[h.seq]
+	switch {
+	case half == nil || half.resolving:
+		b.txns.mu.Unlock()
+		return ErrHandleExpired
+	case half.token != h.token:
+		b.txns.mu.Unlock()
+		return ErrInvalidHandle
+	}
+	half.resolving = true
+	b.txns.mu.Unlock()
+	return b.resolveHalf(half, commit)
+}
+
+// ResolveTransaction commits or rolls back the half message at seq for its producer
+// group (the TCP protocol's way, by commit-log offset). Resolving a message already
+// resolved is not an error: the TCP client sends its decision one way and never
+// reads an answer.
+func (b *Broker) ResolveTransaction(instanceID string, seq uint64, producerGroup string, commit bool) error {
+	b.txns.mu.Lock()
+	half := b.txns.halves[seq]
+	if half == nil || half.resolving {
+		b.txns.mu.Unlock()
+		return nil
+	}
+	b.mu.RLock()
+	t, ok := b.topicsByID[half.topic]
+	b.mu.RUnlock()
+	if !ok || t.instance != instanceID {
+		b.txns.mu.Unlock()
+		return fmt.Errorf("%w: no half message %d in instance %q", ErrInvalidArgument, seq, instanceID)
+	}
+	if half.producerGroup != "" && half.producerGroup != producerGroup {
+		b.txns.mu.Unlock()
+		return fmt.Errorf("%w: half message %d belongs to producer group %q", ErrInvalidArgument, seq, half.producerGroup)
+	}
+	half.resolving = true
+	b.txns.mu.Unlock()
+	return b.resolveHalf(half, commit)
+}
+
+// resolveHalf commits or rolls back a half message marked resolving. A commit makes
+// the stored record enter its queue (or its timer) in the same batch that deletes
+// the half entry, so it becomes visible exactly once, even across a crash.
+func (b *Broker) resolveHalf(half *halfState, commit bool) error {
+	var err error
+	q := b.queueByID(half.topic, half.queue)
+	if commit && q != nil {
+		err = b.submit([]*appendRequest{{topic: q.topic, done: make(chan struct{}), entries: []appendEntry{{
+			queue: q, seq: half.seq, tagHash: half.tagHash, store: half.store, dueAt: half.dueAt,
+			remove: [][]byte{halfKey(half.seq)},
+		}}}})
+	} else {
+		w := b.store.newBatch()
+		w.delete(halfKey(half.seq))
+		w.delete(logKey(half.seq)) // a rolled-back message is never delivered: reclaim it now
+		err = b.store.commit(w)
+	}
+	b.txns.mu.Lock()
+	defer b.txns.mu.Unlock()
+	if err != nil {
+		half.resolving = false
+		return err
+	}
+	delete(b.txns.halves, half.seq)
+	return nil
+}
+
+// PopHalf hands out up to max half messages of the topic whose check-back is due,
+// for the HTTP transactional producer of group: each comes with a handle to commit
+// or roll it back before its next check-back, about 10 s later. Half messages
+// published by TCP producers of another group are left to them. It waits up to wait
+// for one to come due.
+func (b *Broker) PopHalf(ctx context.Context, instanceID, topicName, groupID string, max int, wait time.Duration) ([]Delivery, error) {
+	if max < 1 || max > MaxPopMessages {
+		return nil, fmt.Errorf("%w: batch of %d messages; 1 to %d", ErrInvalidArgument, max, MaxPopMessages)
+	}
+	t, _, err := b.popTarget(instanceID, topicName, groupID)
+	if err != nil {
+		return nil, err
+	}
+	if t.typ != Transactional {
+		return nil, fmt.Errorf("%w: %q is not a transactional topic", ErrMessageType, topicName)
+	}
+	deadline := b.clock.Now().Add(wait)
+	for {
+		out, next, err := b.takeChecks(func(h *halfState) bool {
+			return h.topic == t.id && (h.producerGroup == "" || h.producerGroup == groupID)
+		}, max)
+		if err != nil || len(out) > 0 {
+			return out, err
+		}
+		now := b.clock.Now()
+		if !now.Before(deadline) {
+			return nil, nil
+		}
+		until := deadline
+		if next != 0 && time.UnixMilli(next).Before(until) {
+			until = time.UnixMilli(next)
+		}
+		b.waitForMessages(ctx, t, until)
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if b.isClosed() {
+			return nil, ErrClosed
+		}
+	}
+}
+
+// TakeTransactionChecks returns up to max half messages of the instance whose
+// check-back is due and whose producer group is group, and schedules their next
+// check-back: the TCP server sends each to a connected producer of the group.
+func (b *Broker) TakeTransactionChecks(instanceID, producerGroup string, max int) ([]Delivery, error) {
+	out, _, err := b.takeChecks(func(h *halfState) bool {
+		if h.producerGroup != producerGroup {
+			return false
+		}
+		b.mu.RLock()
+		t, ok := b.topicsByID[h.topic]
+		b.mu.RUnlock()
+		return ok && t.instance == instanceID
+	}, max)
+	return out, err
+}
+
+// takeChecks hands out due check-backs of half messages that match, rolling back the
+// ones past their deadline, and returns the next due time (ms) when it found none.
+func (b *Broker) takeChecks(match func(*halfState) bool, max int) ([]Delivery, int64, error) {
+	now := b.now().UnixMilli()
+	var due, expired []*halfState
+	var next int64
+	b.txns.mu.Lock()
+	for _, h := range b.txns.halves {
+		if h.resolving || !match(h) {
+			continue
+		}
+		switch {
+		case now >= h.deadline:
+			h.resolving = true
+			expired = append(expired, h)
+		case h.checkAt <= now && len(due) < max:
+			h.checks++
+			h.token = randomToken()
+			h.checkAt = now + CheckInterval.Milliseconds()
+			due = append(due, h)
+		case h.checkAt > now:
+			next = minNonZero(next, h.checkAt)
+		}
+	}
+	// Snapshot what the deliveries need while the lock is held.
+	type snap struct {
+		h       *halfState
+		token   uint64
+		checkAt int64
+		checks  int32
+	}
+	snaps := make([]snap, len(due))
+	w := b.store.newBatch()
+	for i, h := range due {
+		snaps[i] = snap{h: h, token: h.token, checkAt: h.checkAt, checks: h.checks}
+		w.set(halfKey(h.seq), h.encode())
+	}
+	b.txns.mu.Unlock()
+
+	for _, h := range expired {
+		if err := b.resolveHalf(h, false); err != nil {
+			return nil, 0, err
+		}
+	}
+	if len(due) == 0 {
+		w.b.Close()
+		return nil, next, nil
+	}
+	// The new check time need not survive a crash: the worst is an early check-back.
+	if err := b.store.commitNoSync(w); err != nil {
+		return nil, 0, err
+	}
+	out := make([]Delivery, 0, len(due))
+	for _, s := range snaps {
+		q := b.queueByID(s.h.topic, s.h.queue)
+		if q == nil {
+			continue
+		}
+		m, ok, err := b.loadMessage(q, indexed{offset: 0, entry: indexEntry{seq: s.h.seq}})
+		if err != nil {
+			return nil, 0, err
+		}
+		if !ok {
+			continue
+		}
+		m.Offset = -1
+		out = append(out, Delivery{
+			StoredMessage:    m,
+			Handle:           encodeTxnHandle(s.h.topic, s.h.seq, s.token, s.checkAt),
+			ConsumedTimes:    int(s.checks),
+			FirstConsumeTime: fromMillis(s.h.store),
+			NextConsumeTime:  fromMillis(s.checkAt),
+		})
+	}
+	return out, 0, nil
+}
