@@ -32,6 +32,8 @@ var (
 	ErrInstanceNotFound = errors.New("instance not found")
 	// ErrTopicNotFound means the instance has no topic of that name.
 	ErrTopicNotFound = errors.New("topic not found")
+	// ErrMessageNotFound means no message has the given id (or it is past retention).
+	ErrMessageNotFound = errors.New("message not found")
 	// ErrGroupNotFound means the instance has no consumer group of that id.
 	ErrGroupNotFound = errors.New("consumer group not found")
 	// ErrInvalidArgument means a request carried a value the broker does not accept;

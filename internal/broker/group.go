@@ -108,6 +108,13 @@ func (b *Broker) EnsureGroup(instanceID string, cfg GroupConfig) (GroupInfo, err
 		g = &group{id: b.counters.NextGroupID, instance: instanceID, name: cfg.ID, protocol: cfg.Protocol,
 			owner: cfg.Owner, pop: map[*queue]*popQueue{}}
 	}
+	if !exists {
+		// The retry and dead-letter topics first: if storing the group fails they
+		// are harmless, and a retried declaration finds them.
+		if err := b.ensureSystemTopicsLocked(inst, &group{name: cfg.ID}); err != nil {
+			return GroupInfo{}, err
+		}
+	}
 	w := b.store.newBatch()
 	c := b.counters
 	if !exists {
@@ -162,6 +169,7 @@ func (b *Broker) dropGroupLocked(w writeBatch, g *group) {
 	prefix := binary.BigEndian.AppendUint32([]byte{kindOffset}, g.id)
 	w.deleteRange(prefix, prefixEnd(prefix))
 	w.delete(metaKey(metaGroup, topicIDString(g.id)))
+	b.dropSystemTopicsLocked(w, b.instances[g.instance], g)
 	delete(b.instances[g.instance].groups, g.name)
 	delete(b.groupsByID, g.id)
 }

@@ -113,7 +113,7 @@ func (b *Broker) Pop(ctx context.Context, instanceID, topicName string, req PopR
 	}
 	deadline := b.clock.Now().Add(req.Wait)
 	for {
-		out, wake, err := b.popOnce(g, t, req)
+		out, wake, err := b.popOnce(ctx, g, t, req)
 		if err != nil || len(out) > 0 {
 			return out, err
 		}
@@ -158,7 +158,7 @@ func (b *Broker) popTarget(instanceID, topicName, groupID string) (*topic, *grou
 
 // popOnce collects what is ready now across the topic's queues, and when nothing is,
 // the earliest time an in-flight message becomes visible again (zero if none).
-func (b *Broker) popOnce(g *group, t *topic, req PopRequest) ([]Delivery, time.Time, error) {
+func (b *Broker) popOnce(ctx context.Context, g *group, t *topic, req PopRequest) ([]Delivery, time.Time, error) {
 	b.mu.RLock()
 	queues := t.queues
 	b.mu.RUnlock()
@@ -173,7 +173,10 @@ func (b *Broker) popOnce(g *group, t *topic, req PopRequest) ([]Delivery, time.T
 		if err != nil {
 			return nil, time.Time{}, err
 		}
-		got, next, err := b.popQueue(pq, q, req, now, req.Max-len(out))
+		got, dead, next, err := b.popQueue(pq, q, req, now, req.Max-len(out), 1+g.maxRedeliveries)
+		if err == nil && len(dead) > 0 {
+			err = b.buryAll(ctx, g, pq, q, dead)
+		}
 		if err != nil {
 			return nil, time.Time{}, err
 		}
@@ -189,44 +192,61 @@ func (b *Broker) popOnce(g *group, t *topic, req PopRequest) ([]Delivery, time.T
 }
 
 // popQueue takes up to max deliveries from one queue, and returns the next time an
-// in-flight message there becomes visible.
-func (b *Broker) popQueue(pq *popQueue, q *queue, req PopRequest, now int64, max int) ([]Delivery, int64, error) {
+// in-flight message there becomes visible. Messages already delivered maxDeliveries
+// times are not delivered again but returned as dead, out of flight's reach (no
+// handle acknowledges them), for the caller to move to the dead letters.
+func (b *Broker) popQueue(pq *popQueue, q *queue, req PopRequest, now int64, max, maxDeliveries int) (out []Delivery, dead []*delivery, wake int64, err error) {
 	pq.mu.Lock()
 	defer pq.mu.Unlock()
-	var out []Delivery
+	bury := func(d *delivery) {
+		heap.Remove(&pq.expiring, d.heapIdx)
+		d.token = 0
+		dead = append(dead, d)
+	}
 	visibleAt := now + req.Invisibility.Milliseconds()
 
 	if req.Orderly && len(pq.inflight) > 0 {
 		// One batch of a queue in flight at a time: it comes back whole, in order,
 		// once its invisibility passes, and nothing after it is delivered before
 		// it is fully acknowledged.
+		if len(pq.expiring) == 0 {
+			return nil, nil, 0, nil // the batch's head is on its way to the dead letters
+		}
 		top := pq.expiring[0]
 		if top.visibleAt > now {
-			return nil, top.visibleAt, nil
+			return nil, nil, top.visibleAt, nil
 		}
-		if len(pq.inflight) > max {
-			return nil, 0, nil // too big for what is left of this response; next pop
+		if len(pq.expiring) > max {
+			return nil, nil, 0, nil // too big for what is left of this response; next pop
 		}
 		batch := make([]*delivery, len(pq.expiring))
 		copy(batch, pq.expiring)
 		sortDeliveries(batch)
 		for _, d := range batch {
+			if d.times >= maxDeliveries {
+				bury(d)
+				continue
+			}
 			dl, ok, err := b.redeliver(pq, q, d, now, visibleAt)
 			if err != nil {
-				return nil, 0, err
+				return nil, nil, 0, err
 			}
 			if ok {
 				out = append(out, dl)
 			}
 		}
-		return out, 0, nil
+		return out, dead, 0, nil
 	}
 
 	// Messages whose invisibility passed come back first.
 	for len(out) < max && len(pq.expiring) > 0 && pq.expiring[0].visibleAt <= now {
+		if d := pq.expiring[0]; d.times >= maxDeliveries {
+			bury(d)
+			continue
+		}
 		dl, ok, err := b.redeliver(pq, q, pq.expiring[0], now, visibleAt)
 		if err != nil {
-			return nil, 0, err
+			return nil, nil, 0, err
 		}
 		if ok {
 			out = append(out, dl)
@@ -236,7 +256,7 @@ func (b *Broker) popQueue(pq *popQueue, q *queue, req PopRequest, now int64, max
 	for len(out) < max {
 		ix, next, err := b.readIndex(q, pq.cursor, max-len(out))
 		if err != nil {
-			return nil, 0, err
+			return nil, nil, 0, err
 		}
 		if len(ix) == 0 {
 			pq.cursor = max64(pq.cursor, next)
@@ -250,7 +270,7 @@ func (b *Broker) popQueue(pq *popQueue, q *queue, req PopRequest, now int64, max
 			}
 			m, ok, err := b.loadMessage(q, e)
 			if err != nil {
-				return nil, 0, err
+				return nil, nil, 0, err
 			}
 			if !ok || !req.Filter.matches(m.Tag) {
 				pq.markDone(e.offset)
@@ -261,11 +281,34 @@ func (b *Broker) popQueue(pq *popQueue, q *queue, req PopRequest, now int64, max
 			out = append(out, pq.hand(q, d, m, now, visibleAt))
 		}
 	}
-	var wake int64
 	if len(out) == 0 && len(pq.expiring) > 0 {
 		wake = pq.expiring[0].visibleAt
 	}
-	return out, wake, nil
+	return out, dead, wake, nil
+}
+
+// buryAll moves dead deliveries of q to g's dead letters and marks them done.
+func (b *Broker) buryAll(ctx context.Context, g *group, pq *popQueue, q *queue, dead []*delivery) error {
+	for _, d := range dead {
+		m, ok, err := b.loadMessage(q, indexed{offset: d.offset, entry: indexEntry{seq: d.seq}})
+		if err != nil {
+			return err
+		}
+		if ok {
+			if err := b.deadLetter(ctx, g, m, d.times); err != nil {
+				// Back into flight, due at once: the next pop tries again.
+				pq.mu.Lock()
+				heap.Push(&pq.expiring, d)
+				pq.mu.Unlock()
+				return fmt.Errorf("failed to move message %s to the dead letters: %w", m.ID, err)
+			}
+		}
+		pq.mu.Lock()
+		delete(pq.inflight, d.offset)
+		pq.markDone(d.offset)
+		pq.mu.Unlock()
+	}
+	return b.storeProgress(g, map[*popQueue]*queue{pq: q})
 }
 
 // redeliver hands an in-flight message out again; ok is false if the message is

@@ -88,6 +88,15 @@ func (b *Broker) PublishBatch(ctx context.Context, instanceID, topicName string,
 		b.mu.RUnlock()
 		return nil, err
 	}
+	if t.system {
+		b.mu.RUnlock()
+		return nil, fmt.Errorf("%w: %q is a system topic", ErrInvalidArgument, topicName)
+	}
+	return b.publishLocked(ctx, t, msgs)
+}
+
+// publishLocked stores msgs on t. It is entered with b.mu read-locked and unlocks it.
+func (b *Broker) publishLocked(ctx context.Context, t *topic, msgs []Message) ([]PublishResult, error) {
 	req := &appendRequest{topic: t, entries: make([]appendEntry, len(msgs)), done: make(chan struct{})}
 	now := b.now()
 	for i := range msgs {
@@ -111,6 +120,7 @@ func (b *Broker) PublishBatch(ctx context.Context, instanceID, topicName string,
 			dueAt:   millis(m.DeliverAt),
 		}
 		if m.Transactional {
+			var err error
 			if e.half, err = b.newHalf(m, q, e.tagHash, now); err != nil {
 				b.mu.RUnlock()
 				return nil, err

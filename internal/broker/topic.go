@@ -57,6 +57,8 @@ type TopicInfo struct {
 	Queues    int
 	Retention time.Duration
 	Owner     string
+	// System is true for a group's retry and dead-letter topics.
+	System bool
 	// Messages is how many messages are deliverable (published and not yet past
 	// retention), summed over the queues.
 	Messages int64
@@ -71,8 +73,11 @@ type topic struct {
 	retention time.Duration
 	owner     string
 	queues    []*queue
-	deleted   atomic.Bool
-	rr        atomic.Uint32 // round-robin queue choice
+	// system topics (a group's retry and dead-letter topics) belong to the broker:
+	// producers cannot publish to them and they go with their group.
+	system  bool
+	deleted atomic.Bool
+	rr      atomic.Uint32 // round-robin queue choice
 
 	// notify is closed, and replaced, whenever messages become deliverable, to wake
 	// every long poll on the topic at once.
@@ -101,9 +106,13 @@ type topicMeta struct {
 	Queues    int           `json:"queues"`
 	Retention time.Duration `json:"retention"`
 	Owner     string        `json:"owner"`
+	System    bool          `json:"system,omitempty"`
 }
 
 func validateTopicConfig(cfg *TopicConfig) error {
+	if strings.HasPrefix(cfg.Name, RetryTopicPrefix) || strings.HasPrefix(cfg.Name, DLQTopicPrefix) {
+		return fmt.Errorf("%w: %q is a system topic name; retry and dead-letter topics come with their group", ErrInvalidArgument, cfg.Name)
+	}
 	if cfg.Name == "" || len(cfg.Name) > MaxTopicNameLength || !topicNamePattern.MatchString(cfg.Name) {
 		return fmt.Errorf("%w: topic name %q must be 1 to %d characters of [%%|a-zA-Z0-9_-]", ErrInvalidArgument, cfg.Name, MaxTopicNameLength)
 	}
@@ -142,6 +151,12 @@ func (b *Broker) EnsureTopic(instanceID string, cfg TopicConfig) (TopicInfo, err
 	if err != nil {
 		return TopicInfo{}, err
 	}
+	return b.ensureTopicLocked(inst, cfg, false)
+}
+
+// ensureTopicLocked creates or updates a topic of inst. b.mu should be held.
+func (b *Broker) ensureTopicLocked(inst *instance, cfg TopicConfig, system bool) (TopicInfo, error) {
+	instanceID := inst.id
 	t, exists := inst.topics[cfg.Name]
 	if exists {
 		if t.owner != cfg.Owner {
@@ -157,7 +172,8 @@ func (b *Broker) EnsureTopic(instanceID string, cfg TopicConfig) (TopicInfo, err
 			return t.info(), nil
 		}
 	} else {
-		t = &topic{id: b.counters.NextTopicID, instance: instanceID, name: cfg.Name, typ: cfg.Type, owner: cfg.Owner, notify: make(chan struct{})}
+		t = &topic{id: b.counters.NextTopicID, instance: instanceID, name: cfg.Name, typ: cfg.Type, owner: cfg.Owner,
+			system: system, notify: make(chan struct{})}
 	}
 	w := b.store.newBatch()
 	c := b.counters
@@ -167,7 +183,8 @@ func (b *Broker) EnsureTopic(instanceID string, cfg TopicConfig) (TopicInfo, err
 			return TopicInfo{}, err
 		}
 	}
-	meta := topicMeta{Instance: instanceID, Name: cfg.Name, Type: cfg.Type, Queues: cfg.Queues, Retention: cfg.Retention, Owner: cfg.Owner}
+	meta := topicMeta{Instance: instanceID, Name: cfg.Name, Type: cfg.Type, Queues: cfg.Queues, Retention: cfg.Retention,
+		Owner: cfg.Owner, System: system}
 	if err := b.setMeta(w, metaTopic, topicIDString(t.id), meta); err != nil {
 		return TopicInfo{}, err
 	}
@@ -275,7 +292,7 @@ func (t *topic) info() TopicInfo {
 	for _, q := range t.queues {
 		n += int64(q.durable.Load() - q.min.Load())
 	}
-	return TopicInfo{Name: t.name, Type: t.typ, Queues: len(t.queues), Retention: t.retention, Owner: t.owner, Messages: n}
+	return TopicInfo{Name: t.name, Type: t.typ, Queues: len(t.queues), Retention: t.retention, Owner: t.owner, System: t.system, Messages: n}
 }
 
 // signal wakes everything waiting for messages on t.
@@ -309,7 +326,7 @@ func (b *Broker) recoverTopic(id string, raw []byte) error {
 		return nil // its instance was deleted; the topic goes with it
 	}
 	t := &topic{id: binary.BigEndian.Uint32([]byte(id)), instance: m.Instance, name: m.Name, typ: m.Type,
-		retention: m.Retention, owner: m.Owner, notify: make(chan struct{})}
+		retention: m.Retention, owner: m.Owner, system: m.System, notify: make(chan struct{})}
 	for i := range m.Queues {
 		q := &queue{topic: t, id: i}
 		lo, hi := queueKey(t.id, i, 0), queueKey(t.id, i+1, 0)
