@@ -47,7 +47,7 @@ envtest: ## Build etcd and kube-apiserver from Go modules into bin/k8s/ and prin
 
 .PHONY: test
 test: manifests generate fmt vet ## Run all tests, envtest suites included, against binaries built by hack/.
-	KUBEBUILDER_ASSETS="$$(hack/envtest.sh)" go test $(TEST_FLAGS) ./...
+	KUBEBUILDER_ASSETS="$$(hack/envtest.sh)" go test -timeout 20m $(TEST_FLAGS) ./...
 
 .PHONY: bench
 bench: ## Run the Go benchmarks (medians over BENCH_FLAGS' -count runs).

@@ -165,6 +165,7 @@ type Broker struct {
 	quit       chan struct{}
 	txns       txnRegistry
 	timers     timers
+	locks      locks
 	writeStats writeStats
 	loops      sync.WaitGroup
 	failed     failure
@@ -216,6 +217,7 @@ func Open(opts Options) (*Broker, error) {
 		quit:       make(chan struct{}),
 		txns:       txnRegistry{halves: map[uint64]*halfState{}},
 		timers:     timers{kick: make(chan struct{}, 1)},
+		locks:      locks{owner: map[lockKey]lease{}},
 	}
 	if err := b.recover(); err != nil {
 		_ = st.close()
@@ -224,11 +226,13 @@ func Open(opts Options) (*Broker, error) {
 	b.loops.Add(2)
 	go b.writeLoop()
 	go b.syncLoop()
-	b.background.Add(1)
-	go func() {
-		defer b.background.Done()
-		b.timerLoop()
-	}()
+	for _, loop := range []func(){b.timerLoop, b.retentionLoop} {
+		b.background.Add(1)
+		go func() {
+			defer b.background.Done()
+			loop()
+		}()
+	}
 	return b, nil
 }
 

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // Protocol is how a consumer group consumes; a group is used through one only.
@@ -54,6 +56,10 @@ type group struct {
 	protocol        Protocol
 	maxRedeliveries int
 	owner           string
+
+	// lastConsume is when the group last consumed (ms): popped, acknowledged,
+	// committed an offset or locked a queue.
+	lastConsume atomic.Int64
 
 	mu sync.Mutex
 	// pop holds the pop-style consume state of each queue the group has consumed,
@@ -249,4 +255,116 @@ func (b *Broker) recoverGroup(id string, raw []byte) error {
 	inst.groups[g.name] = g
 	b.groupsByID[g.id] = g
 	return nil
+}
+
+// touchGroup records that g consumed just now.
+func (b *Broker) touchGroup(g *group) { g.lastConsume.Store(b.now().UnixMilli()) }
+
+// GroupTopicStats is a group's progress on one topic.
+type GroupTopicStats struct {
+	Topic string
+	// Backlog is how many messages the group has not consumed yet, in flight ones
+	// included.
+	Backlog int64
+	// InFlight is how many are handed out and not yet acknowledged (HTTP groups).
+	InFlight int64
+}
+
+// GroupStats describes a group's consumption.
+type GroupStats struct {
+	GroupInfo
+	// Topics are the topics the group has consumed, sorted by name.
+	Topics      []GroupTopicStats
+	DeadLetters int64
+	// LastConsumeTime is zero if the group never consumed since the broker started.
+	LastConsumeTime time.Time
+}
+
+// GroupStats reports a group's backlog per topic, in-flight and dead-letter counts.
+func (b *Broker) GroupStats(instanceID, groupID string) (GroupStats, error) {
+	b.mu.RLock()
+	g, err := b.groupLocked(instanceID, groupID)
+	if err != nil {
+		b.mu.RUnlock()
+		return GroupStats{}, err
+	}
+	out := GroupStats{GroupInfo: g.info(), LastConsumeTime: fromMillis(g.lastConsume.Load())}
+	if dlq, ok := b.instances[instanceID].topics[DLQTopic(groupID)]; ok {
+		out.DeadLetters = b.countIndex(dlq.queues[0])
+	}
+	b.mu.RUnlock()
+
+	// Committed offsets as stored, then the pop state in memory, which is newer.
+	committed := map[*queue]uint64{}
+	inflight := map[*queue]int64{}
+	prefix := binary.BigEndian.AppendUint32([]byte{kindOffset}, g.id)
+	it, err := b.store.iter(prefix, prefixEnd(prefix))
+	if err != nil {
+		return GroupStats{}, err
+	}
+	for ok := it.first(); ok; ok = it.next() {
+		k := it.key()
+		if q := b.queueByID(binary.BigEndian.Uint32(k[5:]), int(binary.BigEndian.Uint32(k[9:]))); q != nil && len(it.value()) == 8 {
+			committed[q] = binary.BigEndian.Uint64(it.value())
+		}
+	}
+	if err := it.close(); err != nil {
+		return GroupStats{}, err
+	}
+	g.mu.Lock()
+	for q, pq := range g.pop {
+		pq.mu.Lock()
+		committed[q] = pq.committed
+		inflight[q] = int64(len(pq.inflight))
+		pq.mu.Unlock()
+	}
+	g.mu.Unlock()
+
+	// A queue of a consumed topic that the group never touched starts at its oldest
+	// message, as a new group does.
+	for q := range committed {
+		b.mu.RLock()
+		queues := q.topic.queues
+		b.mu.RUnlock()
+		for _, other := range queues {
+			if _, ok := committed[other]; !ok {
+				committed[other] = other.min.Load()
+			}
+		}
+	}
+	byTopic := map[string]*GroupTopicStats{}
+	for q, c := range committed {
+		if q.topic.deleted.Load() || q.topic.system {
+			continue
+		}
+		s := byTopic[q.topic.name]
+		if s == nil {
+			s = &GroupTopicStats{Topic: q.topic.name}
+			byTopic[q.topic.name] = s
+		}
+		if d := q.durable.Load(); d > c {
+			s.Backlog += int64(d - max64(c, q.min.Load()))
+		}
+		s.InFlight += inflight[q]
+	}
+	for _, s := range byTopic {
+		out.Topics = append(out.Topics, *s)
+	}
+	slices.SortFunc(out.Topics, func(a, b GroupTopicStats) int { return strings.Compare(a.Topic, b.Topic) })
+	return out, nil
+}
+
+// countIndex counts the index entries of q (the dead-letter queue has holes where
+// messages were re-driven, so its offsets do not count it).
+func (b *Broker) countIndex(q *queue) int64 {
+	it, err := b.store.iter(queueKey(q.topic.id, q.id, 0), queueKey(q.topic.id, q.id+1, 0))
+	if err != nil {
+		return 0
+	}
+	defer it.close()
+	var n int64
+	for ok := it.first(); ok; ok = it.next() {
+		n++
+	}
+	return n
 }

@@ -13,6 +13,7 @@ import "encoding/binary"
 //	't' due(8) seq(8)                          -> pendingEntry: a timer not yet due
 //	'h' seq(8)                                 -> halfState: an unresolved half message
 //	'm' topic(4) queue(4)                      -> the queue's min offset after retention
+//	'b' topic(4) queue(4)                      -> bytes of the queue's messages
 //	'M' kind(1) id                             -> metadata of instances, topics, groups
 //
 // Message records are keyed by a global sequence that only grows, so the tables
@@ -27,6 +28,7 @@ const (
 	kindTimer    = 't'
 	kindHalf     = 'h'
 	kindQueueMin = 'm'
+	kindBytes    = 'b'
 	kindMeta     = 'M'
 	metaInstance = 'I'
 	metaTopic    = 'T'
@@ -93,24 +95,27 @@ type indexEntry struct {
 	seq       uint64
 	storeTime int64 // ms since the epoch
 	tagHash   uint32
+	size      uint32 // bytes of the record, for statistics and retention
 }
 
 func (e indexEntry) encode() []byte {
-	v := make([]byte, 20)
+	v := make([]byte, 24)
 	binary.BigEndian.PutUint64(v, e.seq)
 	binary.BigEndian.PutUint64(v[8:], uint64(e.storeTime))
 	binary.BigEndian.PutUint32(v[16:], e.tagHash)
+	binary.BigEndian.PutUint32(v[20:], e.size)
 	return v
 }
 
 func decodeIndexEntry(v []byte) (indexEntry, bool) {
-	if len(v) != 20 {
+	if len(v) != 24 {
 		return indexEntry{}, false
 	}
 	return indexEntry{
 		seq:       binary.BigEndian.Uint64(v),
 		storeTime: int64(binary.BigEndian.Uint64(v[8:])),
 		tagHash:   binary.BigEndian.Uint32(v[16:]),
+		size:      binary.BigEndian.Uint32(v[20:]),
 	}, true
 }
 
@@ -129,6 +134,12 @@ func halfKey(seq uint64) []byte {
 	return k
 }
 
+func queueBytesKey(topic uint32, queue int) []byte {
+	k := queueMinKey(topic, queue)
+	k[0] = kindBytes
+	return k
+}
+
 func queueMinKey(topic uint32, queue int) []byte {
 	k := make([]byte, 9)
 	k[0] = kindQueueMin
@@ -144,19 +155,21 @@ type pendingEntry struct {
 	queue   int
 	tagHash uint32
 	store   int64
+	size    uint32
 }
 
 func (p pendingEntry) encode() []byte {
-	v := make([]byte, 20)
+	v := make([]byte, 24)
 	binary.BigEndian.PutUint32(v, p.topic)
 	binary.BigEndian.PutUint32(v[4:], uint32(p.queue))
 	binary.BigEndian.PutUint32(v[8:], p.tagHash)
 	binary.BigEndian.PutUint64(v[12:], uint64(p.store))
+	binary.BigEndian.PutUint32(v[20:], p.size)
 	return v
 }
 
 func decodePendingEntry(v []byte) (pendingEntry, bool) {
-	if len(v) != 20 {
+	if len(v) != 24 {
 		return pendingEntry{}, false
 	}
 	return pendingEntry{
@@ -164,6 +177,7 @@ func decodePendingEntry(v []byte) (pendingEntry, bool) {
 		queue:   int(binary.BigEndian.Uint32(v[4:])),
 		tagHash: binary.BigEndian.Uint32(v[8:]),
 		store:   int64(binary.BigEndian.Uint64(v[12:])),
+		size:    binary.BigEndian.Uint32(v[20:]),
 	}, true
 }
 

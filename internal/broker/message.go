@@ -226,6 +226,17 @@ func appendString(b []byte, s string) []byte {
 	return append(b, s...)
 }
 
+// decodeRecordHeader parses only a record's fixed header: its topic, queue and
+// store time.
+func decodeRecordHeader(b []byte) (record, error) {
+	d := decoder{b: b}
+	if v := d.byte(); v != recordVersion {
+		return record{}, fmt.Errorf("%w: version %d", errCorruptRecord, v)
+	}
+	r := record{topic: d.u32(), queue: int(d.u32()), storeTime: int64(d.u64())}
+	return r, d.err
+}
+
 // decodeRecord parses a record. The returned message does not alias b.
 func decodeRecord(b []byte) (record, error) {
 	d := decoder{b: b}

@@ -111,6 +111,7 @@ func (b *Broker) Pop(ctx context.Context, instanceID, topicName string, req PopR
 			req.Invisibility = DefaultOrderedInvisibility
 		}
 	}
+	b.touchGroup(g)
 	deadline := b.clock.Now().Add(req.Wait)
 	for {
 		out, wake, err := b.popOnce(ctx, g, t, req)
@@ -390,6 +391,7 @@ func (b *Broker) Ack(instanceID, topicName, groupID string, handles []string) ([
 		}
 		pq.mu.Unlock()
 	}
+	b.touchGroup(g)
 	return errs, b.storeProgress(g, touched)
 }
 

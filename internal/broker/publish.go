@@ -38,6 +38,7 @@ type appendEntry struct {
 	tagHash uint32
 	keys    []string
 	store   int64 // store time, ms
+	size    uint32
 	md5     string
 	// dueAt (ms), when later than the time of writing, holds the message back as a
 	// timer: it enters its queue, and gets an offset, only when due.
@@ -56,6 +57,8 @@ type commitItem struct {
 	requests []*appendRequest
 	// advances are the queues' new durable watermarks once the batch is on disk.
 	advances map[*queue]uint64
+	// bytes are the queues' byte counts with the batch.
+	bytes map[*queue]uint64
 	// halves are half messages stored by the batch, registered once durable.
 	halves []*halfState
 	// earliestTimer is the earliest timer the batch stored (ms), zero if none.
@@ -119,9 +122,10 @@ func (b *Broker) publishLocked(ctx context.Context, t *topic, msgs []Message) ([
 			md5:     strings.ToUpper(hex.EncodeToString(sum[:])),
 			dueAt:   millis(m.DeliverAt),
 		}
+		e.size = uint32(len(e.record))
 		if m.Transactional {
 			var err error
-			if e.half, err = b.newHalf(m, q, e.tagHash, now); err != nil {
+			if e.half, err = b.newHalf(m, q, e.tagHash, e.size, now); err != nil {
 				b.mu.RUnlock()
 				return nil, err
 			}
@@ -225,7 +229,7 @@ func (b *Broker) writeLoop() {
 // applyBatch assigns sequence numbers and offsets to reqs and applies them as one
 // batch. Only the writer goroutine calls it.
 func (b *Broker) applyBatch(reqs []*appendRequest) *commitItem {
-	item := &commitItem{requests: reqs, advances: make(map[*queue]uint64)}
+	item := &commitItem{requests: reqs, advances: make(map[*queue]uint64), bytes: make(map[*queue]uint64)}
 	if err := b.failed.get(); err != nil {
 		item.err = err
 		return item
@@ -241,6 +245,9 @@ func (b *Broker) applyBatch(reqs []*appendRequest) *commitItem {
 		for i := range r.entries {
 			r.results[i] = b.applyEntry(w, item, &r.entries[i], now)
 		}
+	}
+	for q, n := range item.bytes {
+		w.set(queueBytesKey(q.topic.id, q.id), binary.BigEndian.AppendUint64(nil, n))
 	}
 	if w.empty() {
 		w.b.Close()
@@ -270,7 +277,7 @@ func (b *Broker) applyEntry(w writeBatch, item *commitItem, e *appendEntry, now 
 	}
 	res := PublishResult{ID: messageID(b.opts.StoreHost, b.opts.StorePort, seq), Seq: seq, Queue: e.queue.id,
 		Offset: -1, BodyMD5: e.md5, StoreTime: fromMillis(e.store)}
-	pending := pendingEntry{topic: t.id, queue: e.queue.id, tagHash: e.tagHash, store: e.store}
+	pending := pendingEntry{topic: t.id, queue: e.queue.id, tagHash: e.tagHash, store: e.store, size: e.size}
 	switch {
 	case e.half != nil:
 		e.half.seq = seq
@@ -282,8 +289,10 @@ func (b *Broker) applyEntry(w writeBatch, item *commitItem, e *appendEntry, now 
 	default:
 		offset := e.queue.next
 		e.queue.next++
-		w.set(queueKey(t.id, e.queue.id, offset), indexEntry{seq: seq, storeTime: e.store, tagHash: e.tagHash}.encode())
+		w.set(queueKey(t.id, e.queue.id, offset), indexEntry{seq: seq, storeTime: e.store, tagHash: e.tagHash, size: e.size}.encode())
 		item.advances[e.queue] = e.queue.next
+		e.queue.bytes += uint64(e.size)
+		item.bytes[e.queue] = e.queue.bytes
 		res.Offset = int64(offset)
 	}
 	return res
@@ -308,6 +317,7 @@ func (b *Broker) syncLoop() {
 			signalled := map[*topic]bool{}
 			for q, next := range item.advances {
 				q.durable.Store(next)
+				q.durableBytes.Store(item.bytes[q])
 				signalled[q.topic] = true
 			}
 			for t := range signalled {

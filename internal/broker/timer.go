@@ -109,7 +109,7 @@ func (b *Broker) deliverDueTimers() (int, int64, error) {
 		}
 		seq := binary.BigEndian.Uint64(key[9:])
 		reqs = append(reqs, &appendRequest{topic: q.topic, done: make(chan struct{}), entries: []appendEntry{{
-			queue: q, seq: seq, tagHash: p.tagHash, store: p.store, remove: [][]byte{key},
+			queue: q, seq: seq, tagHash: p.tagHash, store: p.store, size: p.size, remove: [][]byte{key},
 		}}})
 	}
 	if err := it.close(); err != nil {

@@ -60,8 +60,9 @@ type TopicInfo struct {
 	// System is true for a group's retry and dead-letter topics.
 	System bool
 	// Messages is how many messages are deliverable (published and not yet past
-	// retention), summed over the queues.
+	// retention), summed over the queues; Bytes their stored size.
 	Messages int64
+	Bytes    int64
 }
 
 // topic is one topic. Its configuration fields are guarded by Broker.mu.
@@ -97,6 +98,11 @@ type queue struct {
 	durable atomic.Uint64
 	// min: offsets below are gone (retention).
 	min atomic.Uint64
+	// bytes counts the bytes of the queue's records (the writer's), durableBytes as
+	// of the durable watermark, and reclaimed those retention removed.
+	bytes        uint64
+	durableBytes atomic.Uint64
+	reclaimed    atomic.Uint64
 }
 
 type topicMeta struct {
@@ -235,8 +241,10 @@ func (b *Broker) dropTopicLocked(w writeBatch, t *topic) {
 	t.deleted.Store(true)
 	prefix := binary.BigEndian.AppendUint32([]byte{kindQueue}, t.id)
 	w.deleteRange(prefix, prefixEnd(prefix))
-	prefix = binary.BigEndian.AppendUint32([]byte{kindKey}, t.id)
-	w.deleteRange(prefix, prefixEnd(prefix))
+	for _, kind := range []byte{kindKey, kindQueueMin, kindBytes} {
+		prefix = binary.BigEndian.AppendUint32([]byte{kind}, t.id)
+		w.deleteRange(prefix, prefixEnd(prefix))
+	}
 	w.delete(metaKey(metaTopic, topicIDString(t.id)))
 	for _, g := range b.groupsByID {
 		g.forgetTopic(w, t)
@@ -288,11 +296,13 @@ func (b *Broker) topicLocked(instanceID, name string) (*topic, error) {
 
 // info describes t. b.mu should be held.
 func (t *topic) info() TopicInfo {
-	var n int64
+	var n, size int64
 	for _, q := range t.queues {
 		n += int64(q.durable.Load() - q.min.Load())
+		size += int64(q.durableBytes.Load() - q.reclaimed.Load())
 	}
-	return TopicInfo{Name: t.name, Type: t.typ, Queues: len(t.queues), Retention: t.retention, Owner: t.owner, System: t.system, Messages: n}
+	return TopicInfo{Name: t.name, Type: t.typ, Queues: len(t.queues), Retention: t.retention, Owner: t.owner,
+		System: t.system, Messages: n, Bytes: size}
 }
 
 // signal wakes everything waiting for messages on t.
@@ -341,8 +351,18 @@ func (b *Broker) recoverTopic(id string, raw []byte) error {
 		if last != nil {
 			q.min.Store(queueKeyOffset(first))
 			q.next = queueKeyOffset(last) + 1
-			q.durable.Store(q.next)
 		}
+		// Retention records how far it removed, which matters when it removed all.
+		if raw, err := b.store.get(queueMinKey(t.id, i)); err == nil && len(raw) == 16 {
+			q.min.Store(max64(q.min.Load(), binary.BigEndian.Uint64(raw)))
+			q.next = max64(q.next, q.min.Load())
+			q.reclaimed.Store(binary.BigEndian.Uint64(raw[8:]))
+		}
+		if raw, err := b.store.get(queueBytesKey(t.id, i)); err == nil && len(raw) == 8 {
+			q.bytes = binary.BigEndian.Uint64(raw)
+		}
+		q.durable.Store(q.next)
+		q.durableBytes.Store(q.bytes)
 		t.queues = append(t.queues, q)
 	}
 	inst.topics[t.name] = t

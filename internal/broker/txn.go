@@ -29,6 +29,7 @@ type halfState struct {
 	queue         int
 	tagHash       uint32
 	store         int64  // ms
+	size          uint32 // bytes of the record
 	dueAt         int64  // ms: a timer message is delayed after its commit
 	producerGroup string // TCP: the check-back goes to a producer of this group
 	checkAt       int64  // ms: next check-back due
@@ -39,9 +40,9 @@ type halfState struct {
 }
 
 // Layout: seq(8) topic(4) queue(4) tagHash(4) store(8) dueAt(8) checkAt(8)
-// deadline(8) checks(4) token(8) producerGroup(rest).
+// deadline(8) checks(4) token(8) size(4) producerGroup(rest).
 func (h *halfState) encode() []byte {
-	v := make([]byte, 0, 68+len(h.producerGroup))
+	v := make([]byte, 0, 72+len(h.producerGroup))
 	v = binary.BigEndian.AppendUint64(v, h.seq)
 	v = binary.BigEndian.AppendUint32(v, h.topic)
 	v = binary.BigEndian.AppendUint32(v, uint32(h.queue))
@@ -52,11 +53,12 @@ func (h *halfState) encode() []byte {
 	v = binary.BigEndian.AppendUint64(v, uint64(h.deadline))
 	v = binary.BigEndian.AppendUint32(v, uint32(h.checks))
 	v = binary.BigEndian.AppendUint64(v, h.token)
+	v = binary.BigEndian.AppendUint32(v, h.size)
 	return append(v, h.producerGroup...)
 }
 
 func decodeHalfState(v []byte) (*halfState, bool) {
-	if len(v) < 68 {
+	if len(v) < 72 {
 		return nil, false
 	}
 	return &halfState{
@@ -70,7 +72,8 @@ func decodeHalfState(v []byte) (*halfState, bool) {
 		deadline:      int64(binary.BigEndian.Uint64(v[44:])),
 		checks:        int32(binary.BigEndian.Uint32(v[52:])),
 		token:         binary.BigEndian.Uint64(v[56:]),
-		producerGroup: string(v[64+4:]),
+		size:          binary.BigEndian.Uint32(v[64:]),
+		producerGroup: string(v[68:]),
 	}, true
 }
 
@@ -110,7 +113,7 @@ func (b *Broker) recoverHalves() error {
 }
 
 // newHalf describes a transactional message about to be stored.
-func (b *Broker) newHalf(m *Message, q *queue, tagHash uint32, now time.Time) (*halfState, error) {
+func (b *Broker) newHalf(m *Message, q *queue, tagHash, size uint32, now time.Time) (*halfState, error) {
 	immunity := m.CheckImmunity
 	if immunity == 0 {
 		immunity = DefaultCheckImmunity
@@ -119,7 +122,7 @@ func (b *Broker) newHalf(m *Message, q *queue, tagHash uint32, now time.Time) (*
 		return nil, fmt.Errorf("%w: check immunity %v is outside %v..%v", ErrInvalidArgument, immunity, MinCheckImmunity, MaxCheckImmunity)
 	}
 	return &halfState{
-		topic: q.topic.id, queue: q.id, tagHash: tagHash, store: now.UnixMilli(), dueAt: millis(m.DeliverAt),
+		topic: q.topic.id, queue: q.id, tagHash: tagHash, size: size, store: now.UnixMilli(), dueAt: millis(m.DeliverAt),
 		producerGroup: m.ProducerGroup, checkAt: now.Add(immunity).UnixMilli(),
 		deadline: now.Add(TransactionTimeout).UnixMilli(), token: randomToken(),
 	}, nil
@@ -230,7 +233,7 @@ func (b *Broker) resolveHalf(half *halfState, commit bool) error {
 	q := b.queueByID(half.topic, half.queue)
 	if commit && q != nil {
 		err = b.submit([]*appendRequest{{topic: q.topic, done: make(chan struct{}), entries: []appendEntry{{
-			queue: q, seq: half.seq, tagHash: half.tagHash, store: half.store, dueAt: half.dueAt,
+			queue: q, seq: half.seq, tagHash: half.tagHash, store: half.store, size: half.size, dueAt: half.dueAt,
 			remove: [][]byte{halfKey(half.seq)},
 		}}}})
 	} else {

@@ -1,0 +1,55 @@
+package broker
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+)
+
+// MessageByID returns the instance's message with id, for diagnosis, whether or not
+// it was consumed, as long as retention has not reclaimed it.
+func (b *Broker) MessageByID(instanceID, id string) (StoredMessage, error) {
+	seq, ok := parseMessageID(id)
+	if !ok {
+		return StoredMessage{}, fmt.Errorf("%w: %q is not a message id", ErrInvalidArgument, id)
+	}
+	return b.messageBySeq(instanceID, seq)
+}
+
+// MessagesByKey returns up to max messages of the topic published with key, oldest
+// first, for diagnosis.
+func (b *Broker) MessagesByKey(instanceID, topicName, key string, max int) ([]StoredMessage, error) {
+	b.mu.RLock()
+	t, err := b.topicLocked(instanceID, topicName)
+	b.mu.RUnlock()
+	if err != nil {
+		return nil, err
+	}
+	if key == "" || len(key) > 0xffff {
+		return nil, fmt.Errorf("%w: key %q", ErrInvalidArgument, key)
+	}
+	prefix := keyIndexKey(t.id, key, 0)
+	prefix = prefix[:len(prefix)-8]
+	it, err := b.store.iter(prefix, prefixEnd(prefix))
+	if err != nil {
+		return nil, err
+	}
+	var seqs []uint64
+	for ok := it.first(); ok && len(seqs) < max; ok = it.next() {
+		if k := it.key(); len(k) == len(prefix)+8 && bytes.HasPrefix(k, prefix) {
+			seqs = append(seqs, binary.BigEndian.Uint64(k[len(prefix):]))
+		}
+	}
+	if err := it.close(); err != nil {
+		return nil, err
+	}
+	out := make([]StoredMessage, 0, len(seqs))
+	for _, seq := range seqs {
+		m, err := b.messageBySeq(instanceID, seq)
+		if err != nil {
+			continue // reclaimed since it was indexed
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
