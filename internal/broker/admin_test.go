@@ -192,3 +192,30 @@ func TestGroupStatsForPopConsumers(t *testing.T) {
 		t.Fatalf("stats %+v", stats)
 	}
 }
+
+// TestLateDeliveryOutlivesTheLongestRetention pins the bug where a timer message,
+// stored longer ago than any retention, lost its record to the log's reclaim right
+// after it was delivered.
+func TestLateDeliveryOutlivesTheLongestRetention(t *testing.T) {
+	f := newFixture(t)
+	f.topic("t", Normal, 1)
+	f.group("GID_tcp", TCP)
+	f.publish("t", Message{Body: []byte("in 100 h"), Queue: AnyQueue, DeliverAt: f.clock.Now().Add(100 * time.Hour)})
+	f.clock.Advance(100 * time.Hour)
+	waitFor(t, func() bool { _, max, _ := f.b.QueueOffsets(inst, "t", 0); return max == 1 })
+	if err := f.b.Reclaim(); err != nil {
+		t.Fatal(err)
+	}
+	pr, err := f.b.Pull(context.Background(), inst, "GID_tcp", "t", 0, 0, 16, TagFilter{}, 0)
+	if err != nil || len(pr.Messages) != 1 || string(pr.Messages[0].Body) != "in 100 h" {
+		t.Fatalf("delivered timer after reclaim: %+v, %v", pr, err)
+	}
+	// Once its own retention (from delivery) passes, it goes.
+	f.clock.Advance(DefaultRetention)
+	if err := f.b.Reclaim(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.b.MessageByID(inst, pr.Messages[0].ID); !errors.Is(err, ErrMessageNotFound) {
+		t.Fatalf("record kept after its retention: %v", err)
+	}
+}

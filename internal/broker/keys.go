@@ -14,6 +14,8 @@ import "encoding/binary"
 //	'h' seq(8)                                 -> halfState: an unresolved half message
 //	'm' topic(4) queue(4)                      -> the queue's min offset after retention
 //	'b' topic(4) queue(4)                      -> bytes of the queue's messages
+//	'r' seq(8)                                 -> nothing: a record delivered late (timer,
+//	                                              transaction) that the log must keep
 //	'M' kind(1) id                             -> metadata of instances, topics, groups
 //
 // Message records are keyed by a global sequence that only grows, so the tables
@@ -29,6 +31,7 @@ const (
 	kindHalf     = 'h'
 	kindQueueMin = 'm'
 	kindBytes    = 'b'
+	kindRef      = 'r'
 	kindMeta     = 'M'
 	metaInstance = 'I'
 	metaTopic    = 'T'
@@ -96,19 +99,25 @@ type indexEntry struct {
 	storeTime int64 // ms since the epoch
 	tagHash   uint32
 	size      uint32 // bytes of the record, for statistics and retention
+	// late marks a record delivered after it was stored, whose 'r' key retention
+	// removes with the entry.
+	late bool
 }
 
 func (e indexEntry) encode() []byte {
-	v := make([]byte, 24)
+	v := make([]byte, 25)
 	binary.BigEndian.PutUint64(v, e.seq)
 	binary.BigEndian.PutUint64(v[8:], uint64(e.storeTime))
 	binary.BigEndian.PutUint32(v[16:], e.tagHash)
 	binary.BigEndian.PutUint32(v[20:], e.size)
+	if e.late {
+		v[24] = 1
+	}
 	return v
 }
 
 func decodeIndexEntry(v []byte) (indexEntry, bool) {
-	if len(v) != 24 {
+	if len(v) != 25 {
 		return indexEntry{}, false
 	}
 	return indexEntry{
@@ -116,6 +125,7 @@ func decodeIndexEntry(v []byte) (indexEntry, bool) {
 		storeTime: int64(binary.BigEndian.Uint64(v[8:])),
 		tagHash:   binary.BigEndian.Uint32(v[16:]),
 		size:      binary.BigEndian.Uint32(v[20:]),
+		late:      v[24] == 1,
 	}, true
 }
 
@@ -124,6 +134,12 @@ func timerKey(due int64, seq uint64) []byte {
 	k[0] = kindTimer
 	binary.BigEndian.PutUint64(k[1:], uint64(due))
 	binary.BigEndian.PutUint64(k[9:], seq)
+	return k
+}
+
+func refKey(seq uint64) []byte {
+	k := logKey(seq)
+	k[0] = kindRef
 	return k
 }
 

@@ -282,14 +282,25 @@ func (b *Broker) applyEntry(w writeBatch, item *commitItem, e *appendEntry, now 
 	case e.half != nil:
 		e.half.seq = seq
 		w.set(halfKey(seq), e.half.encode())
+		w.set(refKey(seq), nil)
 		item.halves = append(item.halves, e.half)
 	case e.dueAt > now:
 		w.set(timerKey(e.dueAt, seq), pending.encode())
+		if e.record != nil {
+			w.set(refKey(seq), nil)
+		}
 		item.earliestTimer = minNonZero(item.earliestTimer, e.dueAt)
 	default:
 		offset := e.queue.next
 		e.queue.next++
-		w.set(queueKey(t.id, e.queue.id, offset), indexEntry{seq: seq, storeTime: e.store, tagHash: e.tagHash, size: e.size}.encode())
+		storeTime := e.store
+		if e.record == nil {
+			// A record delivered late (a timer come due, a committed half message)
+			// enters its queue now, as RocketMQ re-appends it: its retention starts
+			// at delivery, and a search by time finds it where it was delivered.
+			storeTime = now
+		}
+		w.set(queueKey(t.id, e.queue.id, offset), indexEntry{seq: seq, storeTime: storeTime, tagHash: e.tagHash, size: e.size, late: e.record == nil}.encode())
 		item.advances[e.queue] = e.queue.next
 		e.queue.bytes += uint64(e.size)
 		item.bytes[e.queue] = e.queue.bytes

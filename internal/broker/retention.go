@@ -56,6 +56,7 @@ func (b *Broker) reclaimQueue(q *queue, cutoff int64) error {
 		return err
 	}
 	newMin, freed := from, uint64(0)
+	w := b.store.newBatch()
 	for ok := it.first(); ok; ok = it.next() {
 		e, valid := decodeIndexEntry(it.value())
 		if !valid || e.storeTime >= cutoff {
@@ -63,15 +64,18 @@ func (b *Broker) reclaimQueue(q *queue, cutoff int64) error {
 		}
 		newMin = queueKeyOffset(it.key()) + 1
 		freed += uint64(e.size)
+		if e.late {
+			w.delete(refKey(e.seq)) // the log may reclaim its record now
+		}
 	}
 	if err := it.close(); err != nil {
 		return err
 	}
 	if newMin == from {
+		w.b.Close()
 		return nil
 	}
 	reclaimed := q.reclaimed.Load() + freed
-	w := b.store.newBatch()
 	w.deleteRange(queueKey(q.topic.id, q.id, from), queueKey(q.topic.id, q.id, newMin))
 	v := binary.BigEndian.AppendUint64(nil, newMin)
 	w.set(queueMinKey(q.topic.id, q.id), binary.BigEndian.AppendUint64(v, reclaimed))
@@ -84,27 +88,18 @@ func (b *Broker) reclaimQueue(q *queue, cutoff int64) error {
 	return nil
 }
 
-// reclaimLog deletes log records stored before cutoff (ms) that nothing pending
-// refers to.
+// reclaimLog deletes log records stored before cutoff (ms), stopping below the
+// oldest record still referred to by a pending timer, an unresolved half message or
+// a queue entry delivered late: those are the records older than the longest
+// retention that a queue can still need.
 func (b *Broker) reclaimLog(cutoff int64) error {
 	limit := uint64(math.MaxUint64)
-	b.txns.mu.Lock()
-	for seq := range b.txns.halves {
-		limit = min(limit, seq)
-	}
-	b.txns.mu.Unlock()
-	it, err := b.store.iter([]byte{kindTimer}, []byte{kindTimer + 1})
-	if err != nil {
+	if first, err := b.store.firstKey([]byte{kindRef}, []byte{kindRef + 1}); err != nil {
 		return err
+	} else if first != nil {
+		limit = seqOfLogKey(first)
 	}
-	for ok := it.first(); ok; ok = it.next() {
-		limit = min(limit, binary.BigEndian.Uint64(it.key()[9:]))
-	}
-	if err := it.close(); err != nil {
-		return err
-	}
-
-	it, err = b.store.iter(logKey(0), logKey(limit))
+	it, err := b.store.iter(logKey(0), logKey(limit))
 	if err != nil {
 		return err
 	}

@@ -119,6 +119,7 @@ func (b *Broker) deliverDueTimers() (int, int64, error) {
 		w := b.store.newBatch()
 		for _, k := range orphans {
 			w.delete(k)
+			w.delete(refKey(binary.BigEndian.Uint64(k[9:])))
 		}
 		if err := b.store.commitNoSync(w); err != nil {
 			return 0, 0, err

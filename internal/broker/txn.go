@@ -239,6 +239,7 @@ func (b *Broker) resolveHalf(half *halfState, commit bool) error {
 	} else {
 		w := b.store.newBatch()
 		w.delete(halfKey(half.seq))
+		w.delete(refKey(half.seq))
 		w.delete(logKey(half.seq)) // a rolled-back message is never delivered: reclaim it now
 		err = b.store.commit(w)
 	}
