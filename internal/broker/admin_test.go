@@ -210,8 +210,8 @@ func TestLateDeliveryOutlivesTheLongestRetention(t *testing.T) {
 	if err != nil || len(pr.Messages) != 1 || string(pr.Messages[0].Body) != "in 100 h" {
 		t.Fatalf("delivered timer after reclaim: %+v, %v", pr, err)
 	}
-	// Once its own retention (from delivery) passes, it goes.
-	f.clock.Advance(DefaultRetention)
+	// Once its own retention (from delivery) has passed, it goes.
+	f.clock.Advance(DefaultRetention + time.Millisecond)
 	if err := f.b.Reclaim(); err != nil {
 		t.Fatal(err)
 	}
