@@ -41,8 +41,9 @@ type halfState struct {
 
 // Layout: seq(8) topic(4) queue(4) tagHash(4) store(8) dueAt(8) checkAt(8)
 // deadline(8) checks(4) token(8) size(4) producerGroup(rest).
+const halfStateFixed = 8 + 4 + 4 + 4 + 8 + 8 + 8 + 8 + 4 + 8 + 4
 func (h *halfState) encode() []byte {
-	v := make([]byte, 0, 72+len(h.producerGroup))
+	v := make([]byte, 0, halfStateFixed+len(h.producerGroup))
 	v = binary.BigEndian.AppendUint64(v, h.seq)
 	v = binary.BigEndian.AppendUint32(v, h.topic)
 	v = binary.BigEndian.AppendUint32(v, uint32(h.queue))
@@ -58,7 +59,7 @@ func (h *halfState) encode() []byte {
 }
 
 func decodeHalfState(v []byte) (*halfState, bool) {
-	if len(v) < 72 {
+	if len(v) < halfStateFixed {
 		return nil, false
 	}
 	return &halfState{
@@ -73,7 +74,7 @@ func decodeHalfState(v []byte) (*halfState, bool) {
 		checks:        int32(binary.BigEndian.Uint32(v[52:])),
 		token:         binary.BigEndian.Uint64(v[56:]),
 		size:          binary.BigEndian.Uint32(v[64:]),
-		producerGroup: string(v[68:]),
+		producerGroup: string(v[halfStateFixed:]),
 	}, true
 }
 
