@@ -38,7 +38,7 @@ func TestCrashRecovery(t *testing.T) {
 		t.Fatal(err)
 	}
 	published := map[string]string{} // body -> id
-	inflight := map[string]bool{} // popped and not acknowledged
+	inflight := map[string]bool{}    // popped and not acknowledged
 	var committed, rolledBack []string
 	lines := bufio.NewScanner(out)
 	deadline := time.Now().Add(2 * time.Minute)

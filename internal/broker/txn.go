@@ -42,6 +42,7 @@ type halfState struct {
 // Layout: seq(8) topic(4) queue(4) tagHash(4) store(8) dueAt(8) checkAt(8)
 // deadline(8) checks(4) token(8) size(4) producerGroup(rest).
 const halfStateFixed = 8 + 4 + 4 + 4 + 8 + 8 + 8 + 8 + 4 + 8 + 4
+
 func (h *halfState) encode() []byte {
 	v := make([]byte, 0, halfStateFixed+len(h.producerGroup))
 	v = binary.BigEndian.AppendUint64(v, h.seq)
