@@ -10,6 +10,8 @@ KUBECTL ?= kubectl
 TEST_FLAGS ?=
 BENCH ?= .
 BENCH_FLAGS ?= -benchtime=2s -count=5
+# Benchmarks that build gigabytes of state run once each, in bench-storage.
+STORAGE_BENCH = PublishWithBacklog|RestartAfterKill
 
 SHELL = /usr/bin/env bash -o pipefail
 .SHELLFLAGS = -ec
@@ -50,8 +52,13 @@ test: manifests generate fmt vet ## Run all tests, envtest suites included, agai
 	KUBEBUILDER_ASSETS="$$(hack/envtest.sh)" go test -timeout 20m $(TEST_FLAGS) ./...
 
 .PHONY: bench
-bench: ## Run the Go benchmarks (medians over BENCH_FLAGS' -count runs).
-	KUBEBUILDER_ASSETS="$$(hack/envtest.sh)" go test -run '^$$' -bench '$(BENCH)' $(BENCH_FLAGS) ./...
+bench: ## Run the Go benchmarks (take medians over BENCH_FLAGS' -count runs).
+	KUBEBUILDER_ASSETS="$$(hack/envtest.sh)" go test -run '^$$' -bench '$(BENCH)' -skip '$(STORAGE_BENCH)' $(BENCH_FLAGS) ./...
+
+.PHONY: bench-storage
+bench-storage: ## Run the storage-scale benchmarks: a 10-million-message backlog (~10 GiB) and restart after SIGKILL with 1 GiB.
+	go test -run '^$$' -bench 'PublishWithBacklog' -benchtime=200000x -count=1 -timeout 60m ./internal/broker/
+	go test -run '^$$' -bench 'RestartAfterKill' -benchtime=3x -count=1 -timeout 30m ./internal/broker/
 
 ##@ Build
 

@@ -83,15 +83,12 @@ func (b *Broker) OffsetAt(instanceID, topicName string, queueID int, ts time.Tim
 // queue resolves one queue of a topic.
 func (b *Broker) queue(instanceID, topicName string, queueID int) (*queue, error) {
 	b.mu.RLock()
-	defer b.mu.RUnlock()
 	t, err := b.topicLocked(instanceID, topicName)
+	b.mu.RUnlock()
 	if err != nil {
 		return nil, err
 	}
-	if queueID < 0 || queueID >= len(t.queues) {
-		return nil, fmt.Errorf("%w: queue %d of topic %q with %d queues", ErrInvalidArgument, queueID, topicName, len(t.queues))
-	}
-	return t.queues[queueID], nil
+	return b.queueOf(t, queueID)
 }
 
 // LockLease is how long a queue lock lasts unless renewed, as in RocketMQ; longer
@@ -129,11 +126,13 @@ func (b *Broker) LockQueues(instanceID, groupID, clientID string, queues []Queue
 	if clientID == "" {
 		return nil, fmt.Errorf("%w: empty client id", ErrInvalidArgument)
 	}
-	if _, g, err := b.consumerGroup(instanceID, groupID, TCP); err != nil {
+	b.mu.RLock()
+	g, err := b.protocolGroupLocked(instanceID, groupID, TCP)
+	b.mu.RUnlock()
+	if err != nil {
 		return nil, err
-	} else {
-		b.touchGroup(g)
 	}
+	b.touchGroup(g)
 	now := b.clock.Now()
 	b.locks.mu.Lock()
 	defer b.locks.mu.Unlock()
@@ -175,18 +174,4 @@ func (b *Broker) ReleaseClient(instanceID, clientID string) {
 			delete(b.locks.owner, k)
 		}
 	}
-}
-
-// consumerGroup resolves a group and checks its protocol.
-func (b *Broker) consumerGroup(instanceID, groupID string, proto Protocol) (*instance, *group, error) {
-	b.mu.RLock()
-	defer b.mu.RUnlock()
-	g, err := b.groupLocked(instanceID, groupID)
-	if err != nil {
-		return nil, nil, err
-	}
-	if g.protocol != proto {
-		return nil, nil, fmt.Errorf("%w: group %q is a %s group", ErrWrongProtocol, groupID, g.protocol)
-	}
-	return b.instances[instanceID], g, nil
 }

@@ -98,7 +98,7 @@ func (b *Broker) Pop(ctx context.Context, instanceID, topicName string, req PopR
 	if req.Wait < 0 || req.Wait > MaxPopWait {
 		return nil, fmt.Errorf("%w: wait of %v; 0 to %v", ErrInvalidArgument, req.Wait, MaxPopWait)
 	}
-	t, g, err := b.popTarget(instanceID, topicName, req.Group)
+	t, g, err := b.consumerTarget(instanceID, topicName, req.Group, HTTP)
 	if err != nil {
 		return nil, err
 	}
@@ -137,24 +137,6 @@ func (b *Broker) Pop(ctx context.Context, instanceID, topicName string, req PopR
 			return nil, fmt.Errorf("%w: %q was deleted", ErrTopicNotFound, t.name)
 		}
 	}
-}
-
-// popTarget resolves topic and group for a pop, checking the group's protocol.
-func (b *Broker) popTarget(instanceID, topicName, groupID string) (*topic, *group, error) {
-	b.mu.RLock()
-	defer b.mu.RUnlock()
-	t, err := b.topicLocked(instanceID, topicName)
-	if err != nil {
-		return nil, nil, err
-	}
-	g, err := b.groupLocked(instanceID, groupID)
-	if err != nil {
-		return nil, nil, err
-	}
-	if g.protocol != HTTP {
-		return nil, nil, fmt.Errorf("%w: group %q is a %s group", ErrWrongProtocol, groupID, g.protocol)
-	}
-	return t, g, nil
 }
 
 // popOnce collects what is ready now across the topic's queues, and when nothing is,
@@ -352,7 +334,7 @@ func (pq *popQueue) hand(q *queue, d *delivery, m StoredMessage, now, visibleAt 
 // next-consume time (or already acknowledged), ErrInvalidHandle for one that is not
 // a handle of this topic. The error it returns itself concerns the whole request.
 func (b *Broker) Ack(instanceID, topicName, groupID string, handles []string) ([]error, error) {
-	t, g, err := b.popTarget(instanceID, topicName, groupID)
+	t, g, err := b.consumerTarget(instanceID, topicName, groupID, HTTP)
 	if err != nil {
 		return nil, err
 	}

@@ -166,21 +166,44 @@ func (b *Broker) waitForMessages(ctx context.Context, t *topic, deadline time.Ti
 
 // consumerQueue resolves the queue a group consumes and checks the group's protocol.
 func (b *Broker) consumerQueue(instanceID, groupID, topicName string, queueID int, proto Protocol) (*queue, *group, error) {
+	t, g, err := b.consumerTarget(instanceID, topicName, groupID, proto)
+	if err != nil {
+		return nil, nil, err
+	}
+	q, err := b.queueOf(t, queueID)
+	return q, g, err
+}
+
+// consumerTarget resolves a topic and a group, which must use proto.
+func (b *Broker) consumerTarget(instanceID, topicName, groupID string, proto Protocol) (*topic, *group, error) {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
 	t, err := b.topicLocked(instanceID, topicName)
 	if err != nil {
 		return nil, nil, err
 	}
+	g, err := b.protocolGroupLocked(instanceID, groupID, proto)
+	return t, g, err
+}
+
+// protocolGroupLocked resolves a group, which must use proto. b.mu should be held.
+func (b *Broker) protocolGroupLocked(instanceID, groupID string, proto Protocol) (*group, error) {
 	g, err := b.groupLocked(instanceID, groupID)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if g.protocol != proto {
-		return nil, nil, fmt.Errorf("%w: group %q is a %s group", ErrWrongProtocol, groupID, g.protocol)
+		return nil, fmt.Errorf("%w: group %q is a %s group", ErrWrongProtocol, groupID, g.protocol)
 	}
+	return g, nil
+}
+
+// queueOf returns queue queueID of t.
+func (b *Broker) queueOf(t *topic, queueID int) (*queue, error) {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
 	if queueID < 0 || queueID >= len(t.queues) {
-		return nil, nil, fmt.Errorf("%w: queue %d of topic %q with %d queues", ErrInvalidArgument, queueID, topicName, len(t.queues))
+		return nil, fmt.Errorf("%w: queue %d of topic %q with %d queues", ErrInvalidArgument, queueID, t.name, len(t.queues))
 	}
-	return t.queues[queueID], g, nil
+	return t.queues[queueID], nil
 }

@@ -18,9 +18,15 @@ var errNotFound = errors.New("key not found")
 
 // store is the broker's durable key-value store.
 type store struct {
-	db   *pebble.DB
-	sync bool // fsync each commit (the default); false is the relaxed flush mode
+	db    *pebble.DB
+	cache *pebble.Cache
+	sync  bool // fsync each commit (the default); false is the relaxed flush mode
 }
+
+// blockCacheSize holds the blocks consumers read: consumption walks the log in
+// order, so one cached block serves the dozens of messages it holds. Pebble's 8 MiB
+// default had every read go back to the file (measured: 40% of pop+ack's time).
+const blockCacheSize = 128 << 20
 
 // openStore opens (or creates) the store in dir; an empty dir keeps everything in
 // memory, for tests.
@@ -41,18 +47,25 @@ func openStore(dir string, syncWrites bool) (*store, error) {
 		opts.Levels[i].Compression = func() *sstable.CompressionProfile { return sstable.NoCompression }
 		opts.Levels[i].BlockSize = 32 << 10
 	}
+	cache := pebble.NewCache(blockCacheSize)
+	opts.Cache = cache
 	opts.EnsureDefaults()
 	if dir == "" {
 		opts.FS = vfs.NewMem()
 	}
 	db, err := pebble.Open(dir, opts)
 	if err != nil {
+		cache.Unref()
 		return nil, fmt.Errorf("failed to open store in %q: %w", dir, err)
 	}
-	return &store{db: db, sync: syncWrites}, nil
+	return &store{db: db, cache: cache, sync: syncWrites}, nil
 }
 
-func (s *store) close() error { return s.db.Close() }
+func (s *store) close() error {
+	err := s.db.Close()
+	s.cache.Unref()
+	return err
+}
 
 // get returns a copy of the value at key, or errNotFound.
 func (s *store) get(key []byte) ([]byte, error) {

@@ -264,7 +264,7 @@ func (b *Broker) PopHalf(ctx context.Context, instanceID, topicName, groupID str
 	if max < 1 || max > MaxPopMessages {
 		return nil, fmt.Errorf("%w: batch of %d messages; 1 to %d", ErrInvalidArgument, max, MaxPopMessages)
 	}
-	t, _, err := b.popTarget(instanceID, topicName, groupID)
+	t, _, err := b.consumerTarget(instanceID, topicName, groupID, HTTP)
 	if err != nil {
 		return nil, err
 	}
