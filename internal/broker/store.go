@@ -23,10 +23,16 @@ type store struct {
 	sync  bool // fsync each commit (the default); false is the relaxed flush mode
 }
 
-// blockCacheSize holds the blocks consumers read: consumption walks the log in
-// order, so one cached block serves the dozens of messages it holds. Pebble's 8 MiB
-// default had every read go back to the file (measured: 40% of pop+ack's time).
-const blockCacheSize = 128 << 20
+// Memory. Pebble charges its memtables to the block cache, so the cache is sized
+// for the blocks consumers read plus every memtable that can exist at once: with a
+// cache only as large as the memtables (the first configuration here), no block was
+// ever cached and every read went back to the file. Consumption walks the log in
+// order, so one cached block serves the dozens of messages it holds.
+const (
+	memTableSize   = 32 << 20
+	maxMemTables   = 4
+	blockCacheSize = 128<<20 + memTableSize*maxMemTables
+)
 
 // openStore opens (or creates) the store in dir; an empty dir keeps everything in
 // memory, for tests.
@@ -35,8 +41,8 @@ func openStore(dir string, syncWrites bool) (*store, error) {
 		// Message records arrive with ever-growing keys, so flushed tables rarely
 		// overlap and sink by move compactions. Bodies are usually small or already
 		// compressed by the application: don't spend the two cores compressing them.
-		MemTableSize:                64 << 20,
-		MemTableStopWritesThreshold: 4,
+		MemTableSize:                memTableSize,
+		MemTableStopWritesThreshold: maxMemTables,
 		L0CompactionThreshold:       4,
 		L0StopWritesThreshold:       64,
 		LBaseMaxBytes:               256 << 20,
