@@ -11,8 +11,6 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
-
-	"github.com/orderly-dev/orderly/internal/broker"
 )
 
 // shutdownGrace bounds how long Start waits for in-flight requests (long polls
@@ -23,15 +21,17 @@ const shutdownGrace = 35 * time.Second
 type Server struct {
 	// Addr is the listen address, host:port.
 	Addr   string
-	Broker *broker.Broker
+	Broker Broker
 	Log    logr.Logger
+	// Now is the clock requests' Date headers are checked against.
+	Now func() time.Time
 
 	ready chan net.Addr
 }
 
 // NewServer returns a server for b on addr.
-func NewServer(addr string, b *broker.Broker, log logr.Logger) *Server {
-	return &Server{Addr: addr, Broker: b, Log: log, ready: make(chan net.Addr, 1)}
+func NewServer(addr string, b Broker, log logr.Logger) *Server {
+	return &Server{Addr: addr, Broker: b, Log: log, Now: time.Now, ready: make(chan net.Addr, 1)}
 }
 
 // NeedLeaderElection reports false: the data plane serves on every replica, whether
@@ -47,8 +47,12 @@ func (s *Server) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("failed to listen for mq-http on %s: %w", s.Addr, err)
 	}
+	// Long polls end when the server stops, rather than holding shutdown up to 30 s.
+	baseCtx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	srv := &http.Server{
-		Handler:           s.handler(),
+		Handler:           &handler{broker: s.Broker, now: s.Now},
+		BaseContext:       func(net.Listener) context.Context { return baseCtx },
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    64 << 10,
@@ -63,6 +67,7 @@ func (s *Server) Start(ctx context.Context) error {
 		return fmt.Errorf("mq-http server failed: %w", err)
 	case <-ctx.Done():
 	}
+	cancel()
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
 	if err := srv.Shutdown(shutdownCtx); err != nil {
@@ -72,18 +77,4 @@ func (s *Server) Start(ctx context.Context) error {
 		return err
 	}
 	return nil
-}
-
-// handler routes requests. The message operations arrive with the mq-http endpoint
-// (they all share /topics/{topic}/messages); until then every request is answered
-// with a well-formed protocol error, so SDKs report a clear code rather than a
-// parse failure.
-func (s *Server) handler() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, r, newRequestID(), &Error{
-			Status:  http.StatusNotImplemented,
-			Code:    "NotImplemented",
-			Message: "The mq-http message API is not served by this build yet.",
-		})
-	})
 }

@@ -1,0 +1,277 @@
+package mqhttp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/orderly-dev/orderly/internal/broker"
+)
+
+// Request limits. A body of broker.MaxBodySize can grow sixfold when escaped ("&"
+// becomes "&amp;" and worse), plus the envelope; bigger requests are refused before
+// they are read in full.
+const (
+	maxRequestBytes = 6*broker.MaxBodySize + 64<<10
+	// maxWait bounds a long poll: the SDKs time out after 33 to 35 s.
+	maxWait = 30 * time.Second
+)
+
+// Broker is what the endpoint needs of the broker.
+type Broker interface {
+	Credentials
+	Publish(ctx context.Context, instanceID, topic string, msg broker.Message) (broker.PublishResult, error)
+	Pop(ctx context.Context, instanceID, topic string, req broker.PopRequest) ([]broker.Delivery, error)
+	PopHalf(ctx context.Context, instanceID, topic, group string, max int, wait time.Duration) ([]broker.Delivery, error)
+	Ack(instanceID, topic, group string, handles []string) ([]error, error)
+	EndTransaction(instanceID, topic, handle string, commit bool) error
+}
+
+// handler serves the mq-http API: one resource, /topics/{topic}/messages, whose
+// operation is chosen by method and the trans parameter.
+type handler struct {
+	broker Broker
+	now    func() time.Time
+}
+
+func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	requestID := newRequestID()
+	fail := func(e *Error) { writeError(w, r, requestID, e) }
+
+	topic, ok := topicFromPath(r.URL.EscapedPath())
+	if !ok {
+		fail(&Error{http.StatusNotFound, "InvalidRequestURL", "The resource is /topics/{TopicName}/messages."})
+		return
+	}
+	if r.ContentLength > maxRequestBytes {
+		fail(&Error{http.StatusRequestEntityTooLarge, "InvalidArgument", "The request is larger than the message size limit allows."})
+		return
+	}
+	// Read through a limit one byte past the maximum, so a body of exactly
+	// max+1 bytes is known to be too big without reading the rest.
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxRequestBytes+1))
+	if err != nil {
+		fail(&Error{http.StatusBadRequest, "InvalidArgument", "The request body could not be read."})
+		return
+	}
+	if len(body) > maxRequestBytes {
+		fail(&Error{http.StatusRequestEntityTooLarge, "InvalidArgument", "The request is larger than the message size limit allows."})
+		return
+	}
+	instanceID, e := authenticate(r, h.broker, h.now())
+	if e != nil {
+		fail(e)
+		return
+	}
+	if e := checkContentMD5(r, body); e != nil {
+		fail(e)
+		return
+	}
+	query, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		fail(&Error{http.StatusBadRequest, "InvalidQueryString", "The query string could not be parsed."})
+		return
+	}
+	// A key authenticates for its own instance only; a request that names none is
+	// for the key's instance.
+	if ns := query.Get("ns"); ns != "" && ns != instanceID {
+		fail(&Error{http.StatusForbidden, "AccessDenied", fmt.Sprintf("The AccessKey does not belong to instance %q.", ns)})
+		return
+	}
+	req := request{w: w, r: r, id: requestID, instance: instanceID, topic: topic, query: query, body: body}
+	switch trans := query.Get("trans"); {
+	case r.Method == http.MethodPost && trans == "":
+		h.publish(&req)
+	case r.Method == http.MethodGet && (trans == "" || trans == "order" || trans == "pop"):
+		h.consume(&req, trans)
+	case r.Method == http.MethodDelete && (trans == "" || trans == "commit" || trans == "rollback"):
+		h.ack(&req, trans)
+	default:
+		fail(invalidArgument(fmt.Sprintf("%s with trans=%q is not an operation of this API.", r.Method, trans)))
+	}
+}
+
+// request is one authenticated request.
+type request struct {
+	w        http.ResponseWriter
+	r        *http.Request
+	id       string
+	instance string
+	topic    string
+	query    url.Values
+	body     []byte
+}
+
+func (q *request) fail(e *Error) { writeError(q.w, q.r, q.id, e) }
+
+// reply writes an XML body with status.
+func (q *request) reply(status int, body []byte) {
+	setRequestID(q.w, q.id)
+	q.w.Header().Set("Content-Type", "text/xml;charset=utf-8")
+	q.w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	q.w.WriteHeader(status)
+	_, _ = q.w.Write(body)
+}
+
+func (h *handler) publish(q *request) {
+	msg, e := parsePublish(q.body, h.now())
+	if e != nil {
+		q.fail(e)
+		return
+	}
+	res, err := h.broker.Publish(q.r.Context(), q.instance, q.topic, msg)
+	if err != nil {
+		q.fail(brokerError(err))
+		return
+	}
+	q.reply(http.StatusCreated, appendPublished(make([]byte, 0, 256), res))
+}
+
+func (h *handler) consume(q *request, trans string) {
+	group := q.query.Get("consumer")
+	if group == "" {
+		q.fail(invalidArgument("The consumer parameter is required."))
+		return
+	}
+	// Choices where the SDKs disagree: numOfMessages above 16 is clamped (Python
+	// sends what its caller asked for), below 1 or not a number is refused;
+	// waitseconds above 30 is clamped, 0 or absent is a short poll.
+	n, err := strconv.Atoi(q.query.Get("numOfMessages"))
+	if err != nil || n < 1 {
+		q.fail(invalidArgument("The value of numOfMessages should between 1 and 16."))
+		return
+	}
+	n = min(n, broker.MaxPopMessages)
+	var wait time.Duration
+	if v := q.query.Get("waitseconds"); v != "" {
+		s, err := strconv.Atoi(v)
+		if err != nil || s < 0 {
+			q.fail(invalidArgument("The value of waitseconds should between 0 and 30."))
+			return
+		}
+		wait = min(time.Duration(s)*time.Second, maxWait)
+	}
+	var ds []broker.Delivery
+	if trans == "pop" {
+		ds, err = h.broker.PopHalf(q.r.Context(), q.instance, q.topic, group, n, wait)
+	} else {
+		filter, ferr := broker.ParseTagFilter(q.query.Get("tag"))
+		if ferr != nil {
+			q.fail(brokerError(ferr))
+			return
+		}
+		ds, err = h.broker.Pop(q.r.Context(), q.instance, q.topic, broker.PopRequest{
+			Group: group, Max: n, Wait: wait, Filter: filter, Orderly: trans == "order",
+		})
+	}
+	switch {
+	case err != nil:
+		q.fail(brokerError(err))
+	case len(ds) == 0:
+		// "Nothing to consume" is an error, never an empty 200: Node cannot parse one.
+		q.fail(&Error{http.StatusNotFound, "MessageNotExist", "Message not exist."})
+	default:
+		q.reply(http.StatusOK, appendMessages(make([]byte, 0, 1024*len(ds)), ds))
+	}
+}
+
+func (h *handler) ack(q *request, trans string) {
+	var hb handlesBody
+	if e := decodeXML(q.body, &hb); e != nil {
+		q.fail(e)
+		return
+	}
+	if len(hb.Handles) == 0 || len(hb.Handles) > maxHandles {
+		q.fail(invalidArgument("A request acknowledges 1 to 16 receipt handles."))
+		return
+	}
+	var failed []handleError
+	if trans == "" {
+		group := q.query.Get("consumer")
+		if group == "" {
+			q.fail(invalidArgument("The consumer parameter is required."))
+			return
+		}
+		errs, err := h.broker.Ack(q.instance, q.topic, group, hb.Handles)
+		if err != nil {
+			q.fail(brokerError(err))
+			return
+		}
+		for i, err := range errs {
+			if err != nil {
+				failed = append(failed, handleError{hb.Handles[i], handleErr(err)})
+			}
+		}
+	} else {
+		// The half message is found from its handle alone: the Go SDK sends commit and
+		// rollback with an empty consumer when the instance id is empty.
+		for _, handle := range hb.Handles {
+			err := h.broker.EndTransaction(q.instance, q.topic, handle, trans == "commit")
+			switch {
+			case errors.Is(err, broker.ErrHandleExpired), errors.Is(err, broker.ErrInvalidHandle):
+				failed = append(failed, handleError{handle, handleErr(err)})
+			case err != nil:
+				q.fail(brokerError(err))
+				return
+			}
+		}
+	}
+	if len(failed) > 0 {
+		// Handle problems are reported only in the <Errors> list form: the Go
+		// samples assume it on ack, commit and rollback, and panic without it.
+		q.reply(http.StatusNotFound, appendHandleErrors(nil, failed))
+		return
+	}
+	setRequestID(q.w, q.id)
+	q.w.WriteHeader(http.StatusNoContent)
+}
+
+// handleErr is the per-handle code the SDKs expect.
+func handleErr(err error) *Error {
+	if errors.Is(err, broker.ErrHandleExpired) {
+		return &Error{http.StatusNotFound, "MessageNotExist", "Message not exist."}
+	}
+	return &Error{http.StatusNotFound, "ReceiptHandleError", "The receipt handle you provide is not valid."}
+}
+
+// brokerError maps a broker error to the protocol's. Choices where the real
+// service's answer is unknown: a group of the other protocol and a message that
+// does not fit its topic are 400 InvalidArgument, with the broker's explanation.
+func brokerError(err error) *Error {
+	switch {
+	case errors.Is(err, broker.ErrTopicNotFound):
+		return &Error{http.StatusNotFound, "TopicNotExist", "The topic you provided does not exist."}
+	case errors.Is(err, broker.ErrGroupNotFound):
+		return &Error{http.StatusNotFound, "SubscriptionNotExist", "The consumer group you provided does not exist."}
+	case errors.Is(err, broker.ErrInstanceNotFound):
+		return &Error{http.StatusNotFound, "InstanceNotExist", "The instance you provided does not exist."}
+	case errors.Is(err, broker.ErrWrongProtocol), errors.Is(err, broker.ErrMessageType), errors.Is(err, broker.ErrInvalidArgument):
+		return invalidArgument(err.Error())
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded), errors.Is(err, broker.ErrClosed):
+		return &Error{http.StatusServiceUnavailable, "ServiceUnavailable", "The service is shutting down or the request was cancelled."}
+	default:
+		return &Error{http.StatusInternalServerError, "InternalError", "The service failed to process the request."}
+	}
+}
+
+// topicFromPath extracts the topic from /topics/{topic}/messages.
+func topicFromPath(path string) (string, bool) {
+	rest, ok := strings.CutPrefix(path, "/topics/")
+	if !ok {
+		return "", false
+	}
+	topic, ok := strings.CutSuffix(rest, "/messages")
+	if !ok || topic == "" || strings.Contains(topic, "/") {
+		return "", false
+	}
+	if t, err := url.PathUnescape(topic); err == nil {
+		topic = t
+	}
+	return topic, true
+}

@@ -1,0 +1,263 @@
+package mqhttp
+
+import (
+	"bytes"
+	"encoding/xml"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/orderly-dev/orderly/internal/broker"
+)
+
+// Reserved property keys: the four the SDKs set through their own methods. They
+// travel inside Properties both ways; the broker keeps them as message fields, so a
+// message published over TCP shows them too.
+const (
+	propKeys           = "KEYS"
+	propStartDeliver   = "__STARTDELIVERTIME"
+	propTransCheckTime = "__TransCheckT"
+	propShardingKey    = "__SHARDINGKEY"
+)
+
+// Transactional check immunity bounds, from the SDKs' documentation.
+const (
+	minTransCheck = 10 * time.Second
+	maxTransCheck = 300 * time.Second
+)
+
+// publishBody is the <Message> a producer sends. Element names match in any
+// namespace and any order; encoding/xml handles the prolog, entities and CDATA.
+type publishBody struct {
+	XMLName    xml.Name `xml:"Message"`
+	Body       *string  `xml:"MessageBody"`
+	Tag        string   `xml:"MessageTag"`
+	Properties string   `xml:"Properties"`
+}
+
+// handlesBody is the <ReceiptHandles> of an ack, commit or rollback.
+type handlesBody struct {
+	XMLName xml.Name `xml:"ReceiptHandles"`
+	Handles []string `xml:"ReceiptHandle"`
+}
+
+// maxHandles bounds one ack, as the SDKs document it.
+const maxHandles = 16
+
+// decodeXML parses body into v, answering MalformedXML for anything it cannot read.
+func decodeXML(body []byte, v any) *Error {
+	d := xml.NewDecoder(bytes.NewReader(body))
+	if err := d.Decode(v); err != nil {
+		return &Error{http.StatusBadRequest, "MalformedXML", "The XML you provided was not well-formed: " + err.Error()}
+	}
+	return nil
+}
+
+// parsePublish turns a publish body into a broker message.
+func parsePublish(body []byte, now time.Time) (broker.Message, *Error) {
+	var p publishBody
+	if e := decodeXML(body, &p); e != nil {
+		return broker.Message{}, e
+	}
+	if p.Body == nil || *p.Body == "" {
+		// The Python SDK cannot consume an empty body; refusing it keeps them safe.
+		return broker.Message{}, invalidArgument("MessageBody is empty.")
+	}
+	m := broker.Message{Body: []byte(*p.Body), Tag: p.Tag, Queue: broker.AnyQueue, BornAt: now}
+	props := parseProperties(p.Properties)
+	if v, ok := props[propKeys]; ok {
+		m.Keys = strings.Fields(v)
+		delete(props, propKeys)
+	}
+	if v, ok := props[propShardingKey]; ok {
+		m.ShardingKey = v
+		delete(props, propShardingKey)
+	}
+	if v, ok := props[propStartDeliver]; ok {
+		ms, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || ms < 0 {
+			return broker.Message{}, invalidArgument(propStartDeliver + " must be a time in milliseconds since the epoch.")
+		}
+		if ms > 0 {
+			m.DeliverAt = time.UnixMilli(ms) // the broker delivers a past time at once
+		}
+		delete(props, propStartDeliver)
+	}
+	if v, ok := props[propTransCheckTime]; ok {
+		s, err := strconv.Atoi(v)
+		d := time.Duration(s) * time.Second
+		if err != nil || d < minTransCheck || d > maxTransCheck {
+			return broker.Message{}, invalidArgument(fmt.Sprintf("%s must be %d to %d seconds.", propTransCheckTime, int(minTransCheck.Seconds()), int(maxTransCheck.Seconds())))
+		}
+		m.Transactional = true
+		m.CheckImmunity = d
+		delete(props, propTransCheckTime)
+	}
+	if len(props) > 0 {
+		m.Properties = props
+	}
+	return m, nil
+}
+
+// parseProperties reads "k:v|k:v|" as every SDK writes it: items split on '|', kept
+// only with exactly one ':' and both sides non-empty, in any order, with or without
+// a trailing '|'.
+func parseProperties(s string) map[string]string {
+	props := map[string]string{}
+	for item := range strings.SplitSeq(s, "|") {
+		k, v, ok := strings.Cut(item, ":")
+		if !ok || k == "" || v == "" || strings.Contains(v, ":") {
+			continue
+		}
+		props[k] = v
+	}
+	return props
+}
+
+// appendProperties writes m's properties, the reserved ones rebuilt from its fields,
+// as "k:v|" pairs in name order.
+func appendProperties(b []byte, m *broker.StoredMessage) []byte {
+	props := make(map[string]string, len(m.Properties)+4)
+	for k, v := range m.Properties {
+		props[k] = v
+	}
+	if len(m.Keys) > 0 {
+		props[propKeys] = strings.Join(m.Keys, " ")
+	}
+	if m.ShardingKey != "" {
+		props[propShardingKey] = m.ShardingKey
+	}
+	if !m.DeliverAt.IsZero() {
+		props[propStartDeliver] = strconv.FormatInt(m.DeliverAt.UnixMilli(), 10)
+	}
+	if m.Transactional {
+		props[propTransCheckTime] = strconv.Itoa(int(m.CheckImmunity.Seconds()))
+	}
+	names := make([]string, 0, len(props))
+	for k, v := range props {
+		// A key or value the SDKs cannot split back apart is left out rather than
+		// corrupting the others.
+		if !strings.ContainsAny(k, ":|") && !strings.ContainsAny(v, ":|") && k != "" && v != "" {
+			names = append(names, k)
+		}
+	}
+	slices.Sort(names)
+	for _, k := range names {
+		b = appendEscaped(b, k)
+		b = append(b, ':')
+		b = appendEscaped(b, props[k])
+		b = append(b, '|')
+	}
+	return b
+}
+
+const xmlHeader = `<?xml version="1.0" encoding="UTF-8"?>`
+
+// appendPublished writes the 201 body of a publish.
+func appendPublished(b []byte, res broker.PublishResult) []byte {
+	b = append(b, xmlHeader+`<Message xmlns="`+xmlNamespace+`"><MessageId>`...)
+	b = append(b, res.ID...)
+	b = append(b, `</MessageId><MessageBodyMD5>`...)
+	b = append(b, res.BodyMD5...)
+	b = append(b, `</MessageBodyMD5>`...)
+	if res.TxnHandle != "" {
+		b = append(b, `<ReceiptHandle>`...)
+		b = append(b, res.TxnHandle...)
+		b = append(b, `</ReceiptHandle>`...)
+	}
+	return append(b, `</Message>`...)
+}
+
+// appendMessages writes the 200 body of a consume. Compact, no attributes on child
+// elements, numbers in plain decimal: what every SDK's parser accepts.
+func appendMessages(b []byte, ds []broker.Delivery) []byte {
+	b = append(b, xmlHeader+`<Messages xmlns="`+xmlNamespace+`">`...)
+	for i := range ds {
+		d := &ds[i]
+		b = append(b, `<Message><MessageId>`...)
+		b = append(b, d.ID...)
+		b = append(b, `</MessageId><ReceiptHandle>`...)
+		b = append(b, d.Handle...)
+		b = append(b, `</ReceiptHandle><MessageBodyMD5>`...)
+		b = append(b, d.BodyMD5...)
+		b = append(b, `</MessageBodyMD5><MessageBody>`...)
+		b = appendEscaped(b, string(d.Body))
+		b = append(b, `</MessageBody><PublishTime>`...)
+		b = strconv.AppendInt(b, d.StoreTime.UnixMilli(), 10)
+		b = append(b, `</PublishTime><FirstConsumeTime>`...)
+		b = strconv.AppendInt(b, d.FirstConsumeTime.UnixMilli(), 10)
+		b = append(b, `</FirstConsumeTime><NextConsumeTime>`...)
+		b = strconv.AppendInt(b, d.NextConsumeTime.UnixMilli(), 10)
+		b = append(b, `</NextConsumeTime><ConsumedTimes>`...)
+		b = strconv.AppendInt(b, int64(d.ConsumedTimes), 10)
+		b = append(b, `</ConsumedTimes>`...)
+		if d.Tag != "" {
+			b = append(b, `<MessageTag>`...)
+			b = appendEscaped(b, d.Tag)
+			b = append(b, `</MessageTag>`...)
+		}
+		if props := appendProperties(nil, &d.StoredMessage); len(props) > 0 {
+			b = append(b, `<Properties>`...)
+			b = append(b, props...)
+			b = append(b, `</Properties>`...)
+		}
+		b = append(b, `</Message>`...)
+	}
+	return append(b, `</Messages>`...)
+}
+
+// handleError is one failed handle of an ack, commit or rollback.
+type handleError struct {
+	handle string
+	err    *Error
+}
+
+// appendHandleErrors writes the <Errors> list of failed handles: exactly ErrorCode,
+// ErrorMessage and ReceiptHandle, all non-empty, at least one entry.
+func appendHandleErrors(b []byte, errs []handleError) []byte {
+	b = append(b, xmlHeader+`<Errors xmlns="`+xmlNamespace+`">`...)
+	for _, e := range errs {
+		b = append(b, `<Error><ErrorCode>`...)
+		b = append(b, e.err.Code...)
+		b = append(b, `</ErrorCode><ErrorMessage>`...)
+		b = appendEscaped(b, e.err.Message)
+		b = append(b, `</ErrorMessage><ReceiptHandle>`...)
+		handle := e.handle
+		if handle == "" {
+			handle = "(empty)" // the SDKs require every element non-empty
+		}
+		b = appendEscaped(b, handle)
+		b = append(b, `</ReceiptHandle></Error>`...)
+	}
+	return append(b, `</Errors>`...)
+}
+
+// appendEscaped writes s as XML character data.
+func appendEscaped(b []byte, s string) []byte {
+	var buf bytes.Buffer
+	if !needsEscape(s) {
+		return append(b, s...)
+	}
+	_ = xml.EscapeText(&buf, []byte(s))
+	return append(b, buf.Bytes()...)
+}
+
+// needsEscape reports whether s has anything xml.EscapeText would change.
+func needsEscape(s string) bool {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '<', c == '>', c == '&', c == '\'', c == '"', c == '\n', c == '\r', c == '\t':
+			return true
+		case c < 0x20, c >= 0x80:
+			return true // control characters and non-ASCII: let EscapeText decide
+		}
+	}
+	return false
+}
+
+func invalidArgument(msg string) *Error {
+	return &Error{http.StatusBadRequest, "InvalidArgument", msg}
+}
