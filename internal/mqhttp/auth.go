@@ -101,6 +101,8 @@ func stringToSign(r *http.Request) string {
 	return b.String()
 }
 
+func encodeSignature(sig []byte) string { return base64.StdEncoding.EncodeToString(sig) }
+
 func sign(secret, stringToSign string) []byte {
 	mac := hmac.New(sha1.New, []byte(secret))
 	mac.Write([]byte(stringToSign))
