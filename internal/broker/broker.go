@@ -522,3 +522,19 @@ type writeStats struct {
 
 // now is the broker's clock in milliseconds, the resolution of every stored time.
 func (b *Broker) now() time.Time { return b.clock.Now().Truncate(time.Millisecond) }
+
+// WriteStats describes the write path's group commits since the broker opened.
+type WriteStats struct {
+	Commits  int64         // group commits that reached the disk
+	Messages int64         // messages they carried
+	SyncWait time.Duration // time spent waiting for the disk
+}
+
+// WriteStats reports the write path's counters, for metrics and benchmarks.
+func (b *Broker) WriteStats() WriteStats {
+	return WriteStats{
+		Commits:  b.writeStats.commits.Load(),
+		Messages: b.writeStats.messages.Load(),
+		SyncWait: time.Duration(b.writeStats.syncWait.Load()),
+	}
+}
