@@ -142,3 +142,41 @@ func FuzzParsePublish(f *testing.F) {
 		}
 	})
 }
+
+// FuzzFlatXML checks the fast parser against encoding/xml: wherever the fast path
+// answers, encoding/xml must read the same document the same way.
+func FuzzFlatXML(f *testing.F) {
+	for _, seed := range []string{
+		`<Message><MessageBody>hello &lt;&amp;&gt; world&#xA;</MessageBody><MessageTag>TagA</MessageTag></Message>`,
+		`<?xml version="1.0" encoding="UTF-8" standalone="no"?><Message xmlns="http://mq.aliyuncs.com/doc/v1"><MessageBody>b</MessageBody><MessageTag/><Properties>a:1|</Properties></Message>`,
+		`<?xml version="1.0" encoding="utf-8"?><Message xmlns="http://mq.aliyuncs.com/doc/v1/"><MessageBody><![CDATA[a<b>&c]]></MessageBody><Properties><![CDATA[k:v]]></Properties></Message>`,
+		"<ReceiptHandles>\n <ReceiptHandle>h1</ReceiptHandle>\r\n<ReceiptHandle>h2</ReceiptHandle></ReceiptHandles>",
+		`<x:Message xmlns:x="u"><x:MessageBody>p</x:MessageBody></x:Message>`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, doc []byte) {
+		root, children, ok := parseFlat(doc)
+		if !ok {
+			return
+		}
+		var generic struct {
+			XMLName  xml.Name
+			Children []struct {
+				XMLName xml.Name
+				Text    string `xml:",chardata"`
+			} `xml:",any"`
+		}
+		if err := xml.NewDecoder(bytes.NewReader(doc)).Decode(&generic); err != nil {
+			t.Fatalf("fast path accepted what encoding/xml refuses (%v): %q", err, doc)
+		}
+		if generic.XMLName.Local != root || len(generic.Children) != len(children) {
+			t.Fatalf("fast %q %+v, encoding/xml %+v, for %q", root, children, generic, doc)
+		}
+		for i, c := range children {
+			if g := generic.Children[i]; g.XMLName.Local != c.name || g.Text != c.text {
+				t.Fatalf("child %d: fast %+v, encoding/xml %+v, for %q", i, c, g, doc)
+			}
+		}
+	})
+}

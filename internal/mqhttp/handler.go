@@ -182,8 +182,8 @@ func (h *handler) consume(q *request, trans string) {
 }
 
 func (h *handler) ack(q *request, trans string) {
-	var hb handlesBody
-	if e := decodeXML(q.body, &hb); e != nil {
+	hb, e := decodeHandles(q.body)
+	if e != nil {
 		q.fail(e)
 		return
 	}

@@ -56,10 +56,46 @@ func decodeXML(body []byte, v any) *Error {
 	return nil
 }
 
+// decodePublish reads a publish body, on the fast path when it can.
+func decodePublish(body []byte) (publishBody, *Error) {
+	if root, children, ok := parseFlat(body); ok && root == "Message" {
+		var p publishBody
+		for _, c := range children {
+			switch c.name {
+			case "MessageBody":
+				text := c.text
+				p.Body = &text
+			case "MessageTag":
+				p.Tag = c.text
+			case "Properties":
+				p.Properties = c.text
+			}
+		}
+		return p, nil
+	}
+	var p publishBody
+	return p, decodeXML(body, &p)
+}
+
+// decodeHandles reads an ack, commit or rollback body, on the fast path when it can.
+func decodeHandles(body []byte) (handlesBody, *Error) {
+	if root, children, ok := parseFlat(body); ok && root == "ReceiptHandles" {
+		var h handlesBody
+		for _, c := range children {
+			if c.name == "ReceiptHandle" {
+				h.Handles = append(h.Handles, c.text)
+			}
+		}
+		return h, nil
+	}
+	var h handlesBody
+	return h, decodeXML(body, &h)
+}
+
 // parsePublish turns a publish body into a broker message.
 func parsePublish(body []byte, now time.Time) (broker.Message, *Error) {
-	var p publishBody
-	if e := decodeXML(body, &p); e != nil {
+	p, e := decodePublish(body)
+	if e != nil {
 		return broker.Message{}, e
 	}
 	if p.Body == nil || *p.Body == "" {
