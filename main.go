@@ -192,6 +192,13 @@ func run(ctx context.Context, cfg *rest.Config, o options) error {
 		return fmt.Errorf("unable to set up the Instance controller: %w", err)
 	}
 
+	if err := controllers.NewTopicReconciler(mgr.GetClient(), mgr.GetEventRecorder("orderly-topic"), b, 0).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("unable to set up the Topic controller: %w", err)
+	}
+	if err := controllers.NewConsumerGroupReconciler(mgr.GetClient(), mgr.GetEventRecorder("orderly-consumergroup"), b, 0).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("unable to set up the ConsumerGroup controller: %w", err)
+	}
+
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return err
 	}

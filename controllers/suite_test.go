@@ -34,6 +34,8 @@ var (
 	cancelMgr  context.CancelFunc
 
 	testEndpoints = Endpoints{HTTP: "http://127.0.0.1:19880", TCP: "127.0.0.1:19876"}
+	// testResync is short so that drift repair shows within a spec.
+	testResync = time.Second
 )
 
 func TestControllers(t *testing.T) {
@@ -92,6 +94,9 @@ var _ = BeforeSuite(func() {
 		Broker:    testBroker,
 		Endpoints: testEndpoints,
 	}).SetupWithManager(ctx, mgr)).To(Succeed())
+
+	Expect(NewTopicReconciler(mgr.GetClient(), mgr.GetEventRecorder("orderly-topic"), testBroker, testResync).SetupWithManager(mgr)).To(Succeed())
+	Expect(NewConsumerGroupReconciler(mgr.GetClient(), mgr.GetEventRecorder("orderly-consumergroup"), testBroker, testResync).SetupWithManager(mgr)).To(Succeed())
 
 	go func() {
 		defer GinkgoRecover()

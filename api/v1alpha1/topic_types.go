@@ -1,0 +1,168 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Condition types and reasons of Topics and ConsumerGroups.
+const (
+	// ConditionSynced is True when the broker matched the spec at the last check;
+	// False while it is being repaired after a change made outside the operator.
+	ConditionSynced = "Synced"
+
+	// ReasonInstanceNotReady means the referenced Instance is missing or not Ready.
+	ReasonInstanceNotReady = "InstanceNotReady"
+	// ReasonNameConflict means another object already declares the broker-side name.
+	ReasonNameConflict = "NameConflict"
+	// ReasonDriftRepaired means the broker differed from the spec and was repaired.
+	ReasonDriftRepaired = "DriftRepaired"
+	// ReasonInSync means the broker matched the spec.
+	ReasonInSync = "InSync"
+)
+
+// DeletionPolicy says what happens in the broker when the object is deleted.
+// +kubebuilder:validation:Enum=Delete;Retain
+type DeletionPolicy string
+
+const (
+	// DeletionPolicyDelete removes the broker-side object and its messages.
+	DeletionPolicyDelete DeletionPolicy = "Delete"
+	// DeletionPolicyRetain leaves the broker-side object in place.
+	DeletionPolicyRetain DeletionPolicy = "Retain"
+)
+
+// MessageType is what a topic carries.
+// +kubebuilder:validation:Enum=Normal;Ordered;Transactional
+type MessageType string
+
+// InstanceReference names an Instance.
+type InstanceReference struct {
+	// name of an Instance in the same namespace.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+}
+
+// TopicSpec defines the desired state of a Topic.
+// +kubebuilder:validation:XValidation:rule="self.instanceRef == oldSelf.instanceRef",message="instanceRef is immutable: a topic cannot move between instances"
+// +kubebuilder:validation:XValidation:rule="has(self.topicName) == has(oldSelf.topicName) && (!has(self.topicName) || self.topicName == oldSelf.topicName)",message="topicName is immutable: applications address the topic by it"
+// +kubebuilder:validation:XValidation:rule="self.messageType == oldSelf.messageType",message="messageType is immutable: the broker cannot change a topic's type"
+// +kubebuilder:validation:XValidation:rule="self.queues >= oldSelf.queues",message="queues may grow but never shrink"
+type TopicSpec struct {
+	// instanceRef is the Instance the topic belongs to.
+	// +required
+	InstanceRef InstanceReference `json:"instanceRef"`
+
+	// topicName is the broker-side name applications use; it defaults to
+	// metadata.name, so names like TopicA or MQ_ORDER from existing code can be kept.
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=127
+	// +kubebuilder:validation:Pattern=`^[a-zA-Z0-9_-]+$`
+	TopicName string `json:"topicName,omitempty"`
+
+	// messageType is Normal, Ordered (queues=1 is global order, more are partitions
+	// by sharding key) or Transactional.
+	// +kubebuilder:default=Normal
+	// +optional
+	MessageType MessageType `json:"messageType,omitempty"`
+
+	// queues is the number of queues (partitions). It may grow, never shrink.
+	// +kubebuilder:default=8
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=256
+	// +optional
+	Queues int32 `json:"queues,omitempty"`
+
+	// retentionHours is how long messages stay deliverable.
+	// +kubebuilder:default=72
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=8760
+	// +optional
+	RetentionHours int32 `json:"retentionHours,omitempty"`
+
+	// deletionPolicy says whether deleting the Topic deletes it, and its messages,
+	// from the broker (Delete) or leaves it there (Retain).
+	// +kubebuilder:default=Delete
+	// +optional
+	DeletionPolicy DeletionPolicy `json:"deletionPolicy,omitempty"`
+}
+
+// TopicStatus defines the observed state of a Topic.
+type TopicStatus struct {
+	// observedGeneration is the generation this status describes; written on every
+	// reconcile, whether or not it succeeded.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// topicName is the broker-side name in effect.
+	// +optional
+	TopicName string `json:"topicName,omitempty"`
+	// queues in the broker.
+	// +optional
+	Queues int32 `json:"queues,omitempty"`
+	// messages deliverable, and their bytes, as of lastSyncTime.
+	// +optional
+	Messages int64 `json:"messages,omitempty"`
+	// +optional
+	Bytes int64 `json:"bytes,omitempty"`
+	// lastSyncTime is when the broker was last compared with the spec.
+	// +optional
+	LastSyncTime *metav1.Time `json:"lastSyncTime,omitempty"`
+	// conditions: Ready, and Synced.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	// +kubebuilder:validation:MaxItems=8
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// Topic is a topic of an Instance, declared in Git.
+// +kubebuilder:validation:XValidation:rule="has(self.spec.topicName) || self.metadata.name.matches('^[a-zA-Z0-9_-]{1,127}$')",message="metadata.name is used as the topic name and may hold only letters, digits, '_' and '-'; set spec.topicName to use another name"
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=mqt;mqtopic,categories=orderly
+// +kubebuilder:printcolumn:name="Instance",type=string,JSONPath=`.spec.instanceRef.name`
+// +kubebuilder:printcolumn:name="Topic",type=string,JSONPath=`.status.topicName`
+// +kubebuilder:printcolumn:name="Type",type=string,JSONPath=`.spec.messageType`
+// +kubebuilder:printcolumn:name="Queues",type=integer,JSONPath=`.status.queues`
+// +kubebuilder:printcolumn:name="Messages",type=integer,JSONPath=`.status.messages`
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Synced",type=string,JSONPath=`.status.conditions[?(@.type=="Synced")].status`,priority=1
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type Topic struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// +required
+	Spec TopicSpec `json:"spec"`
+	// +optional
+	Status TopicStatus `json:"status,omitempty"`
+}
+
+// +kubebuilder:object:root=true
+
+// TopicList contains a list of Topic.
+type TopicList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []Topic `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&Topic{}, &TopicList{})
+}
+
+// BrokerName is the topic's broker-side name.
+func (t *Topic) BrokerName() string {
+	if t.Spec.TopicName != "" {
+		return t.Spec.TopicName
+	}
+	return t.Name
+}
+
+// GetConditions returns the Topic's status conditions.
+func (t *Topic) GetConditions() []metav1.Condition { return t.Status.Conditions }
+
+// SetConditions replaces the Topic's status conditions.
+func (t *Topic) SetConditions(c []metav1.Condition) { t.Status.Conditions = c }
