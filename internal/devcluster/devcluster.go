@@ -195,7 +195,7 @@ Try it in another shell:
 
   export KUBECONFIG=%[1]s
   kubectl apply -f config/samples/
-  kubectl wait --for=condition=Ready instance --all
+  kubectl wait --for=condition=Ready instance,topic,consumergroup --all
   kubectl get orderly
 
 Ctrl-C stops the operator and the control plane; state stays in %[4]s.
