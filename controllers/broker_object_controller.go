@@ -206,3 +206,12 @@ func (r *brokerObjectReconciler[T]) setup(mgr ctrl.Manager, name string, list fu
 		Named(name).
 		Complete(r)
 }
+
+// pointers returns pointers to the elements of items.
+func pointers[T any](items []T) []*T {
+	out := make([]*T, len(items))
+	for i := range items {
+		out[i] = &items[i]
+	}
+	return out
+}

@@ -99,11 +99,6 @@ type ConsumerGroupReconciler struct {
 func (r *ConsumerGroupReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return r.setup(mgr, "consumergroup", func() client.ObjectList { return &mqv1alpha1.ConsumerGroupList{} },
 		func(l client.ObjectList) []*mqv1alpha1.ConsumerGroup {
-			items := l.(*mqv1alpha1.ConsumerGroupList).Items
-			out := make([]*mqv1alpha1.ConsumerGroup, len(items))
-			for i := range items {
-				out[i] = &items[i]
-			}
-			return out
+			return pointers(l.(*mqv1alpha1.ConsumerGroupList).Items)
 		})
 }

@@ -91,14 +91,7 @@ type TopicReconciler struct {
 // SetupWithManager registers the controller.
 func (r *TopicReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return r.setup(mgr, "topic", func() client.ObjectList { return &mqv1alpha1.TopicList{} },
-		func(l client.ObjectList) []*mqv1alpha1.Topic {
-			items := l.(*mqv1alpha1.TopicList).Items
-			out := make([]*mqv1alpha1.Topic, len(items))
-			for i := range items {
-				out[i] = &items[i]
-			}
-			return out
-		})
+		func(l client.ObjectList) []*mqv1alpha1.Topic { return pointers(l.(*mqv1alpha1.TopicList).Items) })
 }
 
 // timed runs one broker admin call and records its latency.
