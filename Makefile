@@ -12,6 +12,8 @@ BENCH ?= .
 BENCH_FLAGS ?= -benchtime=2s -count=5
 # Benchmarks that build gigabytes of state run once each, in bench-storage.
 STORAGE_BENCH = PublishWithBacklog|RestartAfterKill
+# Benchmarks that run a control plane and the operator binary: one pass is a run.
+SCALE_BENCH = Declare1000TopicsAndGroups
 
 SHELL = /usr/bin/env bash -o pipefail
 .SHELLFLAGS = -ec
@@ -53,7 +55,8 @@ test: manifests generate fmt vet ## Run all tests, envtest suites included, agai
 
 .PHONY: bench
 bench: ## Run the Go benchmarks (take medians over BENCH_FLAGS' -count runs).
-	KUBEBUILDER_ASSETS="$$(hack/envtest.sh)" go test -run '^$$' -bench '$(BENCH)' -skip '$(STORAGE_BENCH)' $(BENCH_FLAGS) ./...
+	KUBEBUILDER_ASSETS="$$(hack/envtest.sh)" go test -run '^$$' -bench '$(BENCH)' -skip '$(STORAGE_BENCH)|$(SCALE_BENCH)' $(BENCH_FLAGS) ./...
+	KUBEBUILDER_ASSETS="$$(hack/envtest.sh)" go test -run '^$$' -bench '$(SCALE_BENCH)' -benchtime=1x -count=3 -timeout 30m ./controllers/
 
 .PHONY: bench-storage
 bench-storage: ## Run the storage-scale benchmarks: a 10-million-message backlog (~10 GiB) and restart after SIGKILL with 1 GiB.

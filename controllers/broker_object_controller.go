@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -14,9 +15,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	mqv1alpha1 "github.com/orderly-dev/orderly/api/v1alpha1"
@@ -46,8 +50,10 @@ type brokerObject interface {
 type kind[T brokerObject] interface {
 	// newObject returns an empty object of the kind.
 	newObject() T
-	// instanceName and policy read the spec.
-	instanceName(obj T) string
+	// name is the kind's name, for metrics and logs.
+	name() string
+	// instanceRef and policy read the spec.
+	instanceRef(obj T) mqv1alpha1.InstanceReference
 	policy(obj T) mqv1alpha1.DeletionPolicy
 	// declare brings the broker to obj's spec and reports whether the broker
 	// differed from what obj's status says was last applied (drift).
@@ -74,27 +80,42 @@ type brokerObjectReconciler[T brokerObject] struct {
 func (r *brokerObjectReconciler[T]) Reconcile(ctx context.Context, req ctrl.Request) (_ ctrl.Result, err error) {
 	obj := r.Kind.newObject()
 	if err := r.Get(ctx, req.NamespacedName, obj); err != nil {
+		if apierrors.IsNotFound(err) {
+			forgetResourceState(r.Kind.name(), req.NamespacedName)
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	before := obj.DeepCopyObject().(T)
 	defer func() {
 		r.Kind.setObservedGeneration(obj)
+		recordResourceState(r.Kind.name(), obj)
 		err = errors.Join(err, r.patchStatus(ctx, before, obj))
 	}()
 
-	inst, instanceReady := r.instance(ctx, obj)
+	inst, usable := r.instance(ctx, obj)
 	if !obj.GetDeletionTimestamp().IsZero() {
-		return ctrl.Result{}, r.reconcileDelete(ctx, obj, inst, instanceReady)
+		return ctrl.Result{}, r.reconcileDelete(ctx, obj, inst, usable)
 	}
 	if controllerutil.AddFinalizer(obj, BrokerObjectFinalizer) {
 		if err := r.Update(ctx, obj); err != nil {
 			return ctrl.Result{}, fmt.Errorf("failed to add finalizer: %w", err)
 		}
 	}
-	if !instanceReady {
-		r.setCondition(obj, mqv1alpha1.ConditionReady, metav1.ConditionFalse, mqv1alpha1.ReasonInstanceNotReady,
-			fmt.Sprintf("Instance %q is missing or not Ready; waiting for it", r.Kind.instanceName(obj)))
-		// The Instance watch wakes this object when the Instance becomes Ready.
+	if mqv1alpha1.IsPaused(obj) {
+		r.setCondition(obj, mqv1alpha1.ConditionSynced, metav1.ConditionUnknown, mqv1alpha1.ReasonPaused,
+			fmt.Sprintf("The %s annotation stops the operator from touching the broker", mqv1alpha1.PausedAnnotation))
+		return ctrl.Result{}, nil // removing the annotation is an update, which wakes it
+	}
+	if !usable {
+		ref := r.Kind.instanceRef(obj).Key(obj.GetNamespace())
+		if inst != nil && !inst.Allows(obj.GetNamespace()) {
+			r.setCondition(obj, mqv1alpha1.ConditionReady, metav1.ConditionFalse, mqv1alpha1.ReasonNamespaceNotAllowed,
+				fmt.Sprintf("Instance %s does not list namespace %q in spec.allowedNamespaces", ref, obj.GetNamespace()))
+		} else {
+			r.setCondition(obj, mqv1alpha1.ConditionReady, metav1.ConditionFalse, mqv1alpha1.ReasonInstanceNotReady,
+				fmt.Sprintf("Instance %s is missing or not Ready; waiting for it", ref))
+		}
+		// The Instance watch wakes this object when the Instance changes.
 		return ctrl.Result{}, nil
 	}
 
@@ -105,7 +126,7 @@ func (r *brokerObjectReconciler[T]) Reconcile(ctx context.Context, req ctrl.Requ
 		msg := fmt.Sprintf("%q is already declared in instance %q by another object; this one changes nothing", obj.BrokerName(), inst.Status.InstanceID)
 		r.setCondition(obj, mqv1alpha1.ConditionReady, metav1.ConditionFalse, mqv1alpha1.ReasonNameConflict, msg)
 		r.Recorder.Eventf(obj, nil, corev1.EventTypeWarning, mqv1alpha1.ReasonNameConflict, "Reconcile", "%s", msg)
-		return ctrl.Result{}, nil // the owner's deletion wakes it through a resync
+		return ctrl.Result{RequeueAfter: r.jittered()}, nil // the owner may go away
 	case err != nil:
 		r.setCondition(obj, mqv1alpha1.ConditionReady, metav1.ConditionFalse, mqv1alpha1.ReasonBrokerError, err.Error())
 		r.Recorder.Eventf(obj, nil, corev1.EventTypeWarning, mqv1alpha1.ReasonBrokerError, "Reconcile", "Failed to declare %q: %v", obj.BrokerName(), err)
@@ -117,7 +138,7 @@ func (r *brokerObjectReconciler[T]) Reconcile(ctx context.Context, req ctrl.Requ
 	if drift != "" {
 		ctrl.LoggerFrom(ctx).Info("Repaired drift", "drift", drift)
 		r.Recorder.Eventf(obj, nil, corev1.EventTypeWarning, mqv1alpha1.ReasonDriftRepaired, "Reconcile", "The broker differed from the spec and was repaired: %s", drift)
-		driftRepairs.WithLabelValues(obj.GetObjectKind().GroupVersionKind().Kind).Inc()
+		driftRepairs.WithLabelValues(r.Kind.name()).Inc()
 		r.setCondition(obj, mqv1alpha1.ConditionSynced, metav1.ConditionTrue, mqv1alpha1.ReasonDriftRepaired, drift)
 	} else {
 		r.setCondition(obj, mqv1alpha1.ConditionSynced, metav1.ConditionTrue, mqv1alpha1.ReasonInSync, "The broker matches the spec")
@@ -132,14 +153,15 @@ func (r *brokerObjectReconciler[T]) Reconcile(ctx context.Context, req ctrl.Requ
 	return ctrl.Result{RequeueAfter: r.jittered()}, nil
 }
 
-func (r *brokerObjectReconciler[T]) reconcileDelete(ctx context.Context, obj T, inst *mqv1alpha1.Instance, instanceReady bool) error {
+func (r *brokerObjectReconciler[T]) reconcileDelete(ctx context.Context, obj T, inst *mqv1alpha1.Instance, usable bool) error {
 	if !controllerutil.ContainsFinalizer(obj, BrokerObjectFinalizer) {
 		return nil
 	}
 	// An Instance that is gone, or being deleted, takes its tenant along: there is
 	// nothing left to delete, and waiting for it would leave this object stuck in
-	// Terminating.
-	if instanceReady && inst.DeletionTimestamp.IsZero() && r.Kind.policy(obj) != mqv1alpha1.DeletionPolicyRetain {
+	// Terminating. One that no longer allows this namespace is not ours to change,
+	// nor is a paused object's broker-side twin.
+	if usable && inst.DeletionTimestamp.IsZero() && !mqv1alpha1.IsPaused(obj) && r.Kind.policy(obj) != mqv1alpha1.DeletionPolicyRetain {
 		r.setCondition(obj, mqv1alpha1.ConditionReady, metav1.ConditionFalse, mqv1alpha1.ReasonDeleting, "Deleting from the broker")
 		if err := r.Kind.remove(ctx, inst.Status.InstanceID, obj); err != nil {
 			return fmt.Errorf("failed to delete %q from the broker: %w", obj.BrokerName(), err)
@@ -153,15 +175,16 @@ func (r *brokerObjectReconciler[T]) reconcileDelete(ctx context.Context, obj T, 
 	return nil
 }
 
-// instance returns the object's Instance and whether it is Ready to serve.
+// instance returns the object's Instance and whether it may be used: it is Ready to
+// serve and allows the object's namespace.
 func (r *brokerObjectReconciler[T]) instance(ctx context.Context, obj T) (*mqv1alpha1.Instance, bool) {
 	inst := &mqv1alpha1.Instance{}
-	key := client.ObjectKey{Namespace: obj.GetNamespace(), Name: r.Kind.instanceName(obj)}
-	if err := r.Get(ctx, key, inst); err != nil {
+	if err := r.Get(ctx, r.Kind.instanceRef(obj).Key(obj.GetNamespace()), inst); err != nil {
 		return nil, false
 	}
-	ready := meta.IsStatusConditionTrue(inst.Status.Conditions, mqv1alpha1.ConditionReady) && inst.Status.InstanceID != ""
-	return inst, ready
+	usable := meta.IsStatusConditionTrue(inst.Status.Conditions, mqv1alpha1.ConditionReady) &&
+		inst.Status.InstanceID != "" && inst.Allows(obj.GetNamespace())
+	return inst, usable
 }
 
 func (r *brokerObjectReconciler[T]) setCondition(obj T, typ string, status metav1.ConditionStatus, reason, msg string) {
@@ -185,25 +208,41 @@ func (r *brokerObjectReconciler[T]) jittered() time.Duration {
 	return resync + time.Duration(rand.Int64N(int64(resync)/5+1))
 }
 
+// reconcileWorkers is how many objects of one kind reconcile at once.
+const reconcileWorkers = 4
+
+// instanceRefIndex indexes objects by the namespace/name of the Instance they
+// reference, so an Instance change wakes exactly its dependents, in any namespace.
+const instanceRefIndex = "spec.instanceRef"
+
 // setup registers the controller: its own kind, and Instances waking the objects
 // that reference them.
-func (r *brokerObjectReconciler[T]) setup(mgr ctrl.Manager, name string, list func() client.ObjectList, items func(client.ObjectList) []T) error {
+func (r *brokerObjectReconciler[T]) setup(mgr ctrl.Manager, list func() client.ObjectList, items func(client.ObjectList) []T) error {
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), r.Kind.newObject(), instanceRefIndex, func(o client.Object) []string {
+		return []string{r.Kind.instanceRef(o.(T)).Key(o.GetNamespace()).String()}
+	}); err != nil {
+		return err
+	}
 	return ctrl.NewControllerManagedBy(mgr).
-		For(r.Kind.newObject()).
+		// The controller's own writes (finalizer, status) change neither the
+		// generation nor the annotations: waking on them would only repeat the work.
+		// Deletion bumps the generation, and resync is by RequeueAfter.
+		For(r.Kind.newObject(), builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
+		// Reconciles of different objects are independent; the broker serialises
+		// what must be serialised.
+		WithOptions(controller.Options{MaxConcurrentReconciles: reconcileWorkers}).
 		Watches(&mqv1alpha1.Instance{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
 			l := list()
-			if err := r.List(ctx, l, client.InNamespace(o.GetNamespace())); err != nil {
+			if err := r.List(ctx, l, client.MatchingFields{instanceRefIndex: client.ObjectKeyFromObject(o).String()}); err != nil {
 				return nil
 			}
 			var reqs []reconcile.Request
 			for _, obj := range items(l) {
-				if r.Kind.instanceName(obj) == o.GetName() {
-					reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(obj)})
-				}
+				reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(obj)})
 			}
 			return reqs
 		})).
-		Named(name).
+		Named(strings.ToLower(r.Kind.name())).
 		Complete(r)
 }
 

@@ -29,7 +29,8 @@ type GroupBroker interface {
 type groupKind struct{ broker GroupBroker }
 
 func (groupKind) newObject() *mqv1alpha1.ConsumerGroup            { return &mqv1alpha1.ConsumerGroup{} }
-func (groupKind) instanceName(g *mqv1alpha1.ConsumerGroup) string { return g.Spec.InstanceRef.Name }
+func (groupKind) name() string { return "ConsumerGroup" }
+func (groupKind) instanceRef(g *mqv1alpha1.ConsumerGroup) mqv1alpha1.InstanceReference { return g.Spec.InstanceRef }
 func (groupKind) policy(g *mqv1alpha1.ConsumerGroup) mqv1alpha1.DeletionPolicy {
 	return g.Spec.DeletionPolicy
 }
@@ -97,7 +98,7 @@ type ConsumerGroupReconciler struct {
 
 // SetupWithManager registers the controller.
 func (r *ConsumerGroupReconciler) SetupWithManager(mgr ctrl.Manager) error {
-	return r.setup(mgr, "consumergroup", func() client.ObjectList { return &mqv1alpha1.ConsumerGroupList{} },
+	return r.setup(mgr, func() client.ObjectList { return &mqv1alpha1.ConsumerGroupList{} },
 		func(l client.ObjectList) []*mqv1alpha1.ConsumerGroup {
 			return pointers(l.(*mqv1alpha1.ConsumerGroupList).Items)
 		})

@@ -74,6 +74,9 @@ type InstanceReconciler struct {
 func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ ctrl.Result, err error) {
 	inst := &mqv1alpha1.Instance{}
 	if err := r.Get(ctx, req.NamespacedName, inst); err != nil {
+		if apierrors.IsNotFound(err) {
+			forgetResourceState("Instance", req.NamespacedName)
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	log := ctrl.LoggerFrom(ctx).WithValues("Instance", klog.KObj(inst))
@@ -84,6 +87,7 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_
 		// observedGeneration is written on every pass, failed or not: the Ready
 		// condition says whether this generation took effect.
 		inst.Status.ObservedGeneration = inst.Generation
+		recordResourceState("Instance", inst)
 		err = errors.Join(err, r.patchStatus(ctx, before, inst))
 	}()
 

@@ -2,7 +2,12 @@ package controllers
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
+
+	mqv1alpha1 "github.com/orderly-dev/orderly/api/v1alpha1"
 )
 
 // Metrics beyond controller-runtime's, on the manager's /metrics endpoint.
@@ -17,8 +22,34 @@ var (
 		Help:    "Latency of the controllers' calls into the broker, by operation.",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 4, 8),
 	}, []string{"operation"})
+
+	resourceReady = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "orderly_resource_ready",
+		Help: "1 when a custom resource's Ready condition is True, 0 otherwise, by kind, namespace and name.",
+	}, []string{"kind", "namespace", "name"})
 )
 
+// conditioned is an object with status conditions.
+type conditioned interface {
+	metav1.Object
+	GetConditions() []metav1.Condition
+}
+
+// recordResourceState sets obj's orderly_resource_ready series.
+func recordResourceState(kind string, obj conditioned) {
+	v := 0.0
+	if meta.IsStatusConditionTrue(obj.GetConditions(), mqv1alpha1.ConditionReady) {
+		v = 1
+	}
+	resourceReady.WithLabelValues(kind, obj.GetNamespace(), obj.GetName()).Set(v)
+}
+
+// forgetResourceState drops the series of an object that no longer exists, so
+// deleted objects do not linger in the metrics.
+func forgetResourceState(kind string, key types.NamespacedName) {
+	resourceReady.DeleteLabelValues(kind, key.Namespace, key.Name)
+}
+
 func init() {
-	metrics.Registry.MustRegister(driftRepairs, brokerCallSeconds)
+	metrics.Registry.MustRegister(driftRepairs, brokerCallSeconds, resourceReady)
 }

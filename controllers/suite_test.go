@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -23,6 +24,7 @@ import (
 
 	mqv1alpha1 "github.com/orderly-dev/orderly/api/v1alpha1"
 	"github.com/orderly-dev/orderly/internal/broker"
+	"github.com/orderly-dev/orderly/internal/mqhttp"
 )
 
 // Shared by every spec. Specs give their objects names of their own, so they never
@@ -33,7 +35,8 @@ var (
 	testBroker *broker.Broker
 	cancelMgr  context.CancelFunc
 
-	testEndpoints = Endpoints{HTTP: "http://127.0.0.1:19880", TCP: "127.0.0.1:19876"}
+	// testEndpoints.HTTP is the suite's mq-http server, filled in once it listens.
+	testEndpoints = Endpoints{TCP: "127.0.0.1:19876"}
 	// testResync is short so that drift repair shows within a spec.
 	testResync = time.Second
 )
@@ -86,6 +89,18 @@ var _ = BeforeSuite(func() {
 	Expect(err).NotTo(HaveOccurred())
 	var ctx context.Context
 	ctx, cancelMgr = context.WithCancel(context.Background())
+
+	// The real mq-http endpoint on the suite's broker, so that specs can drive it with
+	// the real SDK, as an application would. Instances publish its address, so it
+	// listens before the Instance controller is built.
+	httpServer := mqhttp.NewServer("127.0.0.1:0", testBroker, logf.Log.WithName("mqhttp"))
+	go func() {
+		defer GinkgoRecover()
+		Expect(httpServer.Start(ctx)).To(Succeed())
+	}()
+	var addr net.Addr
+	Eventually(httpServer.Listening()).Should(Receive(&addr))
+	testEndpoints.HTTP = "http://" + addr.String()
 	Expect((&InstanceReconciler{
 		Client:    mgr.GetClient(),
 		APIReader: mgr.GetAPIReader(),

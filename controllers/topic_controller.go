@@ -29,7 +29,8 @@ type TopicBroker interface {
 type topicKind struct{ broker TopicBroker }
 
 func (topicKind) newObject() *mqv1alpha1.Topic                         { return &mqv1alpha1.Topic{} }
-func (topicKind) instanceName(t *mqv1alpha1.Topic) string              { return t.Spec.InstanceRef.Name }
+func (topicKind) name() string { return "Topic" }
+func (topicKind) instanceRef(t *mqv1alpha1.Topic) mqv1alpha1.InstanceReference { return t.Spec.InstanceRef }
 func (topicKind) policy(t *mqv1alpha1.Topic) mqv1alpha1.DeletionPolicy { return t.Spec.DeletionPolicy }
 func (topicKind) setObservedGeneration(t *mqv1alpha1.Topic) {
 	t.Status.ObservedGeneration = t.Generation
@@ -90,7 +91,7 @@ type TopicReconciler struct {
 
 // SetupWithManager registers the controller.
 func (r *TopicReconciler) SetupWithManager(mgr ctrl.Manager) error {
-	return r.setup(mgr, "topic", func() client.ObjectList { return &mqv1alpha1.TopicList{} },
+	return r.setup(mgr, func() client.ObjectList { return &mqv1alpha1.TopicList{} },
 		func(l client.ObjectList) []*mqv1alpha1.Topic { return pointers(l.(*mqv1alpha1.TopicList).Items) })
 }
 

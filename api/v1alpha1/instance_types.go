@@ -52,6 +52,30 @@ type InstanceSpec struct {
 	// +kubebuilder:validation:MaxLength=253
 	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
 	CredentialsSecretName string `json:"credentialsSecretName,omitempty"`
+
+	// allowedNamespaces lists the namespaces, besides the Instance's own, whose
+	// Topics, ConsumerGroups and MessageConsumers may reference this Instance; "*"
+	// allows every namespace. Empty means the Instance's own namespace only. Removing a
+	// namespace stops the operator from managing its objects in this instance; what
+	// they declared stays in the broker.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=256
+	// +kubebuilder:validation:items:Pattern=`^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$`
+	AllowedNamespaces []string `json:"allowedNamespaces,omitempty"`
+}
+
+// Allows reports whether objects in namespace ns may reference the Instance.
+func (i *Instance) Allows(ns string) bool {
+	if ns == i.Namespace {
+		return true
+	}
+	for _, allowed := range i.Spec.AllowedNamespaces {
+		if allowed == "*" || allowed == ns {
+			return true
+		}
+	}
+	return false
 }
 
 // InstanceEndpoints are the addresses applications connect to.

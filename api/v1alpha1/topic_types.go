@@ -2,6 +2,7 @@ package v1alpha1
 
 import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 )
 
 // Condition types and reasons of Topics and ConsumerGroups.
@@ -18,6 +19,11 @@ const (
 	ReasonDriftRepaired = "DriftRepaired"
 	// ReasonInSync means the broker matched the spec.
 	ReasonInSync = "InSync"
+	// ReasonNamespaceNotAllowed means the referenced Instance is in another namespace
+	// and its spec.allowedNamespaces does not list the referring one.
+	ReasonNamespaceNotAllowed = "NamespaceNotAllowed"
+	// ReasonPaused means the object carries the pause annotation.
+	ReasonPaused = "Paused"
 )
 
 // DeletionPolicy says what happens in the broker when the object is deleted.
@@ -37,12 +43,39 @@ type MessageType string
 
 // InstanceReference names an Instance.
 type InstanceReference struct {
-	// name of an Instance in the same namespace.
+	// name of the Instance.
 	// +required
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=253
 	Name string `json:"name"`
+
+	// namespace of the Instance; it defaults to the referring object's own. An
+	// Instance in another namespace serves the reference only if its
+	// spec.allowedNamespaces lists the referring namespace.
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`
+	Namespace string `json:"namespace,omitempty"`
 }
+
+// Key is the Instance's namespaced name, seen from an object in namespace from.
+func (r InstanceReference) Key(from string) types.NamespacedName {
+	ns := r.Namespace
+	if ns == "" {
+		ns = from
+	}
+	return types.NamespacedName{Namespace: ns, Name: r.Name}
+}
+
+// PausedAnnotation set to "true" on a Topic or ConsumerGroup stops the operator from
+// touching its broker-side object: nothing is declared, repaired or deleted until the
+// annotation is removed. Deleting a paused object keeps the broker-side object, as
+// deletionPolicy Retain would.
+const PausedAnnotation = "mq.orderly.dev/paused"
+
+// IsPaused reports whether obj carries the pause annotation.
+func IsPaused(obj metav1.Object) bool { return obj.GetAnnotations()[PausedAnnotation] == "true" }
 
 // TopicSpec defines the desired state of a Topic.
 // +kubebuilder:validation:XValidation:rule="self.instanceRef == oldSelf.instanceRef",message="instanceRef is immutable: a topic cannot move between instances"
