@@ -30,8 +30,10 @@ import (
 	mqv1alpha1 "github.com/orderly-dev/orderly/api/v1alpha1"
 	"github.com/orderly-dev/orderly/controllers"
 	"github.com/orderly-dev/orderly/internal/broker"
+	"github.com/orderly-dev/orderly/internal/consumer"
 	"github.com/orderly-dev/orderly/internal/devcluster"
 	"github.com/orderly-dev/orderly/internal/mqhttp"
+	"github.com/orderly-dev/orderly/internal/podrunner"
 )
 
 var (
@@ -45,6 +47,24 @@ func init() {
 }
 
 func main() {
+	// The same binary is the consumer runtime of MessageConsumer pods: an init
+	// container copies it into the pod, and it wraps the user's command.
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "consume":
+			os.Exit(consumer.Main(os.Args[2:]))
+		case "install-runtime":
+			if len(os.Args) != 3 {
+				fmt.Fprintln(os.Stderr, "usage: orderly install-runtime <destination>")
+				os.Exit(2)
+			}
+			if err := consumer.Install(os.Args[2]); err != nil {
+				fmt.Fprintf(os.Stderr, "orderly install-runtime: %v\n", err)
+				os.Exit(1)
+			}
+			return
+		}
+	}
 	var (
 		dev           bool
 		devDir        string
@@ -56,6 +76,7 @@ func main() {
 		httpAddr      string
 		tcpAddr       string
 		advertiseHost string
+		runtimeImage  string
 		dataDir       string
 	)
 	flag.BoolVar(&dev, "dev", false, "Run a local control plane (etcd and kube-apiserver) instead of connecting to a cluster.")
@@ -69,6 +90,7 @@ func main() {
 	flag.StringVar(&tcpAddr, "tcp-bind-address", ":9876", "Address the RocketMQ remoting (name server and broker) endpoint binds to.")
 	flag.StringVar(&dataDir, "data-dir", "", "Directory for the broker's data. Defaults to <dev-dir>/broker with --dev; required otherwise.")
 	flag.StringVar(&advertiseHost, "advertise-host", "", "Host name applications reach the broker at (in a cluster, the broker Service's DNS name). Defaults to 127.0.0.1 with --dev.")
+	flag.StringVar(&runtimeImage, "runtime-image", os.Getenv("ORDERLY_RUNTIME_IMAGE"), "Image of the init container that installs the consumer runtime in MessageConsumer pods: the operator's own image.")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -86,6 +108,9 @@ func main() {
 	if dev {
 		if advertiseHost == "" {
 			advertiseHost = "127.0.0.1"
+		}
+		if runtimeImage == "" {
+			runtimeImage = "orderly:dev" // pods run as local processes; the image is ignored
 		}
 		if dataDir == "" {
 			dataDir = filepath.Join(devDir, "broker")
@@ -110,14 +135,15 @@ func main() {
 			setupLog.Error(err, "Unable to load a kubeconfig; use --dev to run a local control plane")
 			os.Exit(1)
 		}
-		if advertiseHost == "" || dataDir == "" {
-			setupLog.Error(nil, "--advertise-host and --data-dir are required outside dev mode")
+		if advertiseHost == "" || dataDir == "" || runtimeImage == "" {
+			setupLog.Error(nil, "--advertise-host, --data-dir and --runtime-image are required outside dev mode")
 			os.Exit(1)
 		}
 	}
 	if err := run(ctx, cfg, options{
 		metricsAddr: metricsAddr, probeAddr: probeAddr, leaderElect: leaderElect,
 		httpAddr: httpAddr, tcpAddr: tcpAddr, advertiseHost: advertiseHost, devKubeconfig: kubeconfig, dataDir: dataDir,
+		runtimeImage: runtimeImage, devPodDir: filepath.Join(devDir, "pods"),
 	}); err != nil {
 		setupLog.Error(err, "Manager exited with an error")
 		// Return through the deferred control-plane stop rather than os.Exit.
@@ -132,6 +158,8 @@ type options struct {
 	advertiseHost          string
 	devKubeconfig          string
 	dataDir                string
+	runtimeImage           string
+	devPodDir              string // dev mode: where MessageConsumer pods run
 }
 
 // run wires the broker, its protocol servers and the controllers into one manager
@@ -151,6 +179,7 @@ func run(ctx context.Context, cfg *rest.Config, o options) error {
 		// the cluster; the controllers read others directly when they must.
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
 			&corev1.Secret{}: {Label: managedSecrets},
+			&corev1.Pod{}:    {Label: controllers.ConsumerPodSelector()},
 		}},
 	})
 	if err != nil {
@@ -197,6 +226,34 @@ func run(ctx context.Context, cfg *rest.Config, o options) error {
 	}
 	if err := controllers.NewConsumerGroupReconciler(mgr.GetClient(), mgr.GetEventRecorder("orderly-consumergroup"), b, 0).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("unable to set up the ConsumerGroup controller: %w", err)
+	}
+
+	if err := (&controllers.MessageConsumerReconciler{
+		Client: mgr.GetClient(), Scheme: mgr.GetScheme(), Recorder: mgr.GetEventRecorder("orderly-messageconsumer"),
+		Broker: b, RuntimeImage: o.runtimeImage,
+	}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("unable to set up the MessageConsumer controller: %w", err)
+	}
+	if o.devKubeconfig != "" {
+		// No kubelet in dev mode: MessageConsumer pods run as local processes, with
+		// this binary as their consumer runtime.
+		self, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		runner := &podrunner.Runner{
+			Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Log: ctrl.Log.WithName("dev-pods"), Dir: o.devPodDir,
+			Rewrite: func(command, env []string) ([]string, []string) {
+				if len(command) > 0 && command[0] == controllers.RuntimePath {
+					command = append([]string{self}, command[1:]...)
+				}
+				return command, env
+			},
+		}
+		if err := runner.SetupWithManager(mgr, "dev-pods"); err != nil {
+			return err
+		}
+		defer runner.StopAll()
 	}
 
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {

@@ -269,7 +269,7 @@ func startManager(b *testing.B, bin, kubeconfig, dataDir string) *managerProcess
 	b.Helper()
 	cmd := exec.Command(bin, "--metrics-bind-address=0", "--health-probe-bind-address=0",
 		"--http-bind-address=127.0.0.1:0", "--tcp-bind-address=127.0.0.1:0",
-		"--advertise-host=127.0.0.1", "--data-dir="+dataDir, "--zap-log-level=error")
+		"--advertise-host=127.0.0.1", "--runtime-image=orderly:bench", "--data-dir="+dataDir, "--zap-log-level=error")
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
 	out := &bytes.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out

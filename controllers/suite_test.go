@@ -24,7 +24,9 @@ import (
 
 	mqv1alpha1 "github.com/orderly-dev/orderly/api/v1alpha1"
 	"github.com/orderly-dev/orderly/internal/broker"
+	"github.com/orderly-dev/orderly/internal/consumer"
 	"github.com/orderly-dev/orderly/internal/mqhttp"
+	"github.com/orderly-dev/orderly/internal/podrunner"
 )
 
 // Shared by every spec. Specs give their objects names of their own, so they never
@@ -32,6 +34,7 @@ import (
 var (
 	k8sClient  client.Client
 	testEnv    *envtest.Environment
+	testRunner *podrunner.Runner
 	testBroker *broker.Broker
 	cancelMgr  context.CancelFunc
 
@@ -40,6 +43,18 @@ var (
 	// testResync is short so that drift repair shows within a spec.
 	testResync = time.Second
 )
+
+// TestMain lets the test binary stand in for the operator binary in MessageConsumer
+// pods: the pod runner starts it as `<test binary> consume -- <handler>` with
+// runtimeEnv set, and it runs the consumer runtime as `orderly consume` would.
+func TestMain(m *testing.M) {
+	if os.Getenv(runtimeEnv) == "1" && len(os.Args) > 1 && os.Args[1] == "consume" {
+		os.Exit(consumer.Main(os.Args[2:]))
+	}
+	os.Exit(m.Run())
+}
+
+const runtimeEnv = "ORDERLY_TEST_AS_RUNTIME"
 
 func TestControllers(t *testing.T) {
 	RegisterFailHandler(Fail)
@@ -81,6 +96,7 @@ var _ = BeforeSuite(func() {
 		Metrics: metricsserver.Options{BindAddress: "0"},
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
 			&corev1.Secret{}: {Label: managed},
+			&corev1.Pod{}:    {Label: ConsumerPodSelector()},
 		}},
 	})
 	Expect(err).NotTo(HaveOccurred())
@@ -113,6 +129,28 @@ var _ = BeforeSuite(func() {
 	Expect(NewTopicReconciler(mgr.GetClient(), mgr.GetEventRecorder("orderly-topic"), testBroker, testResync).SetupWithManager(mgr)).To(Succeed())
 	Expect(NewConsumerGroupReconciler(mgr.GetClient(), mgr.GetEventRecorder("orderly-consumergroup"), testBroker, testResync).SetupWithManager(mgr)).To(Succeed())
 
+	Expect((&MessageConsumerReconciler{
+		Client: mgr.GetClient(), Scheme: scheme, Recorder: mgr.GetEventRecorder("orderly-messageconsumer"),
+		Broker: testBroker, RuntimeImage: "orderly:test",
+	}).SetupWithManager(mgr)).To(Succeed())
+
+	// envtest has no kubelet: the runner runs MessageConsumer pods as local
+	// processes, with this test binary as the consumer runtime.
+	self, err := os.Executable()
+	Expect(err).NotTo(HaveOccurred())
+	testRunner = &podrunner.Runner{
+		Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Log: logf.Log.WithName("podrunner"),
+		Dir: GinkgoT().TempDir(),
+		Rewrite: func(command, env []string) ([]string, []string) {
+			if len(command) > 0 && command[0] == RuntimePath {
+				command = append([]string{self}, command[1:]...)
+				env = append(env, runtimeEnv+"=1")
+			}
+			return command, env
+		},
+	}
+	Expect(testRunner.SetupWithManager(mgr, "podrunner")).To(Succeed())
+
 	go func() {
 		defer GinkgoRecover()
 		Expect(mgr.Start(ctx)).To(Succeed())
@@ -122,6 +160,9 @@ var _ = BeforeSuite(func() {
 var _ = AfterSuite(func() {
 	if cancelMgr != nil {
 		cancelMgr()
+	}
+	if testRunner != nil {
+		testRunner.StopAll()
 	}
 	if testEnv != nil {
 		Expect(testEnv.Stop()).To(Succeed())

@@ -157,6 +157,15 @@ func (h *handler) consume(q *request, trans string) {
 		}
 		wait = min(time.Duration(s)*time.Second, maxWait)
 	}
+	var invisible time.Duration
+	if v := q.r.Header.Get(InvisibleSecondsHeader); v != "" {
+		s, err := strconv.Atoi(v)
+		if err != nil || s < 1 || time.Duration(s)*time.Second > maxInvisible {
+			q.fail(invalidArgument("The value of " + InvisibleSecondsHeader + " should between 1 and 43200."))
+			return
+		}
+		invisible = time.Duration(s) * time.Second
+	}
 	var ds []broker.Delivery
 	if trans == "pop" {
 		ds, err = h.broker.PopHalf(q.r.Context(), q.instance, q.topic, group, n, wait)
@@ -167,7 +176,7 @@ func (h *handler) consume(q *request, trans string) {
 			return
 		}
 		ds, err = h.broker.Pop(q.r.Context(), q.instance, q.topic, broker.PopRequest{
-			Group: group, Max: n, Wait: wait, Filter: filter, Orderly: trans == "order",
+			Group: group, Max: n, Wait: wait, Filter: filter, Orderly: trans == "order", Invisibility: invisible,
 		})
 	}
 	switch {

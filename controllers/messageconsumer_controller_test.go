@@ -1,0 +1,371 @@
+package controllers
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	mqv1alpha1 "github.com/orderly-dev/orderly/api/v1alpha1"
+	"github.com/orderly-dev/orderly/internal/consumer"
+	"github.com/orderly-dev/orderly/internal/mqhttp"
+)
+
+// consumerEnv is one spec's Instance, Topic and group, and a directory the handler
+// script records into.
+type consumerEnv struct {
+	ns, dir string
+	inst    *mqv1alpha1.Instance
+	topic   *mqv1alpha1.Topic
+	group   *mqv1alpha1.ConsumerGroup
+	client  *mqhttp.Client
+	next    int // the body of the next message published
+}
+
+func newConsumerEnv(ctx context.Context, messageType string, queues int32, maxRedeliveries int32) *consumerEnv {
+	GinkgoHelper()
+	e := &consumerEnv{ns: newNamespace(ctx), dir: GinkgoT().TempDir()}
+	e.inst = readyInstance(ctx, e.ns, "demo")
+	e.topic = newTopic(e.ns, "work", "demo")
+	e.topic.Spec.TopicName = "MQ_WORK"
+	e.topic.Spec.MessageType = mqv1alpha1.MessageType(messageType)
+	e.topic.Spec.Queues = queues
+	e.group = newGroup(e.ns, "workers", "demo", "HTTP")
+	e.group.Spec.GroupID = "GID_workers"
+	e.group.Spec.MaxRedeliveries = maxRedeliveries
+	Expect(k8sClient.Create(ctx, e.topic)).To(Succeed())
+	Expect(k8sClient.Create(ctx, e.group)).To(Succeed())
+	expectCondition(ctx, e.topic, mqv1alpha1.ConditionReady, metav1.ConditionTrue, mqv1alpha1.ReasonReconciled)
+	expectCondition(ctx, e.group, mqv1alpha1.ConditionReady, metav1.ConditionTrue, mqv1alpha1.ReasonReconciled)
+	secret := &corev1.Secret{}
+	Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: e.ns, Name: e.inst.Status.CredentialsSecret}, secret)).To(Succeed())
+	e.client = &mqhttp.Client{Endpoint: e.inst.Status.Endpoints.HTTP, InstanceID: e.inst.Status.InstanceID,
+		AccessKeyID: string(secret.Data[mqv1alpha1.SecretKeyAccessKeyID]), AccessKeySecret: string(secret.Data[mqv1alpha1.SecretKeyAccessKeySecret])}
+	return e
+}
+
+// publish publishes n messages with bodies counting on from the last publish's;
+// body i has sharding key i % keys.
+func (e *consumerEnv) publish(ctx context.Context, n, keys int) {
+	GinkgoHelper()
+	for i := e.next; i < e.next+n; i++ {
+		key := ""
+		if keys > 0 {
+			key = "k" + strconv.Itoa(i%keys)
+		}
+		_, err := e.client.Publish(ctx, "MQ_WORK", strconv.Itoa(i), "", key)
+		Expect(err).NotTo(HaveOccurred())
+	}
+	e.next += n
+}
+
+// The handler: records each message it handles as "key body id consumedTimes" in
+// $DIR/handled, and "overlap key" in $DIR/violations if another handler holds the
+// same key at the same time; fails for bodies listed in $FAIL; sleeps on its first
+// delivery of the body in $SLOW after touching $DIR/slow-started.
+const handlerScript = `set -e
+body=$(cat)
+key=${ORDERLY_SHARDING_KEY:-none}
+if ! mkdir "$DIR/lock.$key" 2>/dev/null; then echo "overlap $key" >> "$DIR/violations"; fi
+trap 'rmdir "$DIR/lock.$key" 2>/dev/null || true' EXIT
+case " $FAIL " in *" $body "*) exit 3 ;; esac
+if [ "$body" = "$SLOW" ] && [ "$ORDERLY_CONSUMED_TIMES" = 1 ]; then touch "$DIR/slow-started"; sleep 60; fi
+echo "$key $body $ORDERLY_MESSAGE_ID $ORDERLY_CONSUMED_TIMES" >> "$DIR/handled"
+`
+
+func (e *consumerEnv) messageConsumer(name string, parallelism int32, mode mqv1alpha1.CompletionMode, env ...corev1.EnvVar) *mqv1alpha1.MessageConsumer {
+	return &mqv1alpha1.MessageConsumer{
+		ObjectMeta: metav1.ObjectMeta{Namespace: e.ns, Name: name},
+		Spec: mqv1alpha1.MessageConsumerSpec{
+			InstanceRef: mqv1alpha1.LocalReference{Name: "demo"}, Topic: "work",
+			ConsumerGroupRef: mqv1alpha1.LocalReference{Name: "workers"},
+			Parallelism:      ptr.To(parallelism),
+			CompletionPolicy: mqv1alpha1.CompletionPolicy{Mode: mode},
+			Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{Containers: []corev1.Container{{
+				Name: "handler", Image: "busybox", Command: []string{"sh", "-c", handlerScript},
+				Env: append([]corev1.EnvVar{{Name: "DIR", Value: e.dir}, {Name: consumer.EnvIdleSeconds, Value: "1"}}, env...),
+			}}}},
+		},
+	}
+}
+
+// handled reads $DIR/handled: per key, the bodies in the order handled.
+func (e *consumerEnv) handled() (all []string, perKey map[string][]int) {
+	perKey = map[string][]int{}
+	b, _ := os.ReadFile(filepath.Join(e.dir, "handled"))
+	for line := range strings.Lines(string(b)) {
+		f := strings.Fields(line)
+		if len(f) != 4 {
+			continue
+		}
+		n, _ := strconv.Atoi(f[1])
+		perKey[f[0]] = append(perKey[f[0]], n)
+		all = append(all, f[1])
+	}
+	return all, perKey
+}
+
+func (e *consumerEnv) violations() string {
+	b, _ := os.ReadFile(filepath.Join(e.dir, "violations"))
+	return string(b)
+}
+
+func consumerPods(ctx context.Context, mc *mqv1alpha1.MessageConsumer) []corev1.Pod {
+	GinkgoHelper()
+	var pods corev1.PodList
+	Expect(k8sClient.List(ctx, &pods, client.InNamespace(mc.Namespace), client.MatchingLabels{ConsumerLabel: mc.Name})).To(Succeed())
+	return pods.Items
+}
+
+func expectConsumerCondition(ctx context.Context, mc *mqv1alpha1.MessageConsumer, typ, reason string) {
+	GinkgoHelper()
+	Eventually(func(g Gomega) {
+		g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(mc), mc)).To(Succeed())
+		c := meta.FindStatusCondition(mc.Status.Conditions, typ)
+		g.Expect(c).NotTo(BeNil(), "no %s condition; conditions: %+v", typ, mc.Status.Conditions)
+		g.Expect(c.Status).To(Equal(metav1.ConditionTrue), "%s: %s", c.Reason, c.Message)
+		g.Expect(c.Reason).To(Equal(reason), c.Message)
+	}, "60s").Should(Succeed())
+}
+
+// increasing reports whether xs only grows.
+func increasing(xs []int) bool { return slices.IsSorted(xs) && len(slices.Compact(slices.Clone(xs))) == len(xs) }
+
+var _ = Describe("MessageConsumer", func() {
+	It("drains an ordered topic with 4 queues over 3 pods: every message once, in per-key order", func(ctx SpecContext) {
+		e := newConsumerEnv(ctx, "Ordered", 4, 16)
+		e.publish(ctx, 60, 8)
+		mc := e.messageConsumer("drain", 3, mqv1alpha1.CompletionDrain)
+		Expect(k8sClient.Create(ctx, mc)).To(Succeed())
+
+		// The pods: owned, non-root with a read-only root filesystem, and the
+		// credentials by reference only.
+		Eventually(func() int { return len(consumerPods(ctx, mc)) }).Should(BeNumerically(">=", 1))
+		pod := consumerPods(ctx, mc)[0]
+		Expect(metav1.IsControlledBy(&pod, mc)).To(BeTrue())
+		Expect(*pod.Spec.SecurityContext.RunAsNonRoot).To(BeTrue())
+		Expect(*pod.Spec.Containers[0].SecurityContext.ReadOnlyRootFilesystem).To(BeTrue())
+		Expect(pod.Spec.Containers[0].Command[:3]).To(Equal([]string{RuntimePath, "consume", "--"}))
+		Expect(pod.Spec.InitContainers[0].Command).To(Equal([]string{"/orderly", "install-runtime", RuntimePath}))
+		secret := &corev1.Secret{}
+		Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: e.ns, Name: e.inst.Status.CredentialsSecret}, secret)).To(Succeed())
+		podJSON, _ := json.Marshal(pod)
+		Expect(string(podJSON)).NotTo(ContainSubstring(string(secret.Data[mqv1alpha1.SecretKeyAccessKeySecret])))
+		Expect(string(podJSON)).To(ContainSubstring(`"secretKeyRef"`))
+
+		expectConsumerCondition(ctx, mc, mqv1alpha1.ConditionComplete, mqv1alpha1.ReasonDrained)
+		Expect(mc.Status.CompletionTime).NotTo(BeNil())
+		Expect(mc.Status.EffectiveParallelism).To(BeEquivalentTo(3))
+		Eventually(func(g Gomega) {
+			g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(mc), mc)).To(Succeed())
+			g.Expect(mc.Status.MessagesHandled).To(BeEquivalentTo(60))
+			g.Expect(mc.Status.Active).To(BeZero())
+		}).Should(Succeed())
+
+		all, perKey := e.handled()
+		Expect(all).To(HaveLen(60), "every message exactly once")
+		Expect(slices.Compact(slices.Sorted(slices.Values(all)))).To(HaveLen(60))
+		for key, bodies := range perKey {
+			Expect(increasing(bodies)).To(BeTrue(), "key %s handled out of order: %v", key, bodies)
+		}
+		Expect(e.violations()).To(BeEmpty(), "two pods held one key at once")
+		Expect(len(consumerPods(ctx, mc))).To(BeNumerically("<=", 6), "no pod storm")
+	})
+
+	It("says so when parallelism exceeds an ordered topic's queues", func(ctx SpecContext) {
+		e := newConsumerEnv(ctx, "Ordered", 2, 16)
+		mc := e.messageConsumer("capped", 5, mqv1alpha1.CompletionForever)
+		Expect(k8sClient.Create(ctx, mc)).To(Succeed())
+		Eventually(func(g Gomega) {
+			g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(mc), mc)).To(Succeed())
+			c := meta.FindStatusCondition(mc.Status.Conditions, mqv1alpha1.ConditionReady)
+			g.Expect(c).NotTo(BeNil())
+			g.Expect(c.Reason).To(Equal("ParallelismCapped"))
+			g.Expect(c.Message).To(ContainSubstring("at most 2 of the 5 pods"))
+			g.Expect(mc.Status.EffectiveParallelism).To(BeEquivalentTo(2))
+			g.Expect(mc.Status.Active).To(BeEquivalentTo(2))
+		}).Should(Succeed())
+		Consistently(func() int { return len(consumerPods(ctx, mc)) }, "2s").Should(Equal(2))
+		Expect(k8sClient.Delete(ctx, mc)).To(Succeed())
+	})
+
+	It("redelivers what a handler fails and dead-letters it past the group's limit", func(ctx SpecContext) {
+		e := newConsumerEnv(ctx, "Normal", 4, 2)
+		e.publish(ctx, 10, 0)
+		mc := e.messageConsumer("flaky", 2, mqv1alpha1.CompletionDrain, corev1.EnvVar{Name: "FAIL", Value: "3 7"})
+		mc.Spec.HandlerTimeoutSeconds = 1
+		Expect(k8sClient.Create(ctx, mc)).To(Succeed())
+		expectConsumerCondition(ctx, mc, mqv1alpha1.ConditionComplete, mqv1alpha1.ReasonDrained)
+		Eventually(func(g Gomega) {
+			g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(mc), mc)).To(Succeed())
+			g.Expect(mc.Status.MessagesHandled).To(BeEquivalentTo(8))
+			// Each poison message: its first delivery and two redeliveries failed.
+			g.Expect(mc.Status.HandlerFailures).To(BeEquivalentTo(6))
+			g.Expect(mc.Status.Failed).To(BeZero(), "handler failures must not fail pods")
+		}).Should(Succeed())
+		all, _ := e.handled()
+		Expect(all).To(ConsistOf("0", "1", "2", "4", "5", "6", "8", "9"))
+		dead, _, err := testBroker.DeadLetters(e.inst.Status.InstanceID, "GID_workers", 0, 16)
+		Expect(err).NotTo(HaveOccurred())
+		var bodies []string
+		for _, m := range dead {
+			bodies = append(bodies, string(m.Body))
+		}
+		Expect(bodies).To(ConsistOf("3", "7"))
+	})
+
+	It("loses nothing and breaks no order when a pod is killed mid-message", func(ctx SpecContext) {
+		e := newConsumerEnv(ctx, "Ordered", 1, 16)
+		e.publish(ctx, 10, 1)
+		mc := e.messageConsumer("killed", 1, mqv1alpha1.CompletionDrain, corev1.EnvVar{Name: "SLOW", Value: "4"})
+		mc.Spec.HandlerTimeoutSeconds = 2
+		Expect(k8sClient.Create(ctx, mc)).To(Succeed())
+		Eventually(func() error { _, err := os.Stat(filepath.Join(e.dir, "slow-started")); return err }, "30s").Should(Succeed())
+		pods := consumerPods(ctx, mc)
+		Expect(pods).To(HaveLen(1))
+		Expect(testRunner.Kill(pods[0].UID)).To(Succeed())
+
+		expectConsumerCondition(ctx, mc, mqv1alpha1.ConditionComplete, mqv1alpha1.ReasonDrained)
+		Eventually(func(g Gomega) {
+			g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(mc), mc)).To(Succeed())
+			g.Expect(mc.Status.Failed).To(BeEquivalentTo(1), "the killed pod")
+			g.Expect(mc.Status.MessagesHandled).To(BeEquivalentTo(6), "what the replacement handled")
+		}).Should(Succeed())
+		_, perKey := e.handled()
+		Expect(perKey["k0"]).To(Equal([]int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}))
+	})
+
+	It("fails after backoffLimit failed pods, as a Job does", func(ctx SpecContext) {
+		e := newConsumerEnv(ctx, "Normal", 1, 16)
+		// A wrong secret: the runtime cannot consume and its pod fails.
+		mc := e.messageConsumer("doomed", 1, mqv1alpha1.CompletionForever, corev1.EnvVar{Name: consumer.EnvAccessKeySecret, Value: "wrong"})
+		mc.Spec.BackoffLimit = ptr.To[int32](1)
+		Expect(k8sClient.Create(ctx, mc)).To(Succeed())
+		expectConsumerCondition(ctx, mc, mqv1alpha1.ConditionFailed, mqv1alpha1.ReasonBackoffLimitExceeded)
+		Expect(mc.Status.Failed).To(BeEquivalentTo(2))
+		Consistently(func() int { return len(consumerPods(ctx, mc)) }, "2s").Should(Equal(2), "no pod after failing")
+	})
+
+	It("stops at activeDeadlineSeconds, as a Job does", func(ctx SpecContext) {
+		e := newConsumerEnv(ctx, "Normal", 1, 16)
+		mc := e.messageConsumer("deadline", 1, mqv1alpha1.CompletionForever)
+		mc.Spec.ActiveDeadlineSeconds = ptr.To[int64](3)
+		Expect(k8sClient.Create(ctx, mc)).To(Succeed())
+		expectConsumerCondition(ctx, mc, mqv1alpha1.ConditionFailed, mqv1alpha1.ReasonDeadlineExceeded)
+		Eventually(func(g Gomega) {
+			for _, p := range consumerPods(ctx, mc) {
+				g.Expect(isTerminal(&p)).To(BeTrue(), "pod %s still running", p.Name)
+				g.Expect(testRunner.Running(p.UID)).To(BeFalse())
+			}
+		}).Should(Succeed())
+	})
+
+	It("suspends and resumes, rolls pods over on a template change, and stops its pods when deleted", func(ctx SpecContext) {
+		e := newConsumerEnv(ctx, "Normal", 2, 16)
+		mc := e.messageConsumer("worker", 2, mqv1alpha1.CompletionForever)
+		Expect(k8sClient.Create(ctx, mc)).To(Succeed())
+		running := func(g Gomega) []corev1.Pod {
+			var out []corev1.Pod
+			for _, p := range consumerPods(ctx, mc) {
+				if p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp.IsZero() {
+					out = append(out, p)
+				}
+			}
+			return out
+		}
+		Eventually(func(g Gomega) { g.Expect(running(g)).To(HaveLen(2)) }).Should(Succeed())
+		e.publish(ctx, 5, 0)
+		Eventually(func() []string { all, _ := e.handled(); return all }).Should(HaveLen(5))
+
+		update := func(mutate func(*mqv1alpha1.MessageConsumer)) {
+			Eventually(func(g Gomega) {
+				g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(mc), mc)).To(Succeed())
+				mutate(mc)
+				g.Expect(k8sClient.Update(ctx, mc)).To(Succeed())
+			}).Should(Succeed())
+		}
+		update(func(mc *mqv1alpha1.MessageConsumer) { mc.Spec.Suspend = ptr.To(true) })
+		expectConsumerCondition(ctx, mc, mqv1alpha1.ConditionSuspended, "Suspended")
+		Eventually(func(g Gomega) { g.Expect(running(g)).To(BeEmpty()) }).Should(Succeed())
+		e.publish(ctx, 3, 0) // waits while suspended
+		Consistently(func() []string { all, _ := e.handled(); return all }, "2s").Should(HaveLen(5))
+
+		update(func(mc *mqv1alpha1.MessageConsumer) { mc.Spec.Suspend = ptr.To(false) })
+		Eventually(func(g Gomega) { g.Expect(running(g)).To(HaveLen(2)) }).Should(Succeed())
+		Eventually(func() []string { all, _ := e.handled(); return all }, "30s").Should(HaveLen(8))
+
+		// A template change replaces the pods with pods of the new template.
+		oldHash := mc.Status.TemplateHash
+		update(func(mc *mqv1alpha1.MessageConsumer) {
+			mc.Spec.Template.Spec.Containers[0].Env = append(mc.Spec.Template.Spec.Containers[0].Env, corev1.EnvVar{Name: "VERSION", Value: "2"})
+		})
+		Eventually(func(g Gomega) {
+			pods := running(g)
+			g.Expect(pods).To(HaveLen(2))
+			for _, p := range pods {
+				g.Expect(p.Labels[TemplateHashLabel]).NotTo(Equal(oldHash))
+			}
+		}, "30s").Should(Succeed())
+		e.publish(ctx, 2, 0)
+		Eventually(func() []string { all, _ := e.handled(); return all }, "30s").Should(HaveLen(10))
+
+		Expect(k8sClient.Delete(ctx, mc)).To(Succeed())
+		Eventually(func() bool { return apierrors.IsNotFound(k8sClient.Get(ctx, client.ObjectKeyFromObject(mc), mc)) }, "30s").Should(BeTrue())
+		Eventually(func(g Gomega) {
+			for _, p := range consumerPods(ctx, mc) {
+				g.Expect(testRunner.Running(p.UID)).To(BeFalse())
+			}
+		}).Should(Succeed())
+		all, _ := e.handled()
+		Expect(slices.Compact(slices.Sorted(slices.Values(all)))).To(HaveLen(10), "every message handled, none twice")
+	})
+
+	It("handles exactly the messages asked for, then completes and expires after its TTL", func(ctx SpecContext) {
+		e := newConsumerEnv(ctx, "Normal", 4, 16)
+		e.publish(ctx, 12, 0)
+		mc := e.messageConsumer("some", 2, mqv1alpha1.CompletionMessages)
+		mc.Spec.CompletionPolicy.Messages = ptr.To[int64](5)
+		mc.Spec.TTLSecondsAfterFinished = ptr.To[int32](2)
+		Expect(k8sClient.Create(ctx, mc)).To(Succeed())
+		expectConsumerCondition(ctx, mc, mqv1alpha1.ConditionComplete, mqv1alpha1.ReasonMessagesHandled)
+		Expect(mc.Status.MessagesHandled).To(BeEquivalentTo(5))
+		all, _ := e.handled()
+		Expect(all).To(HaveLen(5))
+		Eventually(func() bool { return apierrors.IsNotFound(k8sClient.Get(ctx, client.ObjectKeyFromObject(mc), mc)) }, "30s").Should(BeTrue())
+		stats, err := testBroker.GroupStats(e.inst.Status.InstanceID, "GID_workers")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(stats.Topics[0].Backlog).To(BeEquivalentTo(7), "the rest stays for the group")
+	})
+
+	It("waits for its dependencies with a clear reason", func(ctx SpecContext) {
+		ns := newNamespace(ctx)
+		mc := (&consumerEnv{ns: ns, dir: GinkgoT().TempDir()}).messageConsumer("early", 1, mqv1alpha1.CompletionDrain)
+		Expect(k8sClient.Create(ctx, mc)).To(Succeed())
+		Eventually(func(g Gomega) {
+			g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(mc), mc)).To(Succeed())
+			c := meta.FindStatusCondition(mc.Status.Conditions, mqv1alpha1.ConditionReady)
+			g.Expect(c).NotTo(BeNil())
+			g.Expect(c.Reason).To(Equal(mqv1alpha1.ReasonWaitingForDependencies))
+			g.Expect(c.Message).To(ContainSubstring(`Instance "demo" does not exist`))
+		}).Should(Succeed())
+		Expect(consumerPods(ctx, mc)).To(BeEmpty())
+		bad := mc.DeepCopy()
+		bad.Name, bad.ResourceVersion = "no-command", ""
+		bad.Spec.Template.Spec.Containers[0].Command = nil
+		err := k8sClient.Create(ctx, bad)
+		Expect(apierrors.IsInvalid(err)).To(BeTrue(), "%v", err)
+		Expect(err.Error()).To(ContainSubstring("command is required"))
+	})
+})
