@@ -28,9 +28,11 @@ type GroupBroker interface {
 // groupKind is the ConsumerGroup's part of the generic reconcile.
 type groupKind struct{ broker GroupBroker }
 
-func (groupKind) newObject() *mqv1alpha1.ConsumerGroup            { return &mqv1alpha1.ConsumerGroup{} }
-func (groupKind) name() string { return "ConsumerGroup" }
-func (groupKind) instanceRef(g *mqv1alpha1.ConsumerGroup) mqv1alpha1.InstanceReference { return g.Spec.InstanceRef }
+func (groupKind) newObject() *mqv1alpha1.ConsumerGroup { return &mqv1alpha1.ConsumerGroup{} }
+func (groupKind) name() string                         { return "ConsumerGroup" }
+func (groupKind) instanceRef(g *mqv1alpha1.ConsumerGroup) mqv1alpha1.InstanceReference {
+	return g.Spec.InstanceRef
+}
 func (groupKind) policy(g *mqv1alpha1.ConsumerGroup) mqv1alpha1.DeletionPolicy {
 	return g.Spec.DeletionPolicy
 }

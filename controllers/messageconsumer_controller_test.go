@@ -141,7 +141,9 @@ func expectConsumerCondition(ctx context.Context, mc *mqv1alpha1.MessageConsumer
 }
 
 // increasing reports whether xs only grows.
-func increasing(xs []int) bool { return slices.IsSorted(xs) && len(slices.Compact(slices.Clone(xs))) == len(xs) }
+func increasing(xs []int) bool {
+	return slices.IsSorted(xs) && len(slices.Compact(slices.Clone(xs))) == len(xs)
+}
 
 var _ = Describe("MessageConsumer", func() {
 	It("drains an ordered topic with 4 queues over 3 pods: every message once, in per-key order", func(ctx SpecContext) {

@@ -28,9 +28,11 @@ type TopicBroker interface {
 // topicKind is the Topic's part of the generic reconcile.
 type topicKind struct{ broker TopicBroker }
 
-func (topicKind) newObject() *mqv1alpha1.Topic                         { return &mqv1alpha1.Topic{} }
-func (topicKind) name() string { return "Topic" }
-func (topicKind) instanceRef(t *mqv1alpha1.Topic) mqv1alpha1.InstanceReference { return t.Spec.InstanceRef }
+func (topicKind) newObject() *mqv1alpha1.Topic { return &mqv1alpha1.Topic{} }
+func (topicKind) name() string                 { return "Topic" }
+func (topicKind) instanceRef(t *mqv1alpha1.Topic) mqv1alpha1.InstanceReference {
+	return t.Spec.InstanceRef
+}
 func (topicKind) policy(t *mqv1alpha1.Topic) mqv1alpha1.DeletionPolicy { return t.Spec.DeletionPolicy }
 func (topicKind) setObservedGeneration(t *mqv1alpha1.Topic) {
 	t.Status.ObservedGeneration = t.Generation
