@@ -101,6 +101,7 @@ func (r *MessageConsumerReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	statusWritten := false
 	defer func() {
 		mc.Status.ObservedGeneration = mc.Generation
+		mc.Status.State = state(mc)
 		recordResourceState("MessageConsumer", mc)
 		if !statusWritten {
 			err = errors.Join(err, r.patchStatus(ctx, before, mc))
@@ -580,6 +581,22 @@ func (r *MessageConsumerReconciler) now() time.Time {
 		return r.Now()
 	}
 	return time.Now()
+}
+
+// state summarises the conditions for the Status column.
+func state(mc *mqv1alpha1.MessageConsumer) mqv1alpha1.ConsumerState {
+	conds := mc.Status.Conditions
+	switch {
+	case meta.IsStatusConditionTrue(conds, mqv1alpha1.ConditionFailed):
+		return mqv1alpha1.ConsumerFailed
+	case meta.IsStatusConditionTrue(conds, mqv1alpha1.ConditionComplete):
+		return mqv1alpha1.ConsumerComplete
+	case meta.IsStatusConditionTrue(conds, mqv1alpha1.ConditionSuspended):
+		return mqv1alpha1.ConsumerSuspended
+	case meta.IsStatusConditionTrue(conds, mqv1alpha1.ConditionReady):
+		return mqv1alpha1.ConsumerRunning
+	}
+	return mqv1alpha1.ConsumerWaiting
 }
 
 func finished(mc *mqv1alpha1.MessageConsumer) bool {

@@ -145,11 +145,26 @@ type MessageConsumerSpec struct {
 	Suspend *bool `json:"suspend,omitempty"`
 }
 
+// ConsumerState summarises a MessageConsumer's conditions for `kubectl get`.
+type ConsumerState string
+
+const (
+	ConsumerWaiting   ConsumerState = "Waiting"
+	ConsumerRunning   ConsumerState = "Running"
+	ConsumerSuspended ConsumerState = "Suspended"
+	ConsumerComplete  ConsumerState = "Complete"
+	ConsumerFailed    ConsumerState = "Failed"
+)
+
 // MessageConsumerStatus defines the observed state of a MessageConsumer.
 type MessageConsumerStatus struct {
 	// observedGeneration is the generation this status describes.
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// state summarises the conditions: Waiting (for the Instance, Topic or group),
+	// Running, Suspended, Complete or Failed. The conditions are authoritative.
+	// +optional
+	State ConsumerState `json:"state,omitempty"`
 	// active pods (created and not finished); ready of them are running.
 	// +optional
 	Active int32 `json:"active,omitempty"`
@@ -195,7 +210,7 @@ type MessageConsumerStatus struct {
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=mqc;mqconsumer,categories=orderly
 // +kubebuilder:validation:XValidation:rule="has(self.spec.template.spec.containers) && size(self.spec.template.spec.containers) > 0 && has(self.spec.template.spec.containers[0].command) && size(self.spec.template.spec.containers[0].command) > 0",message="spec.template.spec.containers[0].command is required: it is the handler the runtime runs for each message"
-// +kubebuilder:printcolumn:name="Status",type=string,JSONPath=`.status.conditions[?(@.status=="True")].type`
+// +kubebuilder:printcolumn:name="Status",type=string,JSONPath=`.status.state`
 // +kubebuilder:printcolumn:name="Topic",type=string,JSONPath=`.spec.topic`
 // +kubebuilder:printcolumn:name="Active",type=integer,JSONPath=`.status.active`
 // +kubebuilder:printcolumn:name="Handled",type=integer,JSONPath=`.status.messagesHandled`

@@ -46,7 +46,8 @@ type Runner struct {
 	// the image) to a local executable, and may add environment; nil runs commands
 	// as they are.
 	Rewrite func(command []string, env []string) ([]string, []string)
-	// Dir holds each pod's working directory and termination log.
+	// Dir holds each pod's working directory, log and termination log, as
+	// <Dir>/<namespace>/<pod>/{log,termination-log}.
 	Dir string
 
 	mu    sync.Mutex
@@ -134,7 +135,11 @@ func (r *Runner) start(ctx context.Context, pod *corev1.Pod) error {
 	if len(command) == 0 {
 		return r.fail(ctx, pod, "the runner needs an explicit command: it cannot read the image's entrypoint")
 	}
-	dir := filepath.Join(r.Dir, string(pod.UID))
+	// <Dir>/<namespace>/<pod>: its working directory, log and termination log.
+	dir, err := filepath.Abs(filepath.Join(r.Dir, pod.Namespace, pod.Name))
+	if err != nil {
+		return err
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
