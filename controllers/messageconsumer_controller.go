@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"slices"
 	"strconv"
 	"time"
 
@@ -89,7 +90,7 @@ type dependencies struct {
 	group    *mqv1alpha1.ConsumerGroup
 }
 
-func (r *MessageConsumerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ ctrl.Result, err error) {
+func (r *MessageConsumerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.Result, err error) {
 	mc := &mqv1alpha1.MessageConsumer{}
 	if err := r.Get(ctx, req.NamespacedName, mc); err != nil {
 		if apierrors.IsNotFound(err) {
@@ -105,6 +106,11 @@ func (r *MessageConsumerReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		recordResourceState("MessageConsumer", mc)
 		if !statusWritten {
 			err = errors.Join(err, r.patchStatus(ctx, before, mc))
+		}
+		// A conflict means this pass worked from a stale read: run again on a
+		// fresh one, without counting it as an error.
+		if apierrors.IsConflict(err) {
+			res, err = ctrl.Result{RequeueAfter: 100 * time.Millisecond}, nil
 		}
 	}()
 
@@ -455,13 +461,31 @@ func effectiveParallelism(mc *mqv1alpha1.MessageConsumer, t *mqv1alpha1.Topic) i
 }
 
 // account adds the counts of finished pods that still hold the tracking finalizer
-// to the status, and returns them.
+// to the status, and returns the pods whose finalizer may now go. A pod is counted
+// once: its UID stays in status.countedPods until the pod is seen without the
+// finalizer, so a pod seen again through a cache that has not caught up with the
+// finalizer's removal is not counted twice.
 func (r *MessageConsumerReconciler) account(mc *mqv1alpha1.MessageConsumer, pods []*corev1.Pod) []*corev1.Pod {
-	var counted []*corev1.Pod
+	counted := map[string]bool{}
+	for _, uid := range mc.Status.CountedPods {
+		counted[uid] = true
+	}
+	tracked := map[string]bool{}
+	var release []*corev1.Pod
 	for _, p := range pods {
-		if !isTerminal(p) || !controllerutil.ContainsFinalizer(p, TrackingFinalizer) {
+		if !controllerutil.ContainsFinalizer(p, TrackingFinalizer) {
 			continue
 		}
+		uid := string(p.UID)
+		tracked[uid] = true
+		if !isTerminal(p) {
+			continue
+		}
+		release = append(release, p)
+		if counted[uid] {
+			continue
+		}
+		counted[uid] = true
 		switch {
 		case p.Status.Phase == corev1.PodSucceeded:
 			mc.Status.Succeeded++
@@ -479,9 +503,17 @@ func (r *MessageConsumerReconciler) account(mc *mqv1alpha1.MessageConsumer, pods
 		}
 		mc.Status.MessagesHandled += res.Handled
 		mc.Status.HandlerFailures += res.Failed
-		counted = append(counted, p)
 	}
-	return counted
+	// Forget the pods seen without their finalizer (or gone): they cannot come back
+	// with it.
+	mc.Status.CountedPods = mc.Status.CountedPods[:0:0]
+	for uid := range counted {
+		if tracked[uid] {
+			mc.Status.CountedPods = append(mc.Status.CountedPods, uid)
+		}
+	}
+	slices.Sort(mc.Status.CountedPods)
+	return release
 }
 
 func (r *MessageConsumerReconciler) releasePod(ctx context.Context, p *corev1.Pod) error {
@@ -569,11 +601,14 @@ func (r *MessageConsumerReconciler) setCondition(mc *mqv1alpha1.MessageConsumer,
 	meta.SetStatusCondition(&mc.Status.Conditions, metav1.Condition{Type: typ, Status: status, Reason: reason, Message: msg, ObservedGeneration: mc.Generation})
 }
 
+// patchStatus writes the status if it changed. The patch carries the
+// resourceVersion it was computed from: counts are sums, and a status computed from
+// a stale read must not overwrite a newer one (the conflict requeues).
 func (r *MessageConsumerReconciler) patchStatus(ctx context.Context, before, mc *mqv1alpha1.MessageConsumer) error {
 	if equality.Semantic.DeepEqual(before.Status, mc.Status) {
 		return nil
 	}
-	return client.IgnoreNotFound(r.Status().Patch(ctx, mc, client.MergeFrom(before)))
+	return client.IgnoreNotFound(r.Status().Patch(ctx, mc, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})))
 }
 
 func (r *MessageConsumerReconciler) now() time.Time {

@@ -192,6 +192,13 @@ type MessageConsumerStatus struct {
 	// completionTime is when the work completed.
 	// +optional
 	CompletionTime *metav1.Time `json:"completionTime,omitempty"`
+	// countedPods are the UIDs of finished pods whose counts are in this status
+	// while they still hold their tracking finalizer: a pod is counted once even if
+	// it is seen again before the finalizer's removal shows.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=1000
+	CountedPods []string `json:"countedPods,omitempty"`
 	// templateHash identifies the pod template the active pods should run.
 	// +optional
 	TemplateHash string `json:"templateHash,omitempty"`

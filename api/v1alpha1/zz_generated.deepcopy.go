@@ -416,6 +416,11 @@ func (in *MessageConsumerStatus) DeepCopyInto(out *MessageConsumerStatus) {
 		in, out := &in.CompletionTime, &out.CompletionTime
 		*out = (*in).DeepCopy()
 	}
+	if in.CountedPods != nil {
+		in, out := &in.CountedPods, &out.CountedPods
+		*out = make([]string, len(*in))
+		copy(*out, *in)
+	}
 	if in.Conditions != nil {
 		in, out := &in.Conditions, &out.Conditions
 		*out = make([]v1.Condition, len(*in))
