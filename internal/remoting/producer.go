@@ -1,0 +1,213 @@
+package remoting
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/orderly-dev/orderly/internal/broker"
+)
+
+// brokerError answers a request with the protocol's code for a broker error.
+func brokerError(req *Command, err error) *Command {
+	code := int16(codeSystemError)
+	switch {
+	case errors.Is(err, broker.ErrTopicNotFound), errors.Is(err, broker.ErrInstanceNotFound):
+		code = codeTopicNotExist
+	case errors.Is(err, broker.ErrGroupNotFound):
+		code = codeGroupNotExist
+	case errors.Is(err, broker.ErrWrongProtocol):
+		code = codeNoPermission
+	case errors.Is(err, broker.ErrMessageType), errors.Is(err, broker.ErrInvalidArgument):
+		code = codeMessageIllegal
+	}
+	return response(req, code, err.Error())
+}
+
+// routeInfo answers GET_ROUTEINFO_BY_TOPIC (2.2): the one broker, the topic's queues,
+// readable and writable. A group's retry topic is routed as soon as the group
+// exists, before any heartbeat, so that retries are consumed at once.
+func (s *Server) routeInfo(rc reqContext, req *Command) *Command {
+	_, name, err := rc.resolveName(req.ExtFields["topic"])
+	if err != nil {
+		return response(req, codeNoPermission, err.Error())
+	}
+	info, err := s.Broker.Topic(rc.instance, name)
+	if err != nil {
+		return response(req, codeTopicNotExist, fmt.Sprintf("No topic route info in name server for the topic: %s", req.ExtFields["topic"]))
+	}
+	type queueData struct {
+		BrokerName     string `json:"brokerName"`
+		ReadQueueNums  int    `json:"readQueueNums"`
+		WriteQueueNums int    `json:"writeQueueNums"`
+		Perm           int    `json:"perm"`
+		TopicSysFlag   int    `json:"topicSysFlag"`
+	}
+	type brokerData struct {
+		Cluster     string            `json:"cluster"`
+		BrokerName  string            `json:"brokerName"`
+		BrokerAddrs map[string]string `json:"brokerAddrs"`
+	}
+	// Compact JSON: the client splits brokerAddrs as a string (2.2).
+	body, err := json.Marshal(struct {
+		QueueDatas        []queueData       `json:"queueDatas"`
+		BrokerDatas       []brokerData      `json:"brokerDatas"`
+		FilterServerTable map[string]string `json:"filterServerTable"`
+	}{
+		QueueDatas:        []queueData{{BrokerName: BrokerName, ReadQueueNums: info.Queues, WriteQueueNums: info.Queues, Perm: 6}},
+		BrokerDatas:       []brokerData{{Cluster: clusterName, BrokerName: BrokerName, BrokerAddrs: map[string]string{"0": s.Advertise}}},
+		FilterServerTable: map[string]string{},
+	})
+	if err != nil {
+		return response(req, codeSystemError, err.Error())
+	}
+	res := response(req, codeSuccess, "")
+	res.Body = body
+	return res
+}
+
+// send stores a SEND_MESSAGE, SEND_MESSAGE_V2 or SEND_BATCH_MESSAGE (3.1).
+func (s *Server) send(ctx context.Context, rc reqContext, c *conn, req *Command, batch bool) *Command {
+	h := req.ExtFields
+	if req.Code != reqSendMessage {
+		// V2 and batch headers use single letters (3.1.2).
+		h = map[string]string{"producerGroup": h["a"], "topic": h["b"], "queueId": h["e"], "sysFlag": h["f"],
+			"bornTimestamp": h["g"], "flag": h["h"], "properties": h["i"], "reconsumeTimes": h["j"], "maxReconsumeTimes": h["l"]}
+	}
+	names, topic, err := rc.resolveName(h["topic"])
+	if err != nil {
+		return response(req, codeNoPermission, err.Error())
+	}
+	queue, err := strconv.Atoi(h["queueId"])
+	if err != nil || queue < 0 {
+		queue = broker.AnyQueue
+	}
+	sysFlag, _ := strconv.ParseInt(h["sysFlag"], 10, 32)
+	flag, _ := strconv.ParseInt(h["flag"], 10, 32)
+	bornMs, _ := strconv.ParseInt(h["bornTimestamp"], 10, 64)
+	reconsume, _ := strconv.ParseInt(h["reconsumeTimes"], 10, 32)
+	fill := func(m *broker.Message) {
+		m.Queue = queue
+		m.SysFlag = int32(sysFlag) &^ sysFlagTxnMask
+		if !batch {
+			m.Flag = int32(flag)
+		}
+		if bornMs > 0 {
+			m.BornAt = time.UnixMilli(bornMs)
+		}
+		m.BornHost = c.remote
+		m.ReconsumeTimes = int32(reconsume)
+	}
+
+	var msgs []broker.Message
+	if batch {
+		if msgs, err = decodeBatch(req.Body); err != nil {
+			return response(req, codeMessageIllegal, err.Error())
+		}
+	} else {
+		m := messageFromWire(req.Body, h["properties"])
+		if m.Properties[propTranMsg] == "true" || sysFlag&sysFlagTxnMask == sysFlagPrepared {
+			m.Transactional = true
+			m.ProducerGroup = m.Properties[propProducer]
+			if m.ProducerGroup == "" {
+				m.ProducerGroup = h["producerGroup"]
+			}
+			if secs, err := strconv.Atoi(m.Properties[propCheckImmune]); err == nil && secs > 0 {
+				m.CheckImmunity = time.Duration(secs) * time.Second
+			}
+			// The connection that sent a half message is a check-back target even
+			// before its producer's first heartbeat (3.5, 7.24).
+			s.clients.joinProducer(groupKey{rc.instance, m.ProducerGroup}, c, names)
+		}
+		msgs = []broker.Message{m}
+	}
+	for i := range msgs {
+		fill(&msgs[i])
+	}
+
+	var results []broker.PublishResult
+	if len(msgs) == 1 {
+		res, perr := s.Broker.Publish(ctx, rc.instance, topic, msgs[0])
+		results, err = []broker.PublishResult{res}, perr
+	} else {
+		results, err = s.Broker.PublishBatch(ctx, rc.instance, topic, msgs)
+	}
+	if err != nil {
+		return brokerError(req, err)
+	}
+	ids := make([]string, len(results))
+	for i, r := range results {
+		ids[i] = r.ID
+	}
+	// A delayed or half message has no queue offset yet; RocketMQ reports one of its
+	// schedule or half queue, which producers only echo back. The commit-log offset
+	// inside msgId is what identifies it here.
+	offset := max(results[0].Offset, 0)
+	res := response(req, codeSuccess, "")
+	res.ExtFields = map[string]string{
+		"msgId": strings.Join(ids, ","), "queueId": strconv.Itoa(results[0].Queue),
+		"queueOffset": strconv.FormatInt(offset, 10), "MSG_REGION": "DefaultRegion", "TRACE_ON": "false",
+	}
+	return res
+}
+
+// endTransaction commits or rolls back a half message by its commit-log offset
+// (3.11). The client sends it one way and reads no answer.
+func (s *Server) endTransaction(rc reqContext, req *Command) *Command {
+	h := req.ExtFields
+	seq, err := strconv.ParseUint(h["commitLogOffset"], 10, 64)
+	if err != nil {
+		return response(req, codeSystemError, "commitLogOffset is not a number")
+	}
+	var commit bool
+	switch h["commitOrRollback"] {
+	case "8":
+		commit = true
+	case "12":
+	default:
+		return nil // unknown: the message stays pending and is checked back
+	}
+	if err := s.Broker.ResolveTransaction(rc.instance, seq, h["producerGroup"], commit); err != nil {
+		s.Log.Info("End of transaction refused", "producerGroup", h["producerGroup"], "offset", seq, "reason", err.Error())
+		return brokerError(req, err)
+	}
+	return response(req, codeSuccess, "")
+}
+
+// sendCheckBacks asks a connected producer of each group about its half messages
+// whose check-back is due (3.12).
+func (s *Server) sendCheckBacks(ctx context.Context) {
+	for key, conns := range s.clients.producerConns() {
+		if ctx.Err() != nil {
+			return
+		}
+		due, err := s.Broker.TakeTransactionChecks(key.instance, key.group, 64)
+		if err != nil || len(due) == 0 {
+			continue
+		}
+		for i, d := range due {
+			c := conns[i%len(conns)]
+			names := s.clients.producerNames(key, c)
+			props := wireProperties(&d.StoredMessage, names)
+			props[propProducer] = key.group
+			props[propTranMsg] = "true"
+			body, err := appendRecord(nil, &d.StoredMessage, names.topic(d.Topic), d.Queue, props, s.store)
+			if err != nil {
+				s.Log.Error(err, "Cannot encode a check-back", "id", d.ID)
+				continue
+			}
+			uniq := d.Properties[propUniqKey]
+			if uniq == "" {
+				uniq = d.ID
+			}
+			_ = c.request(reqCheckTransaction, map[string]string{
+				"tranStateTableOffset": "0", "commitLogOffset": strconv.FormatUint(d.Seq, 10),
+				"msgId": uniq, "transactionId": uniq, "offsetMsgId": d.ID,
+			}, body)
+		}
+	}
+}
