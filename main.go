@@ -34,6 +34,7 @@ import (
 	"github.com/orderly-dev/orderly/internal/devcluster"
 	"github.com/orderly-dev/orderly/internal/mqhttp"
 	"github.com/orderly-dev/orderly/internal/podrunner"
+	"github.com/orderly-dev/orderly/internal/remoting"
 )
 
 var (
@@ -205,6 +206,13 @@ func run(ctx context.Context, cfg *rest.Config, o options) error {
 	if err := mgr.Add(httpServer); err != nil {
 		return err
 	}
+	tcpServer := remoting.NewServer(o.tcpAddr, net.JoinHostPort(o.advertiseHost, port(o.tcpAddr)), b, ctrl.Log.WithName("remoting"))
+	// Records carry an IPv4 store host that orderly consumers dial back.
+	host := storeHost(o.advertiseHost)
+	tcpServer.StoreAddr = net.JoinHostPort(netip.AddrFrom4(host).String(), port(o.tcpAddr))
+	if err := mgr.Add(tcpServer); err != nil {
+		return err
+	}
 
 	endpoints := controllers.Endpoints{
 		HTTP: "http://" + net.JoinHostPort(o.advertiseHost, port(o.httpAddr)),
@@ -273,6 +281,11 @@ func run(ctx context.Context, cfg *rest.Config, o options) error {
 				return nil
 			case <-httpServer.Listening():
 			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-tcpServer.Listening():
+			}
 			fmt.Fprint(os.Stderr, devcluster.Banner(o.devKubeconfig, endpoints.HTTP, endpoints.TCP))
 			return nil
 		})); err != nil {
@@ -291,11 +304,15 @@ func port(addr string) string {
 	return p
 }
 
-// storeHost is the IPv4 address encoded in message ids: the advertised host if it is
-// an IPv4 address, loopback otherwise (ids only need it to be well-formed).
+// storeHost is the IPv4 address encoded in message ids and in the records TCP
+// consumers receive, which orderly consumers dial to send messages back: the
+// advertised host if it is an IPv4 address, else the pod's IP (POD_IP, from the
+// downward API), else loopback.
 func storeHost(host string) [4]byte {
-	if ip, err := netip.ParseAddr(host); err == nil && ip.Is4() {
-		return ip.As4()
+	for _, h := range []string{host, os.Getenv("POD_IP")} {
+		if ip, err := netip.ParseAddr(h); err == nil && ip.Is4() {
+			return ip.As4()
+		}
 	}
 	return [4]byte{127, 0, 0, 1}
 }

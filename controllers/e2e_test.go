@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -8,6 +9,10 @@ import (
 	"path/filepath"
 
 	mqsdk "github.com/aliyunmq/mq-http-go-sdk"
+	rocketmq "github.com/apache/rocketmq-client-go/v2"
+	rmqconsumer "github.com/apache/rocketmq-client-go/v2/consumer"
+	"github.com/apache/rocketmq-client-go/v2/primitive"
+	rmqproducer "github.com/apache/rocketmq-client-go/v2/producer"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
@@ -120,16 +125,56 @@ var _ = Describe("End to end", func() {
 			g.Expect(got).To(Equal(sent))
 		}).Should(Succeed())
 
+		// The TCP endpoint from the same Secret, with the RocketMQ client: the
+		// instance id is the client's namespace, the AccessKey pair its credentials.
+		tcpEndpoint := string(secret.Data[mqv1alpha1.SecretKeyTCPEndpoint])
+		Expect(tcpEndpoint).To(Equal(inst.Status.Endpoints.TCP))
+		creds := primitive.Credentials{AccessKey: string(secret.Data[mqv1alpha1.SecretKeyAccessKeyID]),
+			SecretKey: string(secret.Data[mqv1alpha1.SecretKeyAccessKeySecret])}
+		tcpProducer, err := rocketmq.NewProducer(rmqproducer.WithNameServer([]string{tcpEndpoint}), rmqproducer.WithCredentials(creds),
+			rmqproducer.WithNamespace(instanceID), rmqproducer.WithGroupName("PID_e2e"))
+		Expect(err).NotTo(HaveOccurred())
+		Expect(tcpProducer.Start()).To(Succeed())
+		_, err = tcpProducer.SendSync(ctx, primitive.NewMessage("TopicA", []byte("over tcp")).WithTag("created"))
+		Expect(err).NotTo(HaveOccurred())
+		Expect(tcpProducer.Shutdown()).To(Succeed())
+		tcpGot := make(chan string, 16)
+		tcpConsumer, err := rocketmq.NewPushConsumer(rmqconsumer.WithNameServer([]string{tcpEndpoint}), rmqconsumer.WithCredentials(creds),
+			rmqconsumer.WithNamespace(instanceID), rmqconsumer.WithGroupName("GID_tcp"), rmqconsumer.WithInstance("e2e"),
+			rmqconsumer.WithConsumeFromWhere(rmqconsumer.ConsumeFromFirstOffset))
+		Expect(err).NotTo(HaveOccurred())
+		Expect(tcpConsumer.Subscribe("TopicA", rmqconsumer.MessageSelector{}, func(_ context.Context, ms ...*primitive.MessageExt) (rmqconsumer.ConsumeResult, error) {
+			for _, m := range ms {
+				tcpGot <- string(m.Body)
+			}
+			return rmqconsumer.ConsumeSuccess, nil
+		})).To(Succeed())
+		Expect(tcpConsumer.Start()).To(Succeed())
+		var viaTCP []string
+		Eventually(func() []string {
+			for {
+				select {
+				case b := <-tcpGot:
+					viaTCP = append(viaTCP, b)
+				default:
+					return viaTCP
+				}
+			}
+		}).Should(HaveLen(6), "GID_tcp gets the 5 HTTP messages and the TCP one")
+		Expect(viaTCP).To(ContainElement("over tcp"))
+		Expect(tcpConsumer.Shutdown()).To(Succeed())
+		sent["over tcp"] = true
+
 		// The status shows what the broker holds.
 		topic := &mqv1alpha1.Topic{}
 		Eventually(func(g Gomega) {
 			g.Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "orders"}, topic)).To(Succeed())
-			g.Expect(topic.Status.Messages).To(BeEquivalentTo(5))
+			g.Expect(topic.Status.Messages).To(BeEquivalentTo(6))
 		}).Should(Succeed())
 
 		// A key of this instance reaches nothing of another instance.
 		other := readyInstance(ctx, newNamespace(ctx), "other")
-		_, err := sdk.GetProducer(other.Status.InstanceID, "TopicA").PublishMessage(mqsdk.PublishMessageRequest{MessageBody: "x"})
+		_, err = sdk.GetProducer(other.Status.InstanceID, "TopicA").PublishMessage(mqsdk.PublishMessageRequest{MessageBody: "x"})
 		Expect(err).To(HaveOccurred())
 
 		// Delete everything, children first as `kubectl delete -f config/samples` does

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/apache/rocketmq-client-go/v2/rlog"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
@@ -27,6 +28,7 @@ import (
 	"github.com/orderly-dev/orderly/internal/consumer"
 	"github.com/orderly-dev/orderly/internal/mqhttp"
 	"github.com/orderly-dev/orderly/internal/podrunner"
+	"github.com/orderly-dev/orderly/internal/remoting"
 )
 
 // Shared by every spec. Specs give their objects names of their own, so they never
@@ -38,8 +40,9 @@ var (
 	testBroker *broker.Broker
 	cancelMgr  context.CancelFunc
 
-	// testEndpoints.HTTP is the suite's mq-http server, filled in once it listens.
-	testEndpoints = Endpoints{TCP: "127.0.0.1:19876"}
+	// testEndpoints are the suite's mq-http and remoting servers, filled in once
+	// they listen.
+	testEndpoints = Endpoints{}
 	// testResync is short so that drift repair shows within a spec.
 	testResync = time.Second
 )
@@ -51,6 +54,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv(runtimeEnv) == "1" && len(os.Args) > 1 && os.Args[1] == "consume" {
 		os.Exit(consumer.Main(os.Args[2:]))
 	}
+	rlog.SetLogLevel("error") // the RocketMQ client's own logging
 	os.Exit(m.Run())
 }
 
@@ -101,7 +105,10 @@ var _ = BeforeSuite(func() {
 	})
 	Expect(err).NotTo(HaveOccurred())
 
-	testBroker, err = broker.Open(broker.Options{}) // in memory
+	// The remoting listener comes first: message ids carry the broker's port.
+	tcpListener, err := net.Listen("tcp", "127.0.0.1:0")
+	Expect(err).NotTo(HaveOccurred())
+	testBroker, err = broker.Open(broker.Options{StorePort: uint32(tcpListener.Addr().(*net.TCPAddr).Port)}) // in memory
 	Expect(err).NotTo(HaveOccurred())
 	var ctx context.Context
 	ctx, cancelMgr = context.WithCancel(context.Background())
@@ -117,6 +124,14 @@ var _ = BeforeSuite(func() {
 	var addr net.Addr
 	Eventually(httpServer.Listening()).Should(Receive(&addr))
 	testEndpoints.HTTP = "http://" + addr.String()
+	tcpServer := remoting.NewServer("", "", testBroker, logf.Log.WithName("remoting"))
+	tcpServer.Listener = tcpListener
+	go func() {
+		defer GinkgoRecover()
+		Expect(tcpServer.Start(ctx)).To(Succeed())
+	}()
+	Eventually(tcpServer.Listening()).Should(Receive(&addr))
+	testEndpoints.TCP = addr.String()
 	Expect((&InstanceReconciler{
 		Client:    mgr.GetClient(),
 		APIReader: mgr.GetAPIReader(),

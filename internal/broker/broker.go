@@ -90,6 +90,11 @@ type Options struct {
 	// DelayLevels are the delays of RocketMQ's delay levels 1..n; tests shorten
 	// them. Default: DefaultDelayLevels.
 	DelayLevels []time.Duration
+	// LockLease is how long an orderly consumer's queue lock lasts unless renewed.
+	// Clients renew every 20 s, so it must be longer in production; tests shorten it
+	// because a queue a client gave up in a rebalance stays locked until it lapses
+	// (the Go client does not unlock it). Default: LockLease.
+	LockLease time.Duration
 }
 
 // Credential is an AccessKey pair that authenticates requests for one instance.
@@ -193,6 +198,9 @@ func Open(opts Options) (*Broker, error) {
 	}
 	if opts.StorePort == 0 {
 		opts.StorePort = 9876
+	}
+	if opts.LockLease <= 0 {
+		opts.LockLease = LockLease
 	}
 	if len(opts.DelayLevels) == 0 {
 		opts.DelayLevels = DefaultDelayLevels

@@ -145,11 +145,14 @@ func (b *Broker) LockQueues(instanceID, groupID, clientID string, queues []Queue
 		if l, ok := b.locks.owner[k]; ok && l.client != clientID && now.Before(l.expires) {
 			continue
 		}
-		b.locks.owner[k] = lease{client: clientID, expires: now.Add(LockLease)}
+		b.locks.owner[k] = lease{client: clientID, expires: now.Add(b.opts.LockLease)}
 		held = append(held, ref)
 	}
 	return held, nil
 }
+
+// LockLeaseDuration is how long a queue lock lasts unless renewed.
+func (b *Broker) LockLeaseDuration() time.Duration { return b.opts.LockLease }
 
 // UnlockQueues releases the client's locks on queues; locks held by others stay.
 func (b *Broker) UnlockQueues(instanceID, groupID, clientID string, queues []QueueRef) {

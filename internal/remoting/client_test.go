@@ -52,7 +52,9 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := broker.Open(broker.Options{DelayLevels: levels, StorePort: uint32(ln.Addr().(*net.TCPAddr).Port)})
+	// A short lock lease: the Go client does not unlock a queue it gives up in a
+	// rebalance, so its new owner waits for the lease.
+	b, err := broker.Open(broker.Options{DelayLevels: levels, StorePort: uint32(ln.Addr().(*net.TCPAddr).Port), LockLease: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,6 +110,21 @@ func (e *env) producer(opts ...producer.Option) rocketmq.Producer {
 	}
 	e.t.Cleanup(func() { _ = p.Shutdown() })
 	return p
+}
+
+// newTransactionProducer starts a transactional producer with a client of its own,
+// as the spec advises (7.24).
+func newTransactionProducer(e *env, l primitive.TransactionListener) (rocketmq.TransactionProducer, error) {
+	p, err := rocketmq.NewTransactionProducer(l, producer.WithNameServer([]string{e.nameAddr}), producer.WithCredentials(e.creds()),
+		producer.WithNamespace(testInstance), producer.WithGroupName("PID_trans"), producer.WithInstanceName("tx"), producer.WithRetry(1))
+	if err != nil {
+		return nil, err
+	}
+	if err := p.Start(); err != nil {
+		return nil, err
+	}
+	e.t.Cleanup(func() { _ = p.Shutdown() })
+	return p, nil
 }
 
 func (e *env) pushConsumer(group string, opts ...consumer.Option) rocketmq.PushConsumer {

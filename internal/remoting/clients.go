@@ -35,6 +35,8 @@ type registry struct {
 	mu        sync.Mutex
 	consumers map[groupKey]map[string]*member // by client id
 	producers map[groupKey]map[*conn]producerConn
+	// pending are groups with a rebalance request scheduled.
+	pending map[groupKey]bool
 }
 
 type producerConn struct {
@@ -43,7 +45,8 @@ type producerConn struct {
 }
 
 func newRegistry(s *Server) *registry {
-	return &registry{s: s, consumers: map[groupKey]map[string]*member{}, producers: map[groupKey]map[*conn]producerConn{}}
+	return &registry{s: s, consumers: map[groupKey]map[string]*member{}, producers: map[groupKey]map[*conn]producerConn{},
+		pending: map[groupKey]bool{}}
 }
 
 // joinConsumer records a heartbeat of clientID in group. It reports whether the
@@ -204,6 +207,25 @@ func (r *registry) drop(consumer func(*member) bool, producer func(*conn, produc
 			r.notify(g.key)
 		}
 	}
+}
+
+// notifyAfter asks the group to rebalance after d, once however often it is asked.
+func (r *registry) notifyAfter(key groupKey, d time.Duration) {
+	r.mu.Lock()
+	if r.pending[key] {
+		r.mu.Unlock()
+		return
+	}
+	r.pending[key] = true
+	r.mu.Unlock()
+	t := r.s.Clock.NewTimer(d)
+	go func() {
+		<-t.C()
+		r.mu.Lock()
+		delete(r.pending, key)
+		r.mu.Unlock()
+		r.notify(key)
+	}()
 }
 
 // notify tells every member of a group to rebalance now (3.12).

@@ -311,6 +311,13 @@ func (s *Server) lock(rc reqContext, req *Command, lock bool) *Command {
 	if err != nil {
 		return brokerError(req, err)
 	}
+	if len(held) < len(refs) {
+		// A queue still leased to another member, typically one that gave it up in
+		// a rebalance without unlocking it (the Go client never unlocks then). The
+		// refused client retries only at its next rebalance, up to 20 s later: ask
+		// the group to rebalance as soon as the lease can have lapsed.
+		s.clients.notifyAfter(groupKey{rc.instance, group}, s.Broker.LockLeaseDuration()+100*time.Millisecond)
+	}
 	locked := make([]mqWire, 0, len(held))
 	for _, ref := range held {
 		locked = append(locked, wire[ref])
