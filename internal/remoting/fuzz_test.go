@@ -70,10 +70,10 @@ func FuzzHandle(f *testing.F) {
 	c := newConn(s, discardConn{})
 
 	for _, seed := range []struct {
-		code     int16
-		k1, v1   string
-		k2, v2   string
-		body     string
+		code   int16
+		k1, v1 string
+		k2, v2 string
+		body   string
 	}{
 		{reqSendMessage, "topic", "T", "properties", "TAGS\x01a\x02KEYS\x01k\x02", "body"},
 		{reqSendBatchMessage, "b", "T", "e", "0", "\x00\x00\x00\x16\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"},
