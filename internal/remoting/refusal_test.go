@@ -19,20 +19,22 @@ import (
 
 // rawClient speaks frames directly, for what the real client never sends.
 type rawClient struct {
-	t    *testing.T
+	t    testing.TB
 	conn net.Conn
 	r    *bufio.Reader
 	n    int32
 }
 
-func (e *env) raw() *rawClient {
-	e.t.Helper()
-	c, err := net.Dial("tcp", e.nameAddr)
+func (e *env) raw() *rawClient { return dialRaw(e.t, e.nameAddr) }
+
+func dialRaw(t testing.TB, addr string) *rawClient {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
 	if err != nil {
-		e.t.Fatal(err)
+		t.Fatal(err)
 	}
-	e.t.Cleanup(func() { _ = c.Close() })
-	return &rawClient{t: e.t, conn: c, r: bufio.NewReader(c)}
+	t.Cleanup(func() { _ = c.Close() })
+	return &rawClient{t: t, conn: c, r: bufio.NewReaderSize(c, 256<<10)}
 }
 
 // call sends a request, signed with secret unless it is empty, and returns the answer.
@@ -50,7 +52,7 @@ func (c *rawClient) call(code int16, ext map[string]string, body []byte, ak, sec
 	if _, err := c.conn.Write(frame); err != nil {
 		c.t.Fatal(err)
 	}
-	_ = c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_ = c.conn.SetReadDeadline(time.Now().Add(30 * time.Second))
 	for {
 		res, err := ReadCommand(c.r)
 		if err != nil {

@@ -166,14 +166,45 @@ type conn struct {
 	s        *Server
 	nc       net.Conn
 	remote   string
-	wmu      sync.Mutex
+	out      chan []byte
 	inFlight chan struct{}
 	closed   chan struct{}
 	once     sync.Once
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
-	return &conn{s: s, nc: nc, remote: nc.RemoteAddr().String(), inFlight: make(chan struct{}, maxInFlight), closed: make(chan struct{})}
+	c := &conn{s: s, nc: nc, remote: nc.RemoteAddr().String(), out: make(chan []byte, maxInFlight),
+		inFlight: make(chan struct{}, maxInFlight), closed: make(chan struct{})}
+	go c.writeLoop()
+	return c
+}
+
+// writeLoop writes queued frames, as many as are waiting in one system call: under
+// load, answers to many concurrent requests leave together.
+func (c *conn) writeLoop() {
+	var bufs net.Buffers
+	for {
+		select {
+		case <-c.closed:
+			return
+		case f := <-c.out:
+			bufs = append(bufs[:0], f)
+		}
+	more:
+		for len(bufs) < 64 {
+			select {
+			case f := <-c.out:
+				bufs = append(bufs, f)
+			default:
+				break more
+			}
+		}
+		_ = c.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
+		if _, err := bufs.WriteTo(c.nc); err != nil {
+			c.close()
+			return
+		}
+	}
 }
 
 func (c *conn) close() {
@@ -225,17 +256,18 @@ func (c *conn) serve(ctx context.Context) {
 	}
 }
 
-// write sends one frame.
+// write queues one frame for the connection's writer.
 func (c *conn) write(cmd *Command) error {
 	frame, err := AppendFrame(nil, cmd)
 	if err != nil {
 		return err
 	}
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	_ = c.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
-	_, err = c.nc.Write(frame)
-	return err
+	select {
+	case c.out <- frame:
+		return nil
+	case <-c.closed:
+		return net.ErrClosed
+	}
 }
 
 // request sends a server-to-client request, oneway: the client answers none (1.4).
