@@ -446,7 +446,7 @@ func (r *MessageConsumerReconciler) dependencies(ctx context.Context, mc *mqv1al
 	}
 	if deps.group.Spec.Protocol != "HTTP" {
 		r.setCondition(mc, mqv1alpha1.ConditionReady, metav1.ConditionFalse, mqv1alpha1.ReasonProtocolNotSupported,
-			fmt.Sprintf("ConsumerGroup %q uses %s; MessageConsumer pods consume through HTTP groups until the TCP endpoint is served", deps.group.Name, deps.group.Spec.Protocol))
+			fmt.Sprintf("ConsumerGroup %q uses %s; the consumer runtime consumes through HTTP groups: give this MessageConsumer an HTTP ConsumerGroup", deps.group.Name, deps.group.Spec.Protocol))
 		return deps, false, nil
 	}
 	return deps, true, nil
