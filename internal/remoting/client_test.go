@@ -139,6 +139,25 @@ func (e *env) pushConsumer(group string, opts ...consumer.Option) rocketmq.PushC
 	return c
 }
 
+// consume starts a push consumer of group on topic that collects what it gets and
+// answers result; it stops when the test ends.
+func (e *env) consume(group, topic string, sel consumer.MessageSelector, result consumer.ConsumeResult) *collector {
+	e.t.Helper()
+	got := newCollector()
+	c := e.pushConsumer(group)
+	if err := c.Subscribe(topic, sel, func(_ context.Context, ms ...*primitive.MessageExt) (consumer.ConsumeResult, error) {
+		got.add(ms...)
+		return result, nil
+	}); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := c.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { _ = c.Shutdown() })
+	return got
+}
+
 // collector gathers consumed messages.
 type collector struct {
 	mu   sync.Mutex
@@ -213,19 +232,7 @@ func TestSendAndPushConsume(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	got := newCollector()
-	c := e.pushConsumer("GID_tcp")
-	if err := c.Subscribe("TopicA", consumer.MessageSelector{Type: consumer.TAG, Expression: "TagA"},
-		func(_ context.Context, ms ...*primitive.MessageExt) (consumer.ConsumeResult, error) {
-			got.add(ms...)
-			return consumer.ConsumeSuccess, nil
-		}); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer c.Shutdown()
+	got := e.consume("GID_tcp", "TopicA", consumer.MessageSelector{Type: consumer.TAG, Expression: "TagA"}, consumer.ConsumeSuccess)
 	msgs := got.wait(t, 20*time.Second, func(ms []*primitive.MessageExt) bool { return len(ms) >= 11 })
 	seen := map[string]bool{}
 	for _, m := range msgs {

@@ -218,18 +218,7 @@ func TestTransactions(t *testing.T) {
 			t.Fatalf("%s: %v %v", body, res, err)
 		}
 	}
-	got := newCollector()
-	c := e.pushConsumer("GID_trans")
-	if err := c.Subscribe("MQ_TRANS", consumer.MessageSelector{}, func(_ context.Context, ms ...*primitive.MessageExt) (consumer.ConsumeResult, error) {
-		got.add(ms...)
-		return consumer.ConsumeSuccess, nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer c.Shutdown()
+	got := e.consume("GID_trans", "MQ_TRANS", consumer.MessageSelector{}, consumer.ConsumeSuccess)
 	msgs := got.wait(t, 30*time.Second, func(ms []*primitive.MessageExt) bool { return len(ms) >= 2 })
 	// Give a wrongly delivered rollback time to show.
 	time.Sleep(1500 * time.Millisecond) // nothing to wait on: proving an absence
@@ -272,18 +261,7 @@ func TestDelayLevel(t *testing.T) {
 	if _, err := p.SendSync(context.Background(), msg); err != nil {
 		t.Fatal(err)
 	}
-	got := newCollector()
-	c := e.pushConsumer("GID_delay")
-	if err := c.Subscribe("TopicD", consumer.MessageSelector{}, func(_ context.Context, ms ...*primitive.MessageExt) (consumer.ConsumeResult, error) {
-		got.add(ms...)
-		return consumer.ConsumeSuccess, nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer c.Shutdown()
+	got := e.consume("GID_delay", "TopicD", consumer.MessageSelector{}, consumer.ConsumeSuccess)
 	got.wait(t, 10*time.Second, func(ms []*primitive.MessageExt) bool { return len(ms) == 1 })
 	if d := time.Since(start); d < 200*time.Millisecond {
 		t.Fatalf("delivered after %s, before its delay", d)
@@ -300,18 +278,7 @@ func TestRetryThenDeadLetter(t *testing.T) {
 	if _, err := p.SendSync(context.Background(), primitive.NewMessage("TopicR", []byte("poison"))); err != nil {
 		t.Fatal(err)
 	}
-	got := newCollector()
-	c := e.pushConsumer("GID_retry")
-	if err := c.Subscribe("TopicR", consumer.MessageSelector{}, func(_ context.Context, ms ...*primitive.MessageExt) (consumer.ConsumeResult, error) {
-		got.add(ms...)
-		return consumer.ConsumeRetryLater, nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer c.Shutdown()
+	got := e.consume("GID_retry", "TopicR", consumer.MessageSelector{}, consumer.ConsumeRetryLater)
 	msgs := got.wait(t, 30*time.Second, func(ms []*primitive.MessageExt) bool { return len(ms) >= 3 })
 	for i, m := range msgs[:3] {
 		if string(m.Body) != "poison" || m.ReconsumeTimes != int32(i) || m.Topic != testInstance+"%TopicR" {
@@ -354,18 +321,7 @@ func TestHTTPAndTCPInterwork(t *testing.T) {
 	if _, err := p.SendSync(ctx, primitive.NewMessage("TopicX", []byte("from tcp")).WithTag("T")); err != nil {
 		t.Fatal(err)
 	}
-	got := newCollector()
-	c := e.pushConsumer("GID_tcpx")
-	if err := c.Subscribe("TopicX", consumer.MessageSelector{}, func(_ context.Context, ms ...*primitive.MessageExt) (consumer.ConsumeResult, error) {
-		got.add(ms...)
-		return consumer.ConsumeSuccess, nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer c.Shutdown()
+	got := e.consume("GID_tcpx", "TopicX", consumer.MessageSelector{}, consumer.ConsumeSuccess)
 	msgs := got.wait(t, 10*time.Second, func(ms []*primitive.MessageExt) bool { return len(ms) == 2 })
 	var viaTCP []string
 	for _, m := range msgs {
