@@ -62,8 +62,10 @@ type kind[T brokerObject] interface {
 	remove(ctx context.Context, instanceID string, obj T) error
 	// observe refreshes obj's status from the broker.
 	observe(ctx context.Context, instanceID string, obj T) error
-	// setObservedGeneration writes status.observedGeneration.
+	// setObservedGeneration writes status.observedGeneration; observedGeneration
+	// reads it.
 	setObservedGeneration(obj T)
+	observedGeneration(obj T) int64
 	status(obj T) any
 }
 
@@ -143,8 +145,11 @@ func (r *brokerObjectReconciler[T]) Reconcile(ctx context.Context, req ctrl.Requ
 	} else {
 		r.setCondition(obj, mqv1alpha1.ConditionSynced, metav1.ConditionTrue, mqv1alpha1.ReasonInSync, "The broker matches the spec")
 	}
-	if meta.IsStatusConditionFalse(before.GetConditions(), mqv1alpha1.ConditionReady) || len(before.GetConditions()) == 0 {
+	switch {
+	case meta.IsStatusConditionFalse(before.GetConditions(), mqv1alpha1.ConditionReady) || len(before.GetConditions()) == 0:
 		r.Recorder.Eventf(obj, nil, corev1.EventTypeNormal, "Declared", "Reconcile", "%q is declared in instance %q", obj.BrokerName(), inst.Status.InstanceID)
+	case r.Kind.observedGeneration(before) != obj.GetGeneration():
+		r.Recorder.Eventf(obj, nil, corev1.EventTypeNormal, "Updated", "Reconcile", "%q is updated in instance %q (generation %d)", obj.BrokerName(), inst.Status.InstanceID, obj.GetGeneration())
 	}
 	if err := r.Kind.observe(ctx, inst.Status.InstanceID, obj); err != nil {
 		return ctrl.Result{}, err

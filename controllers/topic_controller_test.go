@@ -95,6 +95,17 @@ var _ = Describe("Topic and ConsumerGroup controllers", func() {
 		orders.Spec.Queues = 6
 		Expect(k8sClient.Update(ctx, orders)).To(Succeed())
 		Eventually(func() int { i, _ := testBroker.Topic(id, "MQ_ORDER"); return i.Queues }).Should(Equal(6))
+		Eventually(func(g Gomega) {
+			var evs eventsv1.EventList
+			g.Expect(k8sClient.List(ctx, &evs, client.InNamespace(ns))).To(Succeed())
+			var reasons []string
+			for _, e := range evs.Items {
+				if e.Regarding.Name == "orders" {
+					reasons = append(reasons, e.Reason)
+				}
+			}
+			g.Expect(reasons).To(ContainElements("Declared", "Updated"))
+		}).Should(Succeed())
 
 		for _, o := range []client.Object{orders, kept, group} {
 			Expect(k8sClient.Delete(ctx, o)).To(Succeed())
