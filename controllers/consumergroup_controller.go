@@ -39,7 +39,9 @@ func (groupKind) policy(g *mqv1alpha1.ConsumerGroup) mqv1alpha1.DeletionPolicy {
 func (groupKind) setObservedGeneration(g *mqv1alpha1.ConsumerGroup) {
 	g.Status.ObservedGeneration = g.Generation
 }
-func (groupKind) observedGeneration(g *mqv1alpha1.ConsumerGroup) int64 { return g.Status.ObservedGeneration }
+func (groupKind) observedGeneration(g *mqv1alpha1.ConsumerGroup) int64 {
+	return g.Status.ObservedGeneration
+}
 func (groupKind) status(g *mqv1alpha1.ConsumerGroup) any { return g.Status }
 
 func (k groupKind) declare(_ context.Context, instanceID string, g *mqv1alpha1.ConsumerGroup) (string, error) {

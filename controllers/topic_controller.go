@@ -38,7 +38,7 @@ func (topicKind) setObservedGeneration(t *mqv1alpha1.Topic) {
 	t.Status.ObservedGeneration = t.Generation
 }
 func (topicKind) observedGeneration(t *mqv1alpha1.Topic) int64 { return t.Status.ObservedGeneration }
-func (topicKind) status(t *mqv1alpha1.Topic) any { return t.Status }
+func (topicKind) status(t *mqv1alpha1.Topic) any               { return t.Status }
 
 func (k topicKind) declare(_ context.Context, instanceID string, t *mqv1alpha1.Topic) (string, error) {
 	name := t.BrokerName()
