@@ -193,6 +193,15 @@ func (r *brokerObjectReconciler[T]) instance(ctx context.Context, obj T) (*mqv1a
 }
 
 func (r *brokerObjectReconciler[T]) setCondition(obj T, typ string, status metav1.ConditionStatus, reason, msg string) {
+	setCondition(obj, typ, status, reason, msg)
+}
+
+// setCondition sets one status condition of any kind of this group, for the
+// object's current generation.
+func setCondition(obj interface {
+	conditioned
+	SetConditions([]metav1.Condition)
+}, typ string, status metav1.ConditionStatus, reason, msg string) {
 	conds := obj.GetConditions()
 	meta.SetStatusCondition(&conds, metav1.Condition{Type: typ, Status: status, Reason: reason, Message: msg, ObservedGeneration: obj.GetGeneration()})
 	obj.SetConditions(conds)

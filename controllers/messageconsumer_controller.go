@@ -598,7 +598,7 @@ func (r *MessageConsumerReconciler) pods(ctx context.Context, mc *mqv1alpha1.Mes
 }
 
 func (r *MessageConsumerReconciler) setCondition(mc *mqv1alpha1.MessageConsumer, typ string, status metav1.ConditionStatus, reason, msg string) {
-	meta.SetStatusCondition(&mc.Status.Conditions, metav1.Condition{Type: typ, Status: status, Reason: reason, Message: msg, ObservedGeneration: mc.Generation})
+	setCondition(mc, typ, status, reason, msg)
 }
 
 // patchStatus writes the status if it changed. The patch carries the

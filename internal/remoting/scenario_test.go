@@ -3,6 +3,7 @@ package remoting
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -237,17 +238,7 @@ func TestTransactions(t *testing.T) {
 	}
 }
 
-func sorted(xs []string) []string {
-	out := append([]string(nil), xs...)
-	for i := range out {
-		for j := i + 1; j < len(out); j++ {
-			if out[j] < out[i] {
-				out[i], out[j] = out[j], out[i]
-			}
-		}
-	}
-	return out
-}
+func sorted(xs []string) []string { return slices.Sorted(slices.Values(xs)) }
 
 // A delay level holds the message back for its delay.
 func TestDelayLevel(t *testing.T) {
