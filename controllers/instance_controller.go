@@ -117,7 +117,8 @@ func (r *InstanceReconciler) reconcileNormal(ctx context.Context, inst *mqv1alph
 		return err
 	}
 
-	cfg := broker.InstanceConfig{ID: id, Owner: string(inst.UID), Credentials: []broker.Credential{cred}}
+	cfg := broker.InstanceConfig{ID: id, Owner: string(inst.UID), Credentials: []broker.Credential{cred},
+		AutoCreate: broker.AutoCreatePolicy{Topics: inst.Spec.AutoCreate.Topics, Groups: inst.Spec.AutoCreate.Groups}}
 	err = r.Broker.EnsureInstance(cfg)
 	var conflict *broker.ConflictError
 	if errors.As(err, &conflict) {

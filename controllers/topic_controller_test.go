@@ -57,6 +57,34 @@ func expectCondition(ctx context.Context, obj brokerObject, typ string, status m
 }
 
 var _ = Describe("Topic and ConsumerGroup controllers", func() {
+	It("passes the Instance's auto-creation policy to the broker, and adopts what clients created", func(ctx SpecContext) {
+		ns := newNamespace(ctx)
+		inst := newInstance(ns, "auto")
+		inst.Spec.AutoCreate = mqv1alpha1.AutoCreate{Topics: true, Groups: true}
+		Expect(k8sClient.Create(ctx, inst)).To(Succeed())
+		expectReady(ctx, inst)
+		id := inst.Status.InstanceID
+		Expect(testBroker.AutoCreatePolicyOf(id)).To(Equal(broker.AutoCreatePolicy{Topics: true, Groups: true}))
+
+		// A client creates a topic by using it; declaring it afterwards adopts it.
+		_, err := testBroker.AutoCreateTopic(id, broker.TopicConfig{Name: "clicks"})
+		Expect(err).NotTo(HaveOccurred())
+		topic := newTopic(ns, "clicks", "auto")
+		topic.Spec.Queues = 8
+		Expect(k8sClient.Create(ctx, topic)).To(Succeed())
+		expectCondition(ctx, topic, mqv1alpha1.ConditionReady, metav1.ConditionTrue, mqv1alpha1.ReasonReconciled)
+		info, err := testBroker.Topic(id, "clicks")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(info.Owner).To(Equal(string(topic.UID)))
+		Expect(info.Queues).To(Equal(8))
+
+		// Withdrawing the policy reaches the broker too.
+		Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(inst), inst)).To(Succeed())
+		inst.Spec.AutoCreate = mqv1alpha1.AutoCreate{}
+		Expect(k8sClient.Update(ctx, inst)).To(Succeed())
+		Eventually(func() (broker.AutoCreatePolicy, error) { return testBroker.AutoCreatePolicyOf(id) }).Should(Equal(broker.AutoCreatePolicy{}))
+	})
+
 	It("declare topics and groups in the broker with status, and delete them by policy", func(ctx SpecContext) {
 		ns := newNamespace(ctx)
 		inst := readyInstance(ctx, ns, "demo")

@@ -63,6 +63,29 @@ type InstanceSpec struct {
 	// +kubebuilder:validation:MaxItems=256
 	// +kubebuilder:validation:items:Pattern=`^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$`
 	AllowedNamespaces []string `json:"allowedNamespaces,omitempty"`
+
+	// autoCreate lets TCP clients create the instance's topics and consumer groups by
+	// using them, as RocketMQ brokers do with autoCreateTopicEnable and
+	// autoCreateSubscriptionGroup. Off by default: then a name a client mistypes
+	// fails instead of becoming a live topic, and everything the instance holds is
+	// declared in Git. Objects created on first use live in the broker only; a Topic
+	// or ConsumerGroup declared later with the same name adopts them. The mq-http
+	// endpoint never creates anything, like the cloud services it stands in for.
+	// +optional
+	AutoCreate AutoCreate `json:"autoCreate,omitempty"`
+}
+
+// AutoCreate says what TCP clients may create by using it.
+type AutoCreate struct {
+	// topics: a message sent to a topic that does not exist creates it as a Normal
+	// topic with the queue count the client asks for (4 unless the client is
+	// configured otherwise, at most 64), and the admin calls that create and delete
+	// topics (UPDATE_AND_CREATE_TOPIC, DELETE_TOPIC_IN_BROKER) work on such topics.
+	// +optional
+	Topics bool `json:"topics,omitempty"`
+	// groups: a consumer whose group does not exist creates it, with protocol TCP.
+	// +optional
+	Groups bool `json:"groups,omitempty"`
 }
 
 // Allows reports whether objects in namespace ns may reference the Instance.

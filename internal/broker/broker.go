@@ -119,6 +119,12 @@ type InstanceConfig struct {
 	// authenticates for one instance only. They are held in memory only: the
 	// declarer declares them again after a restart.
 	Credentials []Credential
+	// AutoCreate lets the TCP endpoint create the instance's topics and consumer
+	// groups on first use, as RocketMQ brokers do with autoCreateTopicEnable and
+	// autoCreateSubscriptionGroup. Off unless the declarer opts in: a typo in a
+	// client's configuration should fail, not become a live topic. Held in memory,
+	// like the credentials.
+	AutoCreate AutoCreatePolicy
 }
 
 // InstanceInfo describes an instance as the broker holds it. It never carries secrets.
@@ -135,6 +141,7 @@ type instance struct {
 	id          string
 	owner       string
 	credentials map[string]string // AccessKey id -> secret
+	autoCreate  AutoCreatePolicy
 	topics      map[string]*topic
 	groups      map[string]*group
 }
@@ -318,6 +325,7 @@ func (b *Broker) EnsureInstance(cfg InstanceConfig) error {
 		b.accessKeys[id] = cfg.ID
 	}
 	inst.credentials = creds
+	inst.autoCreate = cfg.AutoCreate
 	return nil
 }
 

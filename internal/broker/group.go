@@ -101,13 +101,13 @@ func (b *Broker) EnsureGroup(instanceID string, cfg GroupConfig) (GroupInfo, err
 	}
 	g, exists := inst.groups[cfg.ID]
 	if exists {
-		if g.owner != cfg.Owner {
+		if g.owner != cfg.Owner && g.owner != AutoCreatedOwner {
 			return GroupInfo{}, &ConflictError{Kind: "consumer group", Name: cfg.ID, Owner: g.owner}
 		}
 		if g.protocol != cfg.Protocol {
 			return GroupInfo{}, fmt.Errorf("%w: group %q uses %s and cannot switch to %s", ErrImmutable, cfg.ID, g.protocol, cfg.Protocol)
 		}
-		if g.maxRedeliveries == cfg.MaxRedeliveries {
+		if g.maxRedeliveries == cfg.MaxRedeliveries && g.owner == cfg.Owner {
 			return g.info(), nil
 		}
 	} else {
@@ -138,6 +138,7 @@ func (b *Broker) EnsureGroup(instanceID string, cfg GroupConfig) (GroupInfo, err
 	}
 	b.counters = c
 	g.maxRedeliveries = cfg.MaxRedeliveries
+	g.owner = cfg.Owner // a declarer adopts an auto-created group
 	if !exists {
 		inst.groups[cfg.ID] = g
 		b.groupsByID[g.id] = g

@@ -165,7 +165,7 @@ func (b *Broker) ensureTopicLocked(inst *instance, cfg TopicConfig, system bool)
 	instanceID := inst.id
 	t, exists := inst.topics[cfg.Name]
 	if exists {
-		if t.owner != cfg.Owner {
+		if t.owner != cfg.Owner && t.owner != AutoCreatedOwner {
 			return TopicInfo{}, &ConflictError{Kind: "topic", Name: cfg.Name, Owner: t.owner}
 		}
 		if t.typ != cfg.Type {
@@ -174,7 +174,7 @@ func (b *Broker) ensureTopicLocked(inst *instance, cfg TopicConfig, system bool)
 		if cfg.Queues < len(t.queues) {
 			return TopicInfo{}, fmt.Errorf("%w: topic %q has %d queues and cannot shrink to %d", ErrImmutable, cfg.Name, len(t.queues), cfg.Queues)
 		}
-		if cfg.Queues == len(t.queues) && cfg.Retention == t.retention {
+		if cfg.Queues == len(t.queues) && cfg.Retention == t.retention && cfg.Owner == t.owner {
 			return t.info(), nil
 		}
 	} else {
@@ -204,6 +204,7 @@ func (b *Broker) ensureTopicLocked(inst *instance, cfg TopicConfig, system bool)
 		t.queues = append(t.queues, &queue{topic: t, id: i})
 	}
 	t.retention = cfg.Retention
+	t.owner = cfg.Owner // a declarer adopts an auto-created topic
 	if !exists {
 		inst.topics[cfg.Name] = t
 		b.topicsByID[t.id] = t

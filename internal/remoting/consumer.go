@@ -84,12 +84,13 @@ func (s *Server) heartbeat(rc reqContext, c *conn, req *Command) *Command {
 	return response(req, codeSuccess, "")
 }
 
-// checkGroup says why a group cannot be consumed over TCP, if it cannot.
+// checkGroup says why a group cannot be consumed over TCP, if it cannot. A group
+// that does not exist is created if the instance creates groups on first use.
 func (s *Server) checkGroup(instance, group string) error {
-	info, err := s.Broker.Group(instance, group)
+	info, err := s.Broker.AutoCreateGroup(instance, group, broker.TCP)
 	switch {
 	case err != nil:
-		return fmt.Errorf("consumer group %q does not exist in instance %q: declare it with a ConsumerGroup", group, instance)
+		return fmt.Errorf("consumer group %q does not exist in instance %q: declare it with a ConsumerGroup (or let the Instance create groups on first use)", group, instance)
 	case info.Protocol != broker.TCP:
 		return fmt.Errorf("consumer group %q is an %s group; TCP clients need a ConsumerGroup with protocol TCP", group, info.Protocol)
 	}

@@ -121,6 +121,7 @@ const (
 // Request codes (3.0).
 const (
 	reqSendMessage          = 10
+	reqUpdateAndCreateTopic = 17
 	reqPullMessage          = 11
 	reqQueryConsumerOffset  = 14
 	reqUpdateConsumerOffset = 15
@@ -137,6 +138,9 @@ const (
 	reqLockBatchMQ          = 41
 	reqUnlockBatchMQ        = 42
 	reqGetRouteInfo         = 105
+	reqGetAllTopicList      = 206
+	reqDeleteTopicInBroker  = 215
+	reqDeleteTopicInNamesrv = 216
 	reqSendMessageV2        = 310
 	reqSendBatchMessage     = 320
 )

@@ -37,6 +37,15 @@ func (s *Server) routeInfo(rc reqContext, req *Command) *Command {
 		return response(req, codeNoPermission, err.Error())
 	}
 	info, err := s.Broker.Topic(rc.instance, name)
+	perm := permReadWrite
+	if err != nil && name == defaultTopic {
+		// A producer whose topic has no route sends by TBW102's route with
+		// defaultTopic=TBW102, and the broker creates the topic (2.2). The route
+		// exists only where sending creates topics.
+		if policy, _ := s.Broker.AutoCreatePolicyOf(rc.instance); policy.Topics {
+			info, err, perm = broker.TopicInfo{Queues: defaultTopicQueues}, nil, permReadWrite|permInherit
+		}
+	}
 	if err != nil {
 		return response(req, codeTopicNotExist, fmt.Sprintf("No topic route info in name server for the topic: %s", req.ExtFields["topic"]))
 	}
@@ -58,7 +67,7 @@ func (s *Server) routeInfo(rc reqContext, req *Command) *Command {
 		BrokerDatas       []brokerData      `json:"brokerDatas"`
 		FilterServerTable map[string]string `json:"filterServerTable"`
 	}{
-		QueueDatas:        []queueData{{BrokerName: BrokerName, ReadQueueNums: info.Queues, WriteQueueNums: info.Queues, Perm: 6}},
+		QueueDatas:        []queueData{{BrokerName: BrokerName, ReadQueueNums: info.Queues, WriteQueueNums: info.Queues, Perm: perm}},
 		BrokerDatas:       []brokerData{{Cluster: clusterName, BrokerName: BrokerName, BrokerAddrs: map[string]string{"0": s.Advertise}}},
 		FilterServerTable: map[string]string{},
 	})
@@ -75,7 +84,7 @@ func (s *Server) send(ctx context.Context, rc reqContext, c *conn, req *Command,
 	h := req.ExtFields
 	if req.Code != reqSendMessage {
 		// V2 and batch headers use single letters (3.1.2).
-		h = map[string]string{"producerGroup": h["a"], "topic": h["b"], "queueId": h["e"], "sysFlag": h["f"],
+		h = map[string]string{"producerGroup": h["a"], "topic": h["b"], "defaultTopicQueueNums": h["d"], "queueId": h["e"], "sysFlag": h["f"],
 			"bornTimestamp": h["g"], "flag": h["h"], "properties": h["i"], "reconsumeTimes": h["j"], "maxReconsumeTimes": h["l"]}
 	}
 	names, topic, err := rc.resolveName(h["topic"])
@@ -129,12 +138,14 @@ func (s *Server) send(ctx context.Context, rc reqContext, c *conn, req *Command,
 		fill(&msgs[i])
 	}
 
-	var results []broker.PublishResult
-	if len(msgs) == 1 {
-		res, perr := s.Broker.Publish(ctx, rc.instance, topic, msgs[0])
-		results, err = []broker.PublishResult{res}, perr
-	} else {
-		results, err = s.Broker.PublishBatch(ctx, rc.instance, topic, msgs)
+	results, err := s.publish(ctx, rc.instance, topic, msgs)
+	if errors.Is(err, broker.ErrTopicNotFound) && !isSystemName(topic) {
+		// Created on first use where the instance allows it, with the queues the
+		// client asks for, as RocketMQ's broker does from TBW102.
+		queues, _ := strconv.Atoi(h["defaultTopicQueueNums"])
+		if _, cerr := s.Broker.AutoCreateTopic(rc.instance, broker.TopicConfig{Name: topic, Queues: max(queues, 0)}); cerr == nil {
+			results, err = s.publish(ctx, rc.instance, topic, msgs)
+		}
 	}
 	if err != nil {
 		return brokerError(req, err)
@@ -153,6 +164,15 @@ func (s *Server) send(ctx context.Context, rc reqContext, c *conn, req *Command,
 		"queueOffset": strconv.FormatInt(offset, 10), "MSG_REGION": "DefaultRegion", "TRACE_ON": "false",
 	}
 	return res
+}
+
+// publish stores msgs on the topic, one or a batch.
+func (s *Server) publish(ctx context.Context, instance, topic string, msgs []broker.Message) ([]broker.PublishResult, error) {
+	if len(msgs) == 1 {
+		res, err := s.Broker.Publish(ctx, instance, topic, msgs[0])
+		return []broker.PublishResult{res}, err
+	}
+	return s.Broker.PublishBatch(ctx, instance, topic, msgs)
 }
 
 // endTransaction commits or rolls back a half message by its commit-log offset

@@ -311,6 +311,12 @@ func (s *Server) handle(ctx context.Context, c *conn, req *Command) *Command {
 		return s.sendBack(ctx, rc, req)
 	case reqEndTransaction:
 		return s.endTransaction(rc, req)
+	case reqUpdateAndCreateTopic:
+		return s.createTopic(rc, req)
+	case reqDeleteTopicInBroker, reqDeleteTopicInNamesrv:
+		return s.deleteTopic(rc, req)
+	case reqGetAllTopicList:
+		return s.topicList(rc, req)
 	}
 	return response(req, codeNotSupported, fmt.Sprintf("request type %d not supported", req.Code))
 }
