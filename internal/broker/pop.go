@@ -236,6 +236,8 @@ func (b *Broker) popQueue(pq *popQueue, q *queue, req PopRequest, now int64, max
 		}
 	}
 	// Then messages never delivered to the group.
+	records := recordLoader{b: b}
+	defer records.close()
 	for len(out) < max {
 		ix, next, err := b.readIndex(q, pq.cursor, max-len(out))
 		if err != nil {
@@ -251,7 +253,7 @@ func (b *Broker) popQueue(pq *popQueue, q *queue, req PopRequest, now int64, max
 				pq.markDone(e.offset)
 				continue
 			}
-			m, ok, err := b.loadMessage(q, e)
+			m, ok, err := records.load(q, e)
 			if err != nil {
 				return nil, nil, 0, err
 			}

@@ -164,6 +164,7 @@ func (i storeIter) valid() bool          { return i.it.Valid() }
 func (i storeIter) key() []byte   { return i.it.Key() }
 func (i storeIter) value() []byte { return i.it.Value() }
 func (i storeIter) close() error  { return i.it.Close() }
+func (i storeIter) error() error  { return i.it.Error() }
 
 // lastKey returns a copy of the greatest key in [lower, upper), or nil.
 func (s *store) lastKey(lower, upper []byte) ([]byte, error) {
