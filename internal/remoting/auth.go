@@ -5,8 +5,10 @@ import (
 	"crypto/sha1"
 	"encoding/base64"
 	"fmt"
+	"hash"
 	"slices"
 	"strings"
+	"sync"
 )
 
 // reqContext is what a request's credentials and names resolve to.
@@ -40,19 +42,63 @@ func (s *Server) authenticate(req *Command) (reqContext, *Command) {
 
 // signature computes the ACL signature of a request's fields and body.
 func signature(secret string, ext map[string]string, body []byte) []byte {
-	keys := make([]string, 0, len(ext))
+	var names [32]string // headers have about a dozen fields; more spill to the heap
+	keys := names[:0]
 	for k := range ext {
 		if k != "Signature" && k != "SecurityToken" && k != "_UNIQUE_KEY_QUERY" {
 			keys = append(keys, k)
 		}
 	}
 	slices.Sort(keys)
-	mac := hmac.New(sha1.New, []byte(secret))
+	signed := signBuffers.Get().(*[]byte)
+	values := (*signed)[:0]
 	for _, k := range keys {
-		mac.Write([]byte(ext[k]))
+		values = append(values, ext[k]...)
 	}
+	macs := keyedMACs.pool(secret)
+	mac := macs.Get().(hash.Hash)
+	mac.Reset()
+	mac.Write(values)
 	mac.Write(body)
-	return mac.Sum(nil)
+	sum := mac.Sum(nil)
+	macs.Put(mac)
+	*signed = values
+	signBuffers.Put(signed)
+	return sum
+}
+
+var signBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// keyedMACs keeps HMAC-SHA1 states keyed with each secret: keying costs two SHA-1
+// blocks and three allocations, which every request would otherwise repeat. A
+// secret no longer in use is dropped with the rest when the set grows past a bound.
+var keyedMACs = macCache{pools: map[string]*sync.Pool{}}
+
+type macCache struct {
+	mu    sync.RWMutex
+	pools map[string]*sync.Pool
+}
+
+const maxCachedSecrets = 4096
+
+func (c *macCache) pool(secret string) *sync.Pool {
+	c.mu.RLock()
+	p := c.pools[secret]
+	c.mu.RUnlock()
+	if p != nil {
+		return p
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p = c.pools[secret]; p == nil {
+		if len(c.pools) >= maxCachedSecrets {
+			clear(c.pools)
+		}
+		key := []byte(secret)
+		p = &sync.Pool{New: func() any { return hmac.New(sha1.New, key) }}
+		c.pools[secret] = p
+	}
+	return p
 }
 
 // Sign adds the AccessKey and Signature fields to a request, as clients do. For

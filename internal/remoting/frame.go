@@ -10,7 +10,6 @@ package remoting
 import (
 	"bufio"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -77,7 +76,7 @@ func ReadCommand(r *bufio.Reader) (*Command, error) {
 		return nil, fmt.Errorf("%w: %v", ErrFrame, err)
 	}
 	cmd := &Command{}
-	if err := json.Unmarshal(buf[:headerLen], cmd); err != nil {
+	if err := decodeHeader(buf[:headerLen], cmd); err != nil {
 		return nil, fmt.Errorf("%w: header: %v", ErrFrame, err)
 	}
 	if len(buf) > int(headerLen) {
@@ -89,16 +88,18 @@ func ReadCommand(r *bufio.Reader) (*Command, error) {
 // AppendFrame appends c's frame to b. The header is JSON with every extFields
 // value a string, which is what the Go client's decoder demands (1.2).
 func AppendFrame(b []byte, c *Command) ([]byte, error) {
-	header, err := json.Marshal(c)
+	start := len(b)
+	b = append(b, make([]byte, 8)...) // lengths, once the header is written
+	b, err := appendHeader(b, c)
 	if err != nil {
-		return b, err
+		return b[:start], err
 	}
-	if len(header) > 0xFFFFFF {
-		return b, fmt.Errorf("header of %d bytes", len(header))
+	header := len(b) - start - 8
+	if header > 0xFFFFFF {
+		return b[:start], fmt.Errorf("header of %d bytes", header)
 	}
-	b = binary.BigEndian.AppendUint32(b, uint32(4+len(header)+len(c.Body)))
-	b = binary.BigEndian.AppendUint32(b, uint32(len(header))) // serialize type 0: JSON
-	b = append(b, header...)
+	binary.BigEndian.PutUint32(b[start:], uint32(4+header+len(c.Body)))
+	binary.BigEndian.PutUint32(b[start+4:], uint32(header)) // serialize type 0: JSON
 	return append(b, c.Body...), nil
 }
 
