@@ -203,7 +203,12 @@ func local(name string) string {
 // text reads character data up to the next '<' that does not open a CDATA section,
 // resolving entity references. Raw '\r' and "\r\n" become '\n' as XML requires.
 func (p *flatParser) text() (string, bool) {
-	var out []byte
+	// Most text is one run up to the next tag: size the copy for it.
+	run := bytes.IndexByte(p.b[p.i:], '<')
+	if run < 0 {
+		return "", false
+	}
+	out := make([]byte, 0, run)
 	for p.i < len(p.b) {
 		c := p.b[p.i]
 		switch {
@@ -233,11 +238,11 @@ func (p *flatParser) text() (string, bool) {
 			return "", false // not allowed in text
 		default:
 			start := p.i
-			for p.i < len(p.b) && p.b[p.i] != '<' && p.b[p.i] != '&' && p.b[p.i] != ']' {
-				if p.b[p.i] < 0x20 && p.b[p.i] != '\t' && p.b[p.i] != '\n' && p.b[p.i] != '\r' {
-					return "", false // control characters are not XML: let encoding/xml decide
-				}
+			for p.i < len(p.b) && !textStop[p.b[p.i]] {
 				p.i++
+			}
+			if p.i < len(p.b) && p.b[p.i] < 0x20 {
+				return "", false // control characters are not XML: let encoding/xml decide
 			}
 			if p.i == start { // a lone ']'
 				p.i++
@@ -248,7 +253,20 @@ func (p *flatParser) text() (string, bool) {
 	return "", false
 }
 
+// textStop marks the bytes that end a run of plain text: markup, and the control
+// characters XML does not allow.
+var textStop = func() (t [256]bool) {
+	for c := range 0x20 {
+		t[c] = c != '\t' && c != '\n' && c != '\r'
+	}
+	t['<'], t['&'], t[']'] = true, true, true
+	return t
+}()
+
 func appendNormalized(out, s []byte) []byte {
+	if bytes.IndexByte(s, '\r') < 0 {
+		return append(out, s...)
+	}
 	for i := 0; i < len(s); i++ {
 		if s[i] == '\r' {
 			out = append(out, '\n')
@@ -305,6 +323,10 @@ func printableASCII(b []byte) bool {
 // validXMLText reports whether s is UTF-8 made only of characters XML allows.
 func validXMLText(s []byte) bool {
 	for len(s) > 0 {
+		if c := s[0]; c >= 0x20 && c < utf8.RuneSelf || c == '\t' || c == '\n' || c == '\r' {
+			s = s[1:]
+			continue
+		}
 		r, n := utf8.DecodeRune(s)
 		if r == utf8.RuneError && n == 1 {
 			return false
