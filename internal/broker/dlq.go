@@ -215,6 +215,6 @@ func (b *Broker) messageBySeq(instanceID string, seq uint64) (StoredMessage, err
 	}
 	return StoredMessage{
 		Message: *r.msg, ID: messageID(b.opts.StoreHost, b.opts.StorePort, seq), Seq: seq, Topic: t.name,
-		Queue: r.queue, Offset: -1, StoreTime: fromMillis(r.storeTime), BodyMD5: fmt.Sprintf("%X", r.md5), topicID: r.topic,
+		Queue: r.queue, Offset: -1, StoreTime: fromMillis(r.storeTime), BodyMD5: upperHex("", r.md5[:]), topicID: r.topic,
 	}, nil
 }

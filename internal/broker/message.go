@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"hash/fnv"
 	"slices"
-	"strings"
 	"time"
 )
 
@@ -104,7 +103,7 @@ type PublishResult struct {
 // bodyMD5 returns the uppercase hex MD5 the mq-http protocol reports for a body.
 func bodyMD5(body []byte) string {
 	sum := md5.Sum(body)
-	return strings.ToUpper(hex.EncodeToString(sum[:]))
+	return upperHex("", sum[:])
 }
 
 // tagHash is the hash stored in index entries, so a tag filter can skip messages
@@ -357,12 +356,24 @@ func fromMillis(ms int64) time.Time {
 // messageID formats the id of the message at seq: RocketMQ's offset message id, the
 // store host's IPv4 address and port followed by the commit-log offset, in uppercase
 // hex. TCP clients parse the offset back out of it; HTTP clients treat it as opaque.
+// upperHex returns prefix followed by b in uppercase hex, the form RocketMQ ids,
+// handles and body digests take, in one allocation.
+func upperHex(prefix string, b []byte) string {
+	const digits = "0123456789ABCDEF"
+	out := make([]byte, len(prefix), len(prefix)+2*len(b))
+	copy(out, prefix)
+	for _, c := range b {
+		out = append(out, digits[c>>4], digits[c&0xF])
+	}
+	return string(out)
+}
+
 func messageID(host [4]byte, port uint32, seq uint64) string {
 	var b [16]byte
 	copy(b[:4], host[:])
 	binary.BigEndian.PutUint32(b[4:], port)
 	binary.BigEndian.PutUint64(b[8:], seq)
-	return strings.ToUpper(hex.EncodeToString(b[:]))
+	return upperHex("", b[:])
 }
 
 // parseMessageID returns the seq a message id encodes.

@@ -506,7 +506,7 @@ func encodeHandle(topic uint32, queue int, offset, token uint64, visibleAt int64
 	binary.BigEndian.PutUint64(b[8:], offset)
 	binary.BigEndian.PutUint64(b[16:], token)
 	binary.BigEndian.PutUint64(b[24:], uint64(visibleAt))
-	return handleVersion + strings.ToUpper(hex.EncodeToString(b[:]))
+	return upperHex(handleVersion, b[:])
 }
 
 func decodeHandle(s string) (handle, bool) {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/md5"
 	"encoding/binary"
-	"encoding/hex"
 	"fmt"
 	"runtime"
 	"strings"
@@ -119,7 +118,7 @@ func (b *Broker) publishLocked(ctx context.Context, t *topic, msgs []Message) ([
 			tagHash: tagHash(m.Tag),
 			keys:    m.Keys,
 			store:   now.UnixMilli(),
-			md5:     strings.ToUpper(hex.EncodeToString(sum[:])),
+			md5:     upperHex("", sum[:]),
 			dueAt:   millis(m.DeliverAt),
 		}
 		e.size = uint32(len(e.record))

@@ -69,7 +69,7 @@ func (b *Broker) storedMessage(q *queue, ix indexed, raw []byte) (StoredMessage,
 		Queue:     q.id,
 		Offset:    int64(ix.offset),
 		StoreTime: fromMillis(r.storeTime),
-		BodyMD5:   fmt.Sprintf("%X", r.md5),
+		BodyMD5:   upperHex("", r.md5[:]),
 		topicID:   r.topic,
 	}, true, nil
 }

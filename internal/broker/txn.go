@@ -141,7 +141,7 @@ func encodeTxnHandle(topic uint32, seq, token uint64, expiry int64) string {
 	binary.BigEndian.PutUint64(b[4:], seq)
 	binary.BigEndian.PutUint64(b[12:], token)
 	binary.BigEndian.PutUint64(b[20:], uint64(expiry))
-	return txnHandlePrefix + strings.ToUpper(hex.EncodeToString(b[:]))
+	return upperHex(txnHandlePrefix, b[:])
 }
 
 type txnHandle struct {
