@@ -199,3 +199,30 @@ func BenchmarkBareHTTP(b *testing.B) {
 	b.Cleanup(func() { _ = srv.Close() })
 	benchPublish(b, ln.Addr().String())
 }
+
+// BenchmarkBareHTTPDurable is the floor for a durable publish: the same client and
+// requests against a net/http handler that only reads the body and stores it with
+// the broker (fsynced, group-committed), without any of the protocol's work
+// (signature, Content-MD5, XML, the answer document). What BenchmarkHTTPPublish
+// spends beyond this is the endpoint's own cost.
+func BenchmarkBareHTTPDurable(b *testing.B) {
+	_, br := benchEnv(b)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		if err == nil {
+			_, err = br.Publish(r.Context(), testInstance, "bench", broker.Message{Body: body, Queue: broker.AnyQueue})
+		}
+		if err != nil {
+			w.WriteHeader(http.StatusInternalServerError)
+			return
+		}
+		w.WriteHeader(http.StatusCreated)
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	b.Cleanup(func() { _ = srv.Close() })
+	benchPublish(b, ln.Addr().String())
+}

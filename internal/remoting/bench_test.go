@@ -1,6 +1,7 @@
 package remoting
 
 import (
+	"bufio"
 	"context"
 	"encoding/binary"
 	"net"
@@ -62,6 +63,10 @@ func benchServer(b *testing.B, queues int) (addr string, br *broker.Broker) {
 // connection, as the producers of one Go client process share theirs.
 func BenchmarkTCPSendSync(b *testing.B) {
 	addr, br := benchServer(b, 8)
+	benchSendSync(b, addr, br)
+}
+
+func benchSendSync(b *testing.B, addr string, br *broker.Broker) {
 	mux := newMuxClient(b, addr)
 	b.SetBytes(int64(len(benchBody)))
 	b.SetParallelism(max(1, benchProducers/runtime.GOMAXPROCS(0)))
@@ -86,6 +91,51 @@ func BenchmarkTCPSendSync(b *testing.B) {
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msg/s")
 	reportWrites(b, br)
+}
+
+// BenchmarkBareTCPDurable is the floor for BenchmarkTCPSendSync: the same client
+// and frames against a server that reads each frame, stores its body with the
+// broker (fsynced, group-committed) and answers with an empty frame, concurrently
+// per connection as the endpoint does, without the protocol's work (signature,
+// header fields, properties, the answer's fields).
+func BenchmarkBareTCPDurable(b *testing.B) {
+	_, br := benchServer(b, 8)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = ln.Close() })
+	go func() {
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer nc.Close()
+				var wmu sync.Mutex
+				r := bufio.NewReaderSize(nc, 64<<10)
+				for {
+					cmd, err := ReadCommand(r)
+					if err != nil {
+						return
+					}
+					go func() {
+						_, err := br.Publish(context.Background(), testInstance, "bench", broker.Message{Body: cmd.Body, Queue: broker.AnyQueue})
+						code := int16(codeSuccess)
+						if err != nil {
+							code = codeSystemError
+						}
+						frame, _ := AppendFrame(nil, &Command{Code: code, Opaque: cmd.Opaque, Flag: flagResponse})
+						wmu.Lock()
+						_, _ = nc.Write(frame)
+						wmu.Unlock()
+					}()
+				}
+			}()
+		}
+	}()
+	benchSendSync(b, ln.Addr().String(), br)
 }
 
 // BenchmarkTCPPushConsume: a push consumer's pulls (32 messages each, as the Go
