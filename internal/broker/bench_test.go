@@ -117,6 +117,11 @@ func benchPopAck(b *testing.B, typ MessageType, orderly bool) {
 		b.Fatal(err)
 	}
 	fill(b, br, "bench", b.N, func(i int) string { return strconv.Itoa(i % 1000) })
+	if os.Getenv("BENCH_SETTLE") != "" {
+		if err := br.SettleStorage(time.Minute); err != nil {
+			b.Fatal(err)
+		}
+	}
 	var consumed atomic.Int64
 	start := time.Now()
 	b.ResetTimer()

@@ -539,6 +539,11 @@ type writeStats struct {
 // now is the broker's clock in milliseconds, the resolution of every stored time.
 func (b *Broker) now() time.Time { return b.clock.Now().Truncate(time.Millisecond) }
 
+// SettleStorage flushes what is in memory to tables and waits (up to limit) for
+// the compactions that follows. For benchmarks that measure reading apart from the
+// background work of the writes before it.
+func (b *Broker) SettleStorage(limit time.Duration) error { return b.store.settle(limit) }
+
 // WriteStats describes the write path's group commits since the broker opened.
 type WriteStats struct {
 	Commits  int64         // group commits that reached the disk

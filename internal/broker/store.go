@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -140,6 +141,23 @@ func (s *store) writeOpts() *pebble.WriteOptions {
 		return pebble.Sync
 	}
 	return pebble.NoSync
+}
+
+// settle flushes the memtables and waits until no flush or compaction is running
+// or owed, or until limit passes.
+func (s *store) settle(limit time.Duration) error {
+	if err := s.db.Flush(); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		m := s.db.Metrics()
+		if m.Compact.NumInProgress == 0 && m.Compact.EstimatedDebt == 0 && m.Flush.NumInProgress == 0 {
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return fmt.Errorf("storage still compacting after %s", limit)
 }
 
 // storeIter walks keys in [lower, upper) in order.
