@@ -143,21 +143,26 @@ func (s *store) writeOpts() *pebble.WriteOptions {
 	return pebble.NoSync
 }
 
-// settle flushes the memtables and waits until no flush or compaction is running
-// or owed, or until limit passes.
+// settle flushes the memtables and waits until no flush or compaction has run for
+// a moment (Pebble may keep a small estimated debt that it never compacts), or
+// until limit passes.
 func (s *store) settle(limit time.Duration) error {
 	if err := s.db.Flush(); err != nil {
 		return err
 	}
 	deadline := time.Now().Add(limit)
-	for time.Now().Before(deadline) {
-		m := s.db.Metrics()
-		if m.Compact.NumInProgress == 0 && m.Compact.EstimatedDebt == 0 && m.Flush.NumInProgress == 0 {
-			return nil
+	for quiet := 0; quiet < 10; {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("storage still compacting after %s", limit)
+		}
+		if m := s.db.Metrics(); m.Compact.NumInProgress == 0 && m.Flush.NumInProgress == 0 {
+			quiet++
+		} else {
+			quiet = 0
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	return fmt.Errorf("storage still compacting after %s", limit)
+	return nil
 }
 
 // storeIter walks keys in [lower, upper) in order.
