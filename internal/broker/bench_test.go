@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -15,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/orderly-dev/orderly/internal/fsyncfloor"
 )
 
 // Benchmarks run against a real directory with the default durability (fsync before
@@ -63,6 +66,35 @@ func BenchmarkPublish(b *testing.B) {
 	})
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msg/s")
 	reportCommits(b, br)
+}
+
+// BenchmarkFsyncFloor is what the disk allows BenchmarkPublish at all: the same 64
+// producers appending 1 KiB records to a group-committed file that does nothing but
+// write and fdatasync (internal/fsyncfloor). No store can acknowledge durable
+// writes from 64 waiting producers faster than this on the same disk.
+func BenchmarkFsyncFloor(b *testing.B) {
+	l, err := fsyncfloor.Open(filepath.Join(b.TempDir(), "floor"), 64<<20)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = l.Close() })
+	body := make([]byte, 1024)
+	b.SetBytes(int64(len(body)))
+	b.SetParallelism(parallelism())
+	start := time.Now()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := l.Append(body); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msg/s")
+	records, syncs, mean := l.Stats()
+	b.ReportMetric(float64(records)/float64(syncs), "msg/commit")
+	b.ReportMetric(float64(mean.Microseconds()), "µs-sync/commit")
 }
 
 // reportCommits reports how well group commit worked: messages per fsync, and the
