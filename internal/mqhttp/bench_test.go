@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"github.com/go-logr/logr"
 
 	"github.com/orderly-dev/orderly/internal/broker"
+	"github.com/orderly-dev/orderly/internal/fsyncfloor"
 )
 
 // Benchmarks of the endpoint as the SDKs use it: the real Go SDK as client (signed
@@ -187,17 +189,19 @@ func BenchmarkHTTPLongPollLatency(b *testing.B) {
 // only reads the body and answers 201. The endpoint's own cost is what
 // BenchmarkHTTPPublish spends beyond this.
 func BenchmarkBareHTTP(b *testing.B) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	benchBareHandler(b, func([]byte) error { return nil })
+}
+
+// BenchmarkBareHTTPFsyncFloor is what the machine allows a durable publish over
+// HTTP at all: the bare handler appending each body to a group-committed file that
+// only writes and fdatasyncs (internal/fsyncfloor), with no storage engine behind it.
+func BenchmarkBareHTTPFsyncFloor(b *testing.B) {
+	l, err := fsyncfloor.Open(filepath.Join(b.TempDir(), "floor"), 64<<20)
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.Copy(io.Discard, r.Body)
-		w.WriteHeader(http.StatusCreated)
-	})}
-	go func() { _ = srv.Serve(ln) }()
-	b.Cleanup(func() { _ = srv.Close() })
-	benchPublish(b, ln.Addr().String())
+	b.Cleanup(func() { _ = l.Close() })
+	benchBareHandler(b, l.Append)
 }
 
 // BenchmarkBareHTTPDurable is the floor for a durable publish: the same client and
@@ -207,6 +211,15 @@ func BenchmarkBareHTTP(b *testing.B) {
 // spends beyond this is the endpoint's own cost.
 func BenchmarkBareHTTPDurable(b *testing.B) {
 	_, br := benchEnv(b)
+	benchBareHandler(b, func(body []byte) error {
+		_, err := br.Publish(context.Background(), testInstance, "bench", broker.Message{Body: body, Queue: broker.AnyQueue})
+		return err
+	})
+}
+
+// benchBareHandler runs benchPublish against a net/http handler that reads the body,
+// passes it to store and answers 201, or 500 if store fails.
+func benchBareHandler(b *testing.B, store func(body []byte) error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -214,7 +227,7 @@ func BenchmarkBareHTTPDurable(b *testing.B) {
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, err := io.ReadAll(r.Body)
 		if err == nil {
-			_, err = br.Publish(r.Context(), testInstance, "bench", broker.Message{Body: body, Queue: broker.AnyQueue})
+			err = store(body)
 		}
 		if err != nil {
 			w.WriteHeader(http.StatusInternalServerError)

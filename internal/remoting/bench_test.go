@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"net"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"github.com/go-logr/logr"
 
 	"github.com/orderly-dev/orderly/internal/broker"
+	"github.com/orderly-dev/orderly/internal/fsyncfloor"
 )
 
 // Benchmarks of the endpoint on this machine: 1 KiB bodies, the broker on a real
@@ -100,6 +102,35 @@ func benchSendSync(b *testing.B, addr string, br *broker.Broker) {
 // header fields, properties, the answer's fields).
 func BenchmarkBareTCPDurable(b *testing.B) {
 	_, br := benchServer(b, 8)
+	benchBareServer(b, br, func(body []byte) error {
+		_, err := br.Publish(context.Background(), testInstance, "bench", broker.Message{Body: body, Queue: broker.AnyQueue})
+		return err
+	})
+}
+
+// BenchmarkBareTCP is the bare server storing nothing: what the client, the frames
+// and the two cores allow before any durability.
+func BenchmarkBareTCP(b *testing.B) {
+	_, br := benchServer(b, 8)
+	benchBareServer(b, br, func([]byte) error { return nil })
+}
+
+// BenchmarkBareTCPFsyncFloor is what the machine allows a durable send over TCP at
+// all: the bare server appending each body to a group-committed file that only
+// writes and fdatasyncs (internal/fsyncfloor), with no storage engine behind it.
+func BenchmarkBareTCPFsyncFloor(b *testing.B) {
+	_, br := benchServer(b, 8)
+	l, err := fsyncfloor.Open(filepath.Join(b.TempDir(), "floor"), 64<<20)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = l.Close() })
+	benchBareServer(b, br, l.Append)
+}
+
+// benchBareServer runs benchSendSync against a server that reads each frame, passes
+// its body to store and answers with an empty frame, concurrently per connection.
+func benchBareServer(b *testing.B, br *broker.Broker, store func(body []byte) error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -121,9 +152,8 @@ func BenchmarkBareTCPDurable(b *testing.B) {
 						return
 					}
 					go func() {
-						_, err := br.Publish(context.Background(), testInstance, "bench", broker.Message{Body: cmd.Body, Queue: broker.AnyQueue})
 						code := int16(codeSuccess)
-						if err != nil {
+						if store(cmd.Body) != nil {
 							code = codeSystemError
 						}
 						frame, _ := AppendFrame(nil, &Command{Code: code, Opaque: cmd.Opaque, Flag: flagResponse})
