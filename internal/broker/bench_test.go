@@ -50,22 +50,30 @@ func BenchmarkPublish(b *testing.B) {
 	if _, err := br.EnsureTopic(inst, TopicConfig{Name: "bench", Queues: 8, Owner: "o"}); err != nil {
 		b.Fatal(err)
 	}
+	benchProduce(b, func(body []byte) error {
+		_, err := br.Publish(context.Background(), inst, "bench", Message{Body: body, Queue: AnyQueue})
+		return err
+	})
+	reportCommits(b, br)
+}
+
+// benchProduce runs benchProducers goroutines that each store 1 KiB bodies with
+// store, one at a time, until b.N are stored, and reports msg/s.
+func benchProduce(b *testing.B, store func(body []byte) error) {
 	body := make([]byte, 1024)
 	b.SetBytes(int64(len(body)))
 	b.SetParallelism(parallelism())
 	start := time.Now()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
-		ctx := context.Background()
 		for pb.Next() {
-			if _, err := br.Publish(ctx, inst, "bench", Message{Body: body, Queue: AnyQueue}); err != nil {
+			if err := store(body); err != nil {
 				b.Error(err)
 				return
 			}
 		}
 	})
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msg/s")
-	reportCommits(b, br)
 }
 
 // BenchmarkFsyncFloor is what the disk allows BenchmarkPublish at all: the same 64
@@ -78,20 +86,7 @@ func BenchmarkFsyncFloor(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = l.Close() })
-	body := make([]byte, 1024)
-	b.SetBytes(int64(len(body)))
-	b.SetParallelism(parallelism())
-	start := time.Now()
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			if err := l.Append(body); err != nil {
-				b.Error(err)
-				return
-			}
-		}
-	})
-	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msg/s")
+	benchProduce(b, l.Append)
 	records, syncs, mean := l.Stats()
 	b.ReportMetric(float64(records)/float64(syncs), "msg/commit")
 	b.ReportMetric(float64(mean.Microseconds()), "µs-sync/commit")
@@ -210,20 +205,10 @@ func BenchmarkPublishWithBacklog(b *testing.B) {
 		b.Fatal(err)
 	}
 	fill(b, br, "bench", backlog, func(int) string { return "" })
-	body := make([]byte, 1024)
-	b.SetBytes(int64(len(body)))
-	b.SetParallelism(parallelism())
-	start := time.Now()
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			if _, err := br.Publish(context.Background(), inst, "bench", Message{Body: body, Queue: AnyQueue}); err != nil {
-				b.Error(err)
-				return
-			}
-		}
+	benchProduce(b, func(body []byte) error {
+		_, err := br.Publish(context.Background(), inst, "bench", Message{Body: body, Queue: AnyQueue})
+		return err
 	})
-	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msg/s")
 	b.ReportMetric(float64(rssBytes())/(1<<20), "MiB-rss")
 }
 
