@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -81,11 +80,7 @@ func benchProduce(b *testing.B, store func(body []byte) error) {
 // write and fdatasync (internal/fsyncfloor). No store can acknowledge durable
 // writes from 64 waiting producers faster than this on the same disk.
 func BenchmarkFsyncFloor(b *testing.B) {
-	l, err := fsyncfloor.Open(filepath.Join(b.TempDir(), "floor"), 64<<20)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = l.Close() })
+	l := fsyncfloor.ForBenchmark(b)
 	benchProduce(b, l.Append)
 	records, syncs, mean := l.Stats()
 	b.ReportMetric(float64(records)/float64(syncs), "msg/commit")

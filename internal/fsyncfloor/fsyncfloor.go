@@ -14,7 +14,9 @@ package fsyncfloor
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"sync"
+	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -60,6 +62,17 @@ func Open(path string, size int64) (*Log, error) {
 	l := &Log{f: f, size: size, next: 1}
 	l.synced = sync.NewCond(&l.mu)
 	return l, nil
+}
+
+// ForBenchmark opens a 64 MiB floor in tb's temporary directory, closed when tb ends.
+func ForBenchmark(tb testing.TB) *Log {
+	tb.Helper()
+	l, err := Open(filepath.Join(tb.TempDir(), "floor"), 64<<20)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = l.Close() })
+	return l
 }
 
 // Append returns once p is on disk.

@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -201,11 +200,7 @@ func BenchmarkBareHTTP(b *testing.B) {
 // HTTP at all: the bare handler appending each body to a group-committed file that
 // only writes and fdatasyncs (internal/fsyncfloor), with no storage engine behind it.
 func BenchmarkBareHTTPFsyncFloor(b *testing.B) {
-	l, err := fsyncfloor.Open(filepath.Join(b.TempDir(), "floor"), 64<<20)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = l.Close() })
+	l := fsyncfloor.ForBenchmark(b)
 	benchBareHandler(b, l.Append)
 }
 

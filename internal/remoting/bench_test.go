@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/binary"
 	"net"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -120,11 +119,7 @@ func BenchmarkBareTCP(b *testing.B) {
 // writes and fdatasyncs (internal/fsyncfloor), with no storage engine behind it.
 func BenchmarkBareTCPFsyncFloor(b *testing.B) {
 	_, br := benchServer(b, 8)
-	l, err := fsyncfloor.Open(filepath.Join(b.TempDir(), "floor"), 64<<20)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = l.Close() })
+	l := fsyncfloor.ForBenchmark(b)
 	benchBareServer(b, br, l.Append)
 }
 
