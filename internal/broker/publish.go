@@ -170,8 +170,11 @@ func (t *topic) pickQueue(msg *Message) (*queue, error) {
 		return nil, fmt.Errorf("%w: transactional topic %q takes only transactional messages", ErrMessageType, t.name)
 	case t.typ == Ordered && (!msg.DeliverAt.IsZero() || msg.DelayLevel > 0):
 		return nil, fmt.Errorf("%w: ordered topic %q does not take timer messages", ErrMessageType, t.name)
-	case t.typ == Ordered && msg.ShardingKey == "" && msg.Queue == AnyQueue:
-		return nil, fmt.Errorf("%w: a message to ordered topic %q needs a sharding key", ErrMessageType, t.name)
+	case t.typ == Ordered && msg.ShardingKey == "" && msg.Queue == AnyQueue && len(t.queues) > 1:
+		// A globally ordered topic (one queue) takes any message: the product docs
+		// say its key "can be any non-empty string", so an application need not
+		// invent one. A partitioned one cannot choose a partition without it.
+		return nil, fmt.Errorf("%w: ordered topic %q has %d partitions; give the message a sharding key to choose one (or use a topic with 1 queue for global order)", ErrMessageType, t.name, len(t.queues))
 	}
 	n := len(t.queues)
 	switch {
