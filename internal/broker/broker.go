@@ -10,6 +10,7 @@
 package broker
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -175,6 +176,10 @@ type Broker struct {
 	// the writer is.
 	background sync.WaitGroup
 	quit       chan struct{}
+	// reapKick wakes the retention loop to reap a deleted topic; reapMu keeps one
+	// reaper at a time.
+	reapKick   chan struct{}
+	reapMu     sync.Mutex
 	txns       txnRegistry
 	timers     timers
 	locks      locks
@@ -230,6 +235,7 @@ func Open(opts Options) (*Broker, error) {
 		syncCh:     make(chan *commitItem, 64),
 		syncSlots:  make(chan struct{}, syncSlots),
 		quit:       make(chan struct{}),
+		reapKick:   make(chan struct{}, 1),
 		txns:       txnRegistry{halves: map[uint64]*halfState{}},
 		timers:     timers{kick: make(chan struct{}, 1)},
 		locks:      locks{owner: map[lockKey]lease{}},
@@ -357,6 +363,8 @@ func (b *Broker) DeleteInstance(id, owner string) error {
 	if err := b.store.commit(w); err != nil {
 		return fmt.Errorf("failed to delete instance %q: %w", id, err)
 	}
+	b.kickReaper()
+	b.locks.releaseGroup(id, "")
 	for key := range inst.credentials {
 		delete(b.accessKeys, key)
 	}
@@ -488,6 +496,13 @@ func (b *Broker) recover() error {
 	if last != nil {
 		b.nextSeq = seqOfLogKey(last) + 1
 	}
+	if raw, err := b.store.get(metaKey(metaSeq, "")); err == nil && len(raw) == 8 {
+		b.nextSeq = max64(b.nextSeq, binary.BigEndian.Uint64(raw))
+	} else if err != nil && !errors.Is(err, errNotFound) {
+		return err
+	}
+	// A topic deleted before the restart may not be fully reaped yet.
+	b.reapKick <- struct{}{}
 	return nil
 }
 

@@ -110,6 +110,9 @@ func (b *Broker) SendBack(ctx context.Context, instanceID, groupID string, seq u
 	if err != nil {
 		return err
 	}
+	if err := b.deliveredTo(g, m); err != nil {
+		return err
+	}
 	if maxReconsumeTimes <= 0 {
 		maxReconsumeTimes = g.maxRedeliveries
 	}
@@ -122,6 +125,35 @@ func (b *Broker) SendBack(ctx context.Context, instanceID, groupID string, seq u
 	}
 	c.DelayLevel = delayLevel
 	return b.publishSystem(ctx, instanceID, RetryTopic(groupID), c)
+}
+
+// deliveredTo checks that m can have been delivered to g: it is in a queue (not a
+// timer still pending nor an unresolved half message), of a topic the group may
+// consume (the instance's own topics and the group's retry topic). A send-back
+// names a message by its commit-log offset alone; without this it could make a
+// pending message visible early, or copy another group's retries.
+func (b *Broker) deliveredTo(g *group, m StoredMessage) error {
+	b.mu.RLock()
+	t, ok := b.topicsByID[m.topicID]
+	b.mu.RUnlock()
+	switch {
+	case !ok:
+		return fmt.Errorf("%w: no message %d", ErrMessageNotFound, m.Seq)
+	case t.system && t.name != RetryTopic(g.name):
+		return fmt.Errorf("%w: message %s is on %q, which group %q does not consume", ErrInvalidArgument, m.ID, t.name, g.name)
+	}
+	b.txns.mu.Lock()
+	_, half := b.txns.halves[m.Seq]
+	b.txns.mu.Unlock()
+	if half {
+		return fmt.Errorf("%w: message %s is an unresolved half message, never delivered", ErrInvalidArgument, m.ID)
+	}
+	if _, err := b.store.get(refKey(m.Seq)); err == nil {
+		return fmt.Errorf("%w: message %s is a timer not yet due, never delivered", ErrInvalidArgument, m.ID)
+	} else if err != errNotFound {
+		return err
+	}
+	return nil
 }
 
 // DeadLetters lists up to max of the group's dead letters from offset on, and the
@@ -156,46 +188,83 @@ func (b *Broker) Redrive(ctx context.Context, instanceID, groupID string, ids []
 	}
 	n := 0
 	q := dlq.queues[0]
-	for offset := int64(q.min.Load()); len(want) > 0; {
-		ix, next, err := b.readIndex(q, uint64(offset), 256)
-		if err != nil || len(ix) == 0 {
+	for from := uint64(0); len(want) > 0; {
+		v, err := b.openView(q)
+		if err != nil {
 			return n, err
 		}
-		for _, e := range ix {
-			if !want[e.entry.seq] {
-				continue
+		var found []StoredMessage
+		next, err := v.walk(from, func(ix indexed) (bool, error) {
+			if want[ix.entry.seq] {
+				m, err := v.load(ix)
+				if err != nil {
+					return false, err
+				}
+				found = append(found, m)
 			}
-			m, ok, err := b.loadMessage(q, e)
-			if err != nil {
+			return true, nil
+		})
+		end := v.end
+		v.close()
+		if err != nil {
+			return n, err
+		}
+		for _, m := range found {
+			origin := m.Properties[PropertyRetryTopic]
+			c := retryCopy(m, 0)
+			delete(c.Properties, PropertyRetryTopic)
+			delete(c.Properties, PropertyOriginMessageID)
+			if strings.HasPrefix(origin, RetryTopicPrefix) || origin == "" {
+				return n, fmt.Errorf("%w: dead letter %s has no origin topic", ErrInvalidArgument, m.ID)
+			}
+			// Published before it leaves the dead letters: a crash in between
+			// leaves a duplicate, never a loss.
+			if _, err := b.Publish(ctx, instanceID, origin, c); err != nil {
+				return n, fmt.Errorf("failed to re-drive %s to %q: %w", m.ID, origin, err)
+			}
+			if err := b.removeEntry(q, uint64(m.Offset), m.Seq); err != nil {
 				return n, err
 			}
-			if ok {
-				origin := m.Properties[PropertyRetryTopic]
-				c := retryCopy(m, 0)
-				delete(c.Properties, PropertyRetryTopic)
-				delete(c.Properties, PropertyOriginMessageID)
-				if strings.HasPrefix(origin, RetryTopicPrefix) || origin == "" {
-					return n, fmt.Errorf("%w: dead letter %s has no origin topic", ErrInvalidArgument, m.ID)
-				}
-				if _, err := b.Publish(ctx, instanceID, origin, c); err != nil {
-					return n, fmt.Errorf("failed to re-drive %s to %q: %w", m.ID, origin, err)
-				}
-			}
-			w := b.store.newBatch()
-			w.delete(queueKey(dlq.id, q.id, e.offset))
-			if err := b.store.commit(w); err != nil {
-				return n, err
-			}
-			delete(want, e.entry.seq)
+			delete(want, m.Seq)
 			n++
 		}
-		offset = int64(next)
+		if next >= end {
+			break
+		}
+		from = next
 	}
 	return n, nil
 }
 
-// messageBySeq loads the message stored at seq, which must belong to the instance.
-func (b *Broker) messageBySeq(instanceID string, seq uint64) (StoredMessage, error) {
+// removeEntry removes the entry at offset of q, which names the record at seq,
+// with the record, leaving a hole in the queue.
+func (b *Broker) removeEntry(q *queue, offset, seq uint64) error {
+	q.trim.Lock()
+	defer q.trim.Unlock()
+	key := queueKey(q.topic.id, q.id, offset)
+	if _, err := b.store.get(key); err == errNotFound {
+		return nil // retention took it meanwhile
+	} else if err != nil {
+		return err
+	}
+	w := b.store.newBatch()
+	w.delete(key)
+	if err := b.deleteRecordNow(w, seq); err != nil {
+		w.b.Close()
+		return err
+	}
+	tr := q.trimState()
+	tr.holes++
+	w.set(queueMinKey(q.topic.id, q.id), tr.encode())
+	if err := b.store.commit(w); err != nil {
+		return err
+	}
+	q.holes.Store(tr.holes)
+	return nil
+}
+
+// recordBySeq loads the record at seq, whichever instance it belongs to.
+func (b *Broker) recordBySeq(seq uint64) (StoredMessage, error) {
 	raw, err := b.store.get(logKey(seq))
 	if err == errNotFound {
 		return StoredMessage{}, fmt.Errorf("%w: no message %d", ErrMessageNotFound, seq)
@@ -205,16 +274,26 @@ func (b *Broker) messageBySeq(instanceID string, seq uint64) (StoredMessage, err
 	}
 	r, err := decodeRecord(raw)
 	if err != nil {
+		return StoredMessage{}, fmt.Errorf("message %d: %w", seq, err)
+	}
+	return StoredMessage{
+		Message: *r.msg, ID: messageID(b.opts.StoreHost, b.opts.StorePort, seq), Seq: seq,
+		Queue: r.queue, Offset: -1, StoreTime: fromMillis(r.storeTime), BodyMD5: upperHex("", r.md5[:]), topicID: r.topic,
+	}, nil
+}
+
+// messageBySeq loads the message stored at seq, which must belong to the instance.
+func (b *Broker) messageBySeq(instanceID string, seq uint64) (StoredMessage, error) {
+	m, err := b.recordBySeq(seq)
+	if err != nil {
 		return StoredMessage{}, err
 	}
 	b.mu.RLock()
-	t, ok := b.topicsByID[r.topic]
+	t, ok := b.topicsByID[m.topicID]
 	b.mu.RUnlock()
 	if !ok || t.instance != instanceID {
 		return StoredMessage{}, fmt.Errorf("%w: no message %d", ErrMessageNotFound, seq)
 	}
-	return StoredMessage{
-		Message: *r.msg, ID: messageID(b.opts.StoreHost, b.opts.StorePort, seq), Seq: seq, Topic: t.name,
-		Queue: r.queue, Offset: -1, StoreTime: fromMillis(r.storeTime), BodyMD5: upperHex("", r.md5[:]), topicID: r.topic,
-	}, nil
+	m.Topic = t.name
+	return m, nil
 }

@@ -167,6 +167,8 @@ func (b *Broker) DeleteGroup(instanceID, id, owner string) error {
 	if err := b.store.commit(w); err != nil {
 		return fmt.Errorf("failed to delete group %q: %w", id, err)
 	}
+	b.kickReaper() // its retry and dead-letter topics
+	b.locks.releaseGroup(instanceID, id)
 	return nil
 }
 
@@ -291,7 +293,7 @@ func (b *Broker) GroupStats(instanceID, groupID string) (GroupStats, error) {
 	}
 	out := GroupStats{GroupInfo: g.info(), LastConsumeTime: fromMillis(g.lastConsume.Load())}
 	if dlq, ok := b.instances[instanceID].topics[DLQTopic(groupID)]; ok {
-		out.DeadLetters = b.countIndex(dlq.queues[0])
+		out.DeadLetters = dlq.queues[0].messages()
 	}
 	b.mu.RUnlock()
 
@@ -353,19 +355,4 @@ func (b *Broker) GroupStats(instanceID, groupID string) (GroupStats, error) {
 	}
 	slices.SortFunc(out.Topics, func(a, b GroupTopicStats) int { return strings.Compare(a.Topic, b.Topic) })
 	return out, nil
-}
-
-// countIndex counts the index entries of q (the dead-letter queue has holes where
-// messages were re-driven, so its offsets do not count it).
-func (b *Broker) countIndex(q *queue) int64 {
-	it, err := b.store.iter(queueKey(q.topic.id, q.id, 0), queueKey(q.topic.id, q.id+1, 0))
-	if err != nil {
-		return 0
-	}
-	defer it.close()
-	var n int64
-	for ok := it.first(); ok; ok = it.next() {
-		n++
-	}
-	return n
 }

@@ -12,16 +12,26 @@ import "encoding/binary"
 //	'o' group(4) topic(4) queue(4)             -> committed consume offset(8)
 //	't' due(8) seq(8)                          -> pendingEntry: a timer not yet due
 //	'h' seq(8)                                 -> halfState: an unresolved half message
-//	'm' topic(4) queue(4)                      -> the queue's min offset after retention
-//	'b' topic(4) queue(4)                      -> bytes of the queue's messages
-//	'r' seq(8)                                 -> nothing: a record delivered late (timer,
-//	                                              transaction) that the log must keep
-//	'M' kind(1) id                             -> metadata of instances, topics, groups
+//	'm' topic(4) queue(4)                      -> queueTrim: what retention and re-drives
+//	                                              removed from the queue
+//	'b' topic(4) queue(4)                      -> bytes of the queue's messages, and its
+//	                                              next offset
+//	'r' seq(8)                                 -> nothing: the record waits as a timer
+//	'M' kind(1) id                             -> metadata of instances, topics, groups;
+//	                                              the log's next sequence; topics being
+//	                                              reaped
 //
 // Message records are keyed by a global sequence that only grows, so the tables
 // Pebble flushes hardly ever overlap older ones and sink through the levels without
 // being rewritten: the log costs a write to the WAL and one to a table, as in
 // RocketMQ's commit log. Everything a consumer scans lives in the small 'q' entries.
+//
+// Ownership. Every record has exactly one owner at a time: the queue entry that
+// delivers it, the timer that will, or the half message that may. The owner and the
+// record are written in one batch, handed over in one batch (a timer come due, a
+// commit), and deleted in one batch, together with the record's 'k' entries. So a
+// record is on disk exactly while something can still deliver it: nothing pins
+// the log, and one topic's retention keeps no other topic's records.
 const (
 	kindLog      = 'l'
 	kindQueue    = 'q'
@@ -37,6 +47,8 @@ const (
 	metaTopic    = 'T'
 	metaGroup    = 'G'
 	metaCounter  = 'C'
+	metaSeq      = 'S' // the log's next sequence, so none is handed out twice
+	metaReaping  = 'X' // a deleted topic whose keys are still being removed
 )
 
 func logKey(seq uint64) []byte {
@@ -99,10 +111,16 @@ type indexEntry struct {
 	storeTime int64 // ms since the epoch
 	tagHash   uint32
 	size      uint32 // bytes of the record, for statistics and retention
-	// late marks a record delivered after it was stored, whose 'r' key retention
-	// removes with the entry.
+	// late marks a record delivered after it was stored (a timer, a commit).
 	late bool
+	// keys marks a record with 'k' entries, which go with it.
+	keys bool
 }
+
+const (
+	entryLate = 1 << 0
+	entryKeys = 1 << 1
+)
 
 func (e indexEntry) encode() []byte {
 	v := make([]byte, 25)
@@ -111,7 +129,10 @@ func (e indexEntry) encode() []byte {
 	binary.BigEndian.PutUint32(v[16:], e.tagHash)
 	binary.BigEndian.PutUint32(v[20:], e.size)
 	if e.late {
-		v[24] = 1
+		v[24] |= entryLate
+	}
+	if e.keys {
+		v[24] |= entryKeys
 	}
 	return v
 }
@@ -125,7 +146,8 @@ func decodeIndexEntry(v []byte) (indexEntry, bool) {
 		storeTime: int64(binary.BigEndian.Uint64(v[8:])),
 		tagHash:   binary.BigEndian.Uint32(v[16:]),
 		size:      binary.BigEndian.Uint32(v[20:]),
-		late:      v[24] == 1,
+		late:      v[24]&entryLate != 0,
+		keys:      v[24]&entryKeys != 0,
 	}, true
 }
 
@@ -150,6 +172,11 @@ func halfKey(seq uint64) []byte {
 	return k
 }
 
+// topicPrefix is the prefix of every key of kind that belongs to topic.
+func topicPrefix(kind byte, topic uint32) []byte {
+	return binary.BigEndian.AppendUint32([]byte{kind}, topic)
+}
+
 func queueBytesKey(topic uint32, queue int) []byte {
 	k := queueMinKey(topic, queue)
 	k[0] = kindBytes
@@ -162,6 +189,33 @@ func queueMinKey(topic uint32, queue int) []byte {
 	binary.BigEndian.PutUint32(k[1:], topic)
 	binary.BigEndian.PutUint32(k[5:], uint32(queue))
 	return k
+}
+
+// queueTrim is the value of an 'm' key: what has left a queue other than by
+// consumption. Offsets below min are gone; holes counts offsets at or above min
+// whose entry was removed (dead letters re-driven); reclaimed counts the bytes
+// removed.
+type queueTrim struct {
+	min, reclaimed, holes uint64
+}
+
+func (t queueTrim) encode() []byte {
+	v := binary.BigEndian.AppendUint64(nil, t.min)
+	v = binary.BigEndian.AppendUint64(v, t.reclaimed)
+	return binary.BigEndian.AppendUint64(v, t.holes)
+}
+
+func decodeQueueTrim(v []byte) (queueTrim, bool) {
+	switch len(v) {
+	case 16, 24: // 16: written before holes were counted
+	default:
+		return queueTrim{}, false
+	}
+	t := queueTrim{min: binary.BigEndian.Uint64(v), reclaimed: binary.BigEndian.Uint64(v[8:])}
+	if len(v) == 24 {
+		t.holes = binary.BigEndian.Uint64(v[16:])
+	}
+	return t, true
 }
 
 // pendingEntry is what a record waiting for delivery (a timer) needs to enter its

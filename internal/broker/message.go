@@ -236,6 +236,26 @@ func decodeRecordHeader(b []byte) (record, error) {
 	return r, d.err
 }
 
+// decodeRecordKeys parses a record as far as its topic and keys.
+func decodeRecordKeys(b []byte) (topic uint32, keys []string, err error) {
+	d := decoder{b: b}
+	if v := d.byte(); v != recordVersion {
+		return 0, nil, fmt.Errorf("%w: version %d", errCorruptRecord, v)
+	}
+	topic = d.u32()
+	d.bytes(4 + 8*4 + 4*3 + 1 + 16)
+	for range 4 { // tag, sharding key, born host, producer group
+		d.bytes(d.count())
+	}
+	if n := d.count(); n > 0 {
+		keys = make([]string, n)
+		for i := range keys {
+			keys[i] = d.string()
+		}
+	}
+	return topic, keys, d.err
+}
+
 // decodeRecord parses a record. The returned message does not alias b.
 func decodeRecord(b []byte) (record, error) {
 	d := decoder{b: b}

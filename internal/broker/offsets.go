@@ -62,22 +62,37 @@ func (b *Broker) OffsetAt(instanceID, topicName string, queueID int, ts time.Tim
 	if err != nil {
 		return 0, err
 	}
-	end := q.durable.Load()
-	it, err := b.store.iter(queueKey(q.topic.id, q.id, q.min.Load()), queueKey(q.topic.id, q.id, end))
+	v, err := b.openView(q)
 	if err != nil {
 		return 0, err
 	}
-	defer it.close()
-	// Store times grow with offsets, so a binary search over offsets would do; a
-	// scan is simpler and this is an administrative call.
+	defer v.close()
+	// Store times grow with offsets (to within the moment between a publisher
+	// reading the clock and the writer ordering it), so a binary search over the
+	// offsets finds the first at or after ts with a seek per step.
 	target := ts.UnixMilli()
-	for ok := it.first(); ok; ok = it.next() {
-		e, valid := decodeIndexEntry(it.value())
-		if valid && e.storeTime >= target {
-			return int64(queueKeyOffset(it.key())), nil
+	lo, hi := q.min.Load(), v.end
+	for lo < hi {
+		mid := lo + (hi-lo)/2
+		// The first entry at or after mid (a hole is skipped over).
+		if !v.idx.seekGE(queueKey(q.topic.id, q.id, mid)) {
+			if err := v.idx.error(); err != nil {
+				return 0, err
+			}
+			hi = mid
+			continue
+		}
+		e, valid := decodeIndexEntry(v.idx.value())
+		if !valid {
+			return 0, fmt.Errorf("corrupt index entry at %x", v.idx.key())
+		}
+		if e.storeTime >= target {
+			hi = mid
+		} else {
+			lo = queueKeyOffset(v.idx.key()) + 1
 		}
 	}
-	return int64(end), nil
+	return int64(lo), nil
 }
 
 // queue resolves one queue of a topic.
@@ -175,6 +190,18 @@ func (b *Broker) ReleaseClient(instanceID, clientID string) {
 	for k, l := range b.locks.owner {
 		if k.instance == instanceID && l.client == clientID {
 			delete(b.locks.owner, k)
+		}
+	}
+}
+
+// releaseGroup drops every lock of a deleted group, or with groupID empty of a
+// deleted instance.
+func (l *locks) releaseGroup(instanceID, groupID string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for k := range l.owner {
+		if k.instance == instanceID && (groupID == "" || k.group == groupID) {
+			delete(l.owner, k)
 		}
 	}
 }

@@ -73,6 +73,7 @@ type popQueue struct {
 	inflight  map[uint64]*delivery
 	done      map[uint64]struct{} // acknowledged or filtered offsets in [committed, cursor)
 	expiring  deliveryHeap
+	parked    int    // deliveries in inflight that are parked
 	stored    uint64 // committed as last written to the store
 }
 
@@ -84,7 +85,13 @@ type delivery struct {
 	visibleAt    int64  // ms: delivered again from then on
 	firstConsume int64  // ms
 	times        int
-	heapIdx      int
+	heapIdx      int // position in expiring, -1 when not there
+	// parked: part of an expired ordered batch that did not fit the response that
+	// took the batch's head; handed out once the head is acknowledged or due.
+	// It has no valid handle meanwhile.
+	parked bool
+	// burying: on its way to the dead letters, out of every handle's reach.
+	burying bool
 }
 
 // Pop hands out up to req.Max messages of the topic to an HTTP group, each invisible
@@ -114,9 +121,17 @@ func (b *Broker) Pop(ctx context.Context, instanceID, topicName string, req PopR
 	b.touchGroup(g)
 	deadline := b.clock.Now().Add(req.Wait)
 	for {
-		out, wake, err := b.popOnce(ctx, g, t, req)
+		out, wake, more, err := b.popOnce(ctx, g, t, req)
 		if err != nil || len(out) > 0 {
 			return out, err
+		}
+		if more {
+			// A scan stopped at its bound on entries the filter rules out: go on
+			// at once rather than wait for a message that may never come.
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			continue
 		}
 		if !b.clock.Now().Before(deadline) {
 			return nil, nil
@@ -140,8 +155,9 @@ func (b *Broker) Pop(ctx context.Context, instanceID, topicName string, req PopR
 }
 
 // popOnce collects what is ready now across the topic's queues, and when nothing is,
-// the earliest time an in-flight message becomes visible again (zero if none).
-func (b *Broker) popOnce(ctx context.Context, g *group, t *topic, req PopRequest) ([]Delivery, time.Time, error) {
+// the earliest time an in-flight message becomes visible again (zero if none); more
+// says a queue has entries left that its bounded scan did not reach.
+func (b *Broker) popOnce(ctx context.Context, g *group, t *topic, req PopRequest) (_ []Delivery, _ time.Time, more bool, _ error) {
 	b.mu.RLock()
 	queues := t.queues
 	b.mu.RUnlock()
@@ -154,141 +170,163 @@ func (b *Broker) popOnce(ctx context.Context, g *group, t *topic, req PopRequest
 		q := queues[(start+i)%len(queues)]
 		pq, err := b.popState(g, q)
 		if err != nil {
-			return nil, time.Time{}, err
+			return nil, time.Time{}, false, err
 		}
-		got, dead, next, err := b.popQueue(pq, q, req, now, req.Max-len(out), 1+g.maxRedeliveries)
-		if err == nil && len(dead) > 0 {
-			err = b.buryAll(ctx, g, pq, q, dead)
+		r, err := b.popQueue(pq, q, req, now, req.Max-len(out), 1+g.maxRedeliveries)
+		if err == nil && len(r.dead) > 0 {
+			err = b.buryAll(ctx, g, pq, q, r.dead)
 		}
 		if err != nil {
-			return nil, time.Time{}, err
+			return nil, time.Time{}, false, err
 		}
-		out = append(out, got...)
-		if next != 0 && (wake == 0 || next < wake) {
-			wake = next
+		out = append(out, r.out...)
+		more = more || r.more
+		if r.wake != 0 && (wake == 0 || r.wake < wake) {
+			wake = r.wake
 		}
 	}
 	if len(out) > 0 {
 		wake = 0
 	}
-	return out, fromMillis(wake), nil
+	return out, fromMillis(wake), more, nil
 }
 
-// popQueue takes up to max deliveries from one queue, and returns the next time an
-// in-flight message there becomes visible. Messages already delivered maxDeliveries
-// times are not delivered again but returned as dead, out of flight's reach (no
-// handle acknowledges them), for the caller to move to the dead letters.
-func (b *Broker) popQueue(pq *popQueue, q *queue, req PopRequest, now int64, max, maxDeliveries int) (out []Delivery, dead []*delivery, wake int64, err error) {
+// popped is what one pop took from one queue.
+type popped struct {
+	out []Delivery
+	// dead are deliveries past the group's limit, for the caller to move to the
+	// dead letters: no handle acknowledges them meanwhile.
+	dead []*delivery
+	// wake is when an in-flight message there becomes visible again (ms, zero if
+	// none or if something was taken).
+	wake int64
+	// more: the scan for new messages stopped at its bound, not at the end.
+	more bool
+}
+
+// popQueue takes up to max deliveries from one queue. Messages already delivered
+// maxDeliveries times are not delivered again but returned as dead.
+func (b *Broker) popQueue(pq *popQueue, q *queue, req PopRequest, now int64, max, maxDeliveries int) (r popped, err error) {
 	pq.mu.Lock()
 	defer pq.mu.Unlock()
-	bury := func(d *delivery) {
-		heap.Remove(&pq.expiring, d.heapIdx)
-		d.token = 0
-		dead = append(dead, d)
+	pq.catchUp(q.min.Load())
+	v, err := b.openView(q)
+	if err != nil {
+		return r, err
 	}
+	defer v.close()
 	visibleAt := now + req.Invisibility.Milliseconds()
 
-	if req.Orderly && len(pq.inflight) > 0 {
-		// One batch of a queue in flight at a time: it comes back whole, in order,
-		// once its invisibility passes, and nothing after it is delivered before
-		// it is fully acknowledged.
-		if len(pq.expiring) == 0 {
-			return nil, nil, 0, nil // the batch's head is on its way to the dead letters
+	if req.Orderly {
+		if len(pq.inflight) > 0 {
+			return b.redeliverOrdered(pq, v, now, visibleAt, max, maxDeliveries)
 		}
-		top := pq.expiring[0]
-		if top.visibleAt > now {
-			return nil, nil, top.visibleAt, nil
-		}
-		if len(pq.expiring) > max {
-			return nil, nil, 0, nil // too big for what is left of this response; next pop
-		}
-		batch := make([]*delivery, len(pq.expiring))
-		copy(batch, pq.expiring)
-		sortDeliveries(batch)
-		for _, d := range batch {
+	} else {
+		pq.unparkAll(now)
+		// Messages whose invisibility passed come back first.
+		for len(r.out) < max && len(pq.expiring) > 0 && pq.expiring[0].visibleAt <= now {
+			d := pq.expiring[0]
 			if d.times >= maxDeliveries {
-				bury(d)
+				r.dead = append(r.dead, pq.bury(d))
 				continue
 			}
-			dl, ok, err := b.redeliver(pq, q, d, now, visibleAt)
+			dl, ok, err := b.redeliver(pq, v, d, now, visibleAt)
 			if err != nil {
-				return nil, nil, 0, err
+				return r, err
 			}
 			if ok {
-				out = append(out, dl)
+				r.out = append(r.out, dl)
 			}
-		}
-		return out, dead, 0, nil
-	}
-
-	// Messages whose invisibility passed come back first.
-	for len(out) < max && len(pq.expiring) > 0 && pq.expiring[0].visibleAt <= now {
-		if d := pq.expiring[0]; d.times >= maxDeliveries {
-			bury(d)
-			continue
-		}
-		dl, ok, err := b.redeliver(pq, q, pq.expiring[0], now, visibleAt)
-		if err != nil {
-			return nil, nil, 0, err
-		}
-		if ok {
-			out = append(out, dl)
 		}
 	}
 	// Then messages never delivered to the group.
-	records := recordLoader{b: b}
-	defer records.close()
-	for len(out) < max {
-		ix, next, err := b.readIndex(q, pq.cursor, max-len(out))
+	if len(r.out) < max {
+		next, err := v.scan(pq.cursor, req.Filter, pq.markDone, func(ix indexed, m StoredMessage) bool {
+			d := &delivery{offset: ix.offset, seq: ix.entry.seq, firstConsume: now, heapIdx: -1}
+			pq.inflight[ix.offset] = d
+			r.out = append(r.out, pq.hand(q, d, m, now, visibleAt))
+			return len(r.out) < max
+		})
+		pq.cursor = max64(pq.cursor, next)
 		if err != nil {
-			return nil, nil, 0, err
+			return r, err
 		}
-		if len(ix) == 0 {
-			pq.cursor = max64(pq.cursor, next)
+		r.more = len(r.out) < max && next < v.end
+	}
+	if len(r.out) == 0 && len(pq.expiring) > 0 {
+		r.wake = pq.expiring[0].visibleAt
+	}
+	return r, nil
+}
+
+// redeliverOrdered hands an ordered queue's in-flight batch out again, whole and in
+// queue order, once none of it is invisible any more: nothing after a batch is
+// delivered before the batch is fully acknowledged. A pop asking for fewer messages
+// than the batch holds takes its head; the rest is parked behind it, to go out once
+// the head is acknowledged or due again, so that one batch of the queue is out at a
+// time. pq.mu should be held.
+func (b *Broker) redeliverOrdered(pq *popQueue, v *queueView, now, visibleAt int64, max, maxDeliveries int) (r popped, err error) {
+	batch := make([]*delivery, 0, len(pq.inflight))
+	for _, d := range pq.inflight {
+		switch {
+		case d.burying:
+			return popped{}, nil // the head is on its way to the dead letters
+		case !d.parked && d.visibleAt > now:
+			if r.wake == 0 || d.visibleAt < r.wake {
+				r.wake = d.visibleAt
+			}
+		}
+		batch = append(batch, d)
+	}
+	if r.wake != 0 {
+		return r, nil // the batch is out
+	}
+	sortDeliveries(batch)
+	for i, d := range batch {
+		if len(r.out) == max || d.times >= maxDeliveries {
+			if len(r.out) < max {
+				// Dead-lettered first; what follows it waits until it is.
+				r.dead = append(r.dead, pq.bury(d))
+				i++
+			}
+			for _, rest := range batch[i:] {
+				pq.park(rest)
+			}
 			break
 		}
-		for _, e := range ix {
-			pq.cursor = e.offset + 1
-			if !req.Filter.mayMatch(e.entry.tagHash) {
-				pq.markDone(e.offset)
-				continue
-			}
-			m, ok, err := records.load(q, e)
-			if err != nil {
-				return nil, nil, 0, err
-			}
-			if !ok || !req.Filter.matches(m.Tag) {
-				pq.markDone(e.offset)
-				continue
-			}
-			d := &delivery{offset: e.offset, seq: e.entry.seq, firstConsume: now}
-			pq.inflight[e.offset] = d
-			out = append(out, pq.hand(q, d, m, now, visibleAt))
+		dl, ok, err := b.redeliver(pq, v, d, now, visibleAt)
+		if err != nil {
+			return r, err
+		}
+		if ok {
+			r.out = append(r.out, dl)
 		}
 	}
-	if len(out) == 0 && len(pq.expiring) > 0 {
-		wake = pq.expiring[0].visibleAt
-	}
-	return out, dead, wake, nil
+	return r, nil
 }
 
 // buryAll moves dead deliveries of q to g's dead letters and marks them done.
 func (b *Broker) buryAll(ctx context.Context, g *group, pq *popQueue, q *queue, dead []*delivery) error {
+	v, err := b.openView(q)
+	if err != nil {
+		return err
+	}
+	defer v.close()
 	for _, d := range dead {
-		m, ok, err := b.loadMessage(q, indexed{offset: d.offset, entry: indexEntry{seq: d.seq}})
-		if err != nil {
-			return err
-		}
-		if ok {
-			if err := b.deadLetter(ctx, g, m, d.times); err != nil {
-				// Back into flight, due at once: the next pop tries again.
-				pq.mu.Lock()
-				heap.Push(&pq.expiring, d)
-				pq.mu.Unlock()
-				return fmt.Errorf("failed to move message %s to the dead letters: %w", m.ID, err)
+		m, ok, err := v.at(d.offset)
+		if err == nil && ok {
+			if err = b.deadLetter(ctx, g, m, d.times); err != nil {
+				err = fmt.Errorf("failed to move message %s to the dead letters: %w", m.ID, err)
 			}
 		}
 		pq.mu.Lock()
+		if err != nil {
+			// Back into flight, due at once: the next pop tries again.
+			d.burying = false
+			heap.Push(&pq.expiring, d)
+			pq.mu.Unlock()
+			return err
+		}
 		delete(pq.inflight, d.offset)
 		pq.markDone(d.offset)
 		pq.mu.Unlock()
@@ -298,8 +336,8 @@ func (b *Broker) buryAll(ctx context.Context, g *group, pq *popQueue, q *queue, 
 
 // redeliver hands an in-flight message out again; ok is false if the message is
 // gone (reclaimed by retention while in flight). pq.mu should be held.
-func (b *Broker) redeliver(pq *popQueue, q *queue, d *delivery, now, visibleAt int64) (_ Delivery, ok bool, _ error) {
-	m, ok, err := b.loadMessage(q, indexed{offset: d.offset, entry: indexEntry{seq: d.seq}})
+func (b *Broker) redeliver(pq *popQueue, v *queueView, d *delivery, now, visibleAt int64) (_ Delivery, ok bool, _ error) {
+	m, ok, err := v.at(d.offset)
 	if err != nil {
 		return Delivery{}, false, err
 	}
@@ -308,16 +346,80 @@ func (b *Broker) redeliver(pq *popQueue, q *queue, d *delivery, now, visibleAt i
 		pq.markDone(d.offset)
 		return Delivery{}, false, nil
 	}
-	return pq.hand(q, d, m, now, visibleAt), true, nil
+	return pq.hand(v.q, d, m, now, visibleAt), true, nil
+}
+
+// bury takes d out of every handle's reach on its way to the dead letters. pq.mu
+// should be held.
+func (pq *popQueue) bury(d *delivery) *delivery {
+	pq.unpark(d)
+	if d.heapIdx >= 0 {
+		heap.Remove(&pq.expiring, d.heapIdx)
+	}
+	d.token = 0
+	d.burying = true
+	return d
+}
+
+// park holds d back, out of the expiry heap and with no valid handle. pq.mu should
+// be held.
+func (pq *popQueue) park(d *delivery) {
+	if d.parked {
+		return
+	}
+	if d.heapIdx >= 0 {
+		heap.Remove(&pq.expiring, d.heapIdx)
+	}
+	d.parked, d.token = true, 0
+	pq.parked++
+}
+
+func (pq *popQueue) unpark(d *delivery) {
+	if d.parked {
+		d.parked = false
+		pq.parked--
+	}
+}
+
+// unparkAll makes parked deliveries due now, for a pop that is not ordered: it
+// takes in-flight messages as they expire. pq.mu should be held.
+func (pq *popQueue) unparkAll(now int64) {
+	if pq.parked == 0 {
+		return
+	}
+	for _, d := range pq.inflight {
+		if d.parked {
+			pq.unpark(d)
+			d.visibleAt = now
+			heap.Push(&pq.expiring, d)
+		}
+	}
+}
+
+// catchUp moves the group's progress past what retention reclaimed: nothing below
+// min can be delivered or acknowledged any more. pq.mu should be held.
+func (pq *popQueue) catchUp(min uint64) {
+	if pq.committed >= min {
+		return
+	}
+	for off := range pq.done {
+		if off < min {
+			delete(pq.done, off)
+		}
+	}
+	pq.committed = min
+	pq.cursor = max64(pq.cursor, min)
+	pq.advance() // and past whatever is done right above it
 }
 
 // hand makes d the message's current delivery: a new token, a new invisibility
 // window, one more delivery counted. pq.mu should be held.
 func (pq *popQueue) hand(q *queue, d *delivery, m StoredMessage, now, visibleAt int64) Delivery {
+	pq.unpark(d)
 	d.token = randomToken()
 	d.times++
 	d.visibleAt = visibleAt
-	if d.heapIdx >= 0 && d.heapIdx < len(pq.expiring) && pq.expiring[d.heapIdx] == d {
+	if d.heapIdx >= 0 {
 		heap.Fix(&pq.expiring, d.heapIdx)
 	} else {
 		heap.Push(&pq.expiring, d)
@@ -427,6 +529,12 @@ func (pq *popQueue) markDone(offset uint64) {
 		return
 	}
 	pq.done[offset] = struct{}{}
+	pq.advance()
+}
+
+// advance moves the committed offset past every done offset at its front. pq.mu
+// should be held.
+func (pq *popQueue) advance() {
 	for {
 		if _, ok := pq.done[pq.committed]; !ok {
 			return
@@ -444,7 +552,8 @@ func (pq *popQueue) isDone(offset uint64) bool {
 // remove takes d out of flight. pq.mu should be held.
 func (pq *popQueue) remove(d *delivery) {
 	delete(pq.inflight, d.offset)
-	if d.heapIdx >= 0 && d.heapIdx < len(pq.expiring) && pq.expiring[d.heapIdx] == d {
+	pq.unpark(d)
+	if d.heapIdx >= 0 {
 		heap.Remove(&pq.expiring, d.heapIdx)
 	}
 }

@@ -49,6 +49,21 @@ type appendEntry struct {
 	remove [][]byte
 }
 
+// hasKeys reports whether the entry's record has 'k' entries, which go with it.
+func (e *appendEntry) hasKeys() bool {
+	if e.record == nil {
+		// A record stored earlier (a timer come due, a committed half message):
+		// whoever reclaims it reads its keys. Such records are few.
+		return true
+	}
+	for _, k := range e.keys {
+		if k != "" {
+			return true
+		}
+	}
+	return false
+}
+
 // commitItem is an applied batch waiting for the disk.
 type commitItem struct {
 	wait     func() error
@@ -62,6 +77,8 @@ type commitItem struct {
 	halves []*halfState
 	// earliestTimer is the earliest timer the batch stored (ms), zero if none.
 	earliestTimer int64
+	// firstSeq is the log's next sequence before the batch.
+	firstSeq uint64
 }
 
 // Publish stores msg on the topic and returns once it is durable.
@@ -238,6 +255,7 @@ func (b *Broker) applyBatch(reqs []*appendRequest) *commitItem {
 	}
 	w := b.store.newBatch()
 	now := b.now().UnixMilli()
+	item.firstSeq = b.nextSeq
 	for _, r := range reqs {
 		if r.topic.deleted.Load() {
 			r.err = fmt.Errorf("%w: %q was deleted", ErrTopicNotFound, r.topic.name)
@@ -249,7 +267,14 @@ func (b *Broker) applyBatch(reqs []*appendRequest) *commitItem {
 		}
 	}
 	for q, n := range item.bytes {
-		w.set(queueBytesKey(q.topic.id, q.id), binary.BigEndian.AppendUint64(nil, n))
+		v := binary.BigEndian.AppendUint64(nil, n)
+		w.set(queueBytesKey(q.topic.id, q.id), binary.BigEndian.AppendUint64(v, q.next))
+	}
+	if b.nextSeq != item.firstSeq {
+		// The next sequence is stored with the records that used the ones before
+		// it, so a restart never hands out a sequence (a message id) again, even
+		// after the newest records were rolled back or reclaimed.
+		w.set(metaKey(metaSeq, ""), binary.BigEndian.AppendUint64(nil, b.nextSeq))
 	}
 	if w.empty() {
 		w.b.Close()
@@ -284,13 +309,10 @@ func (b *Broker) applyEntry(w writeBatch, item *commitItem, e *appendEntry, now 
 	case e.half != nil:
 		e.half.seq = seq
 		w.set(halfKey(seq), e.half.encode())
-		w.set(refKey(seq), nil)
 		item.halves = append(item.halves, e.half)
 	case e.dueAt > now:
 		w.set(timerKey(e.dueAt, seq), pending.encode())
-		if e.record != nil {
-			w.set(refKey(seq), nil)
-		}
+		w.set(refKey(seq), nil) // pending: not deliverable, so not sent back either
 		item.earliestTimer = minNonZero(item.earliestTimer, e.dueAt)
 	default:
 		offset := e.queue.next
@@ -302,7 +324,8 @@ func (b *Broker) applyEntry(w writeBatch, item *commitItem, e *appendEntry, now 
 			// at delivery, and a search by time finds it where it was delivered.
 			storeTime = now
 		}
-		w.set(queueKey(t.id, e.queue.id, offset), indexEntry{seq: seq, storeTime: storeTime, tagHash: e.tagHash, size: e.size, late: e.record == nil}.encode())
+		w.set(queueKey(t.id, e.queue.id, offset), indexEntry{seq: seq, storeTime: storeTime, tagHash: e.tagHash, size: e.size,
+			late: e.record == nil, keys: e.hasKeys()}.encode())
 		item.advances[e.queue] = e.queue.next
 		e.queue.bytes += uint64(e.size)
 		item.bytes[e.queue] = e.queue.bytes

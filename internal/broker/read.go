@@ -13,53 +13,143 @@ type indexed struct {
 	entry  indexEntry
 }
 
-// readIndex returns up to max index entries of q from offset from, never past the
-// durable watermark, and the offset after the last one it scanned.
-func (b *Broker) readIndex(q *queue, from uint64, max int) ([]indexed, uint64, error) {
-	end := q.durable.Load()
-	if from < q.min.Load() {
-		from = q.min.Load()
-	}
-	if from >= end || max <= 0 {
-		return nil, from, nil
-	}
-	it, err := b.store.iter(queueKey(q.topic.id, q.id, from), queueKey(q.topic.id, q.id, end))
-	if err != nil {
-		return nil, from, err
-	}
-	defer it.close()
-	out := make([]indexed, 0, min(max, int(end-from)))
-	next := from
-	for ok := it.first(); ok && len(out) < max; ok = it.next() {
-		e, valid := decodeIndexEntry(it.value())
-		if !valid {
-			return nil, from, fmt.Errorf("corrupt index entry at %x", it.key())
-		}
-		off := queueKeyOffset(it.key())
-		out = append(out, indexed{offset: off, entry: e})
-		next = off + 1
-	}
-	return out, next, nil
+// queueView reads one queue's index entries and their records as of one moment.
+//
+// This is what keeps a consumer from skipping a message. The durable watermark is
+// read first and the store view opened after it, so every entry below end is in
+// the view; and a record is written, and reclaimed, in the same batch as the index
+// entry that owns it, so every entry in the view has its record in the view too. A
+// record missing behind an entry is corruption, reported as an error, never taken
+// for retention: retention shows itself by the entry being gone.
+//
+// A view costs two store iterators. Keep it for one pull or pop of one queue: it
+// pins what it sees (memtables, tables) until closed.
+type queueView struct {
+	b   *Broker
+	q   *queue
+	end uint64 // the durable watermark when the view opened
+	idx storeIter
+	rec recordLoader
 }
 
-// loadMessage reads the record of one index entry of q. A record that retention has
-// already reclaimed is reported as found=false.
-func (b *Broker) loadMessage(q *queue, ix indexed) (StoredMessage, bool, error) {
-	raw, err := b.store.get(logKey(ix.entry.seq))
-	if err == errNotFound {
-		return StoredMessage{}, false, nil
-	}
+// openView opens a view of q. Close it.
+func (b *Broker) openView(q *queue) (*queueView, error) {
+	end := q.durable.Load()
+	idx, err := b.store.iter(queueKey(q.topic.id, q.id, 0), queueKey(q.topic.id, q.id, end))
 	if err != nil {
-		return StoredMessage{}, false, err
+		return nil, err
 	}
-	return b.storedMessage(q, ix, raw)
+	return &queueView{b: b, q: q, end: end, idx: idx}, nil
+}
+
+func (v *queueView) close() {
+	v.rec.close()
+	_ = v.idx.close()
+}
+
+// maxScan bounds the index entries one read of a queue walks. A filter that
+// matches nothing would otherwise walk the whole backlog under the consumer's
+// lock; instead the read returns how far it got and the consumer goes on from
+// there, as RocketMQ's broker answers a pull that found nothing matching.
+const maxScan = 4096
+
+// scan walks the view's entries from offset from, at most maxScan of them, and
+// hands visit each one whose message matches filter, with its record. It stops
+// once visit returns false (it wants no more), and returns the offset after the
+// last entry it handled: the next read starts there. skipped is called for each entry the
+// filter rules out, matched or not against the record.
+func (v *queueView) scan(from uint64, filter TagFilter, skipped func(offset uint64), visit func(indexed, StoredMessage) bool) (next uint64, err error) {
+	return v.walk(from, func(ix indexed) (bool, error) {
+		if !filter.mayMatch(ix.entry.tagHash) {
+			skipped(ix.offset)
+			return true, nil
+		}
+		m, err := v.load(ix)
+		if err != nil {
+			return false, err
+		}
+		if !filter.matches(m.Tag) {
+			skipped(ix.offset)
+			return true, nil
+		}
+		return visit(ix, m), nil
+	})
+}
+
+// walk hands fn the view's entries from offset from on, at most maxScan of them,
+// until fn wants no more, and returns the offset after the last one handed over
+// (the view's end if it walked to the end).
+func (v *queueView) walk(from uint64, fn func(indexed) (more bool, err error)) (next uint64, err error) {
+	next = max(from, v.q.min.Load())
+	if next >= v.end {
+		return next, nil
+	}
+	n := 0
+	for ok := v.idx.seekGE(queueKey(v.q.topic.id, v.q.id, next)); ok; ok = v.idx.next() {
+		if n == maxScan {
+			return next, nil
+		}
+		n++
+		e, valid := decodeIndexEntry(v.idx.value())
+		if !valid {
+			return next, fmt.Errorf("corrupt index entry at %x", v.idx.key())
+		}
+		ix := indexed{offset: queueKeyOffset(v.idx.key()), entry: e}
+		more, err := fn(ix)
+		if err != nil {
+			return next, err
+		}
+		next = ix.offset + 1
+		if !more {
+			return next, nil
+		}
+	}
+	if err := v.idx.error(); err != nil {
+		return next, err
+	}
+	return v.end, nil // walked to the end: nothing below end is left
+}
+
+// at returns the entry at offset with its record; found is false if the entry is
+// gone (retention reclaimed it, or it was re-driven out of the dead letters).
+func (v *queueView) at(offset uint64) (StoredMessage, bool, error) {
+	key := queueKey(v.q.topic.id, v.q.id, offset)
+	if !v.idx.seekGE(key) || !bytes.Equal(v.idx.key(), key) {
+		return StoredMessage{}, false, v.idx.error()
+	}
+	e, valid := decodeIndexEntry(v.idx.value())
+	if !valid {
+		return StoredMessage{}, false, fmt.Errorf("corrupt index entry at %x", key)
+	}
+	m, err := v.load(indexed{offset: offset, entry: e})
+	return m, err == nil, err
+}
+
+// load reads the record of an entry of the view.
+func (v *queueView) load(ix indexed) (StoredMessage, error) {
+	if !v.rec.ok {
+		it, err := v.idx.clone([]byte{kindLog}, []byte{kindLog + 1})
+		if err != nil {
+			return StoredMessage{}, err
+		}
+		v.rec.it, v.rec.ok = it, true
+	}
+	raw, found, err := v.rec.load(logKey(ix.entry.seq))
+	if err != nil {
+		return StoredMessage{}, err
+	}
+	if !found {
+		return StoredMessage{}, fmt.Errorf("%w: queue %d of topic %q: the entry at offset %d names record %d, which is missing",
+			errCorruptRecord, v.q.id, v.q.topic.name, ix.offset, ix.entry.seq)
+	}
+	return v.b.storedMessage(v.q, ix, raw)
 }
 
 // storedMessage decodes the record raw of one index entry of q; it does not keep raw.
-func (b *Broker) storedMessage(q *queue, ix indexed, raw []byte) (StoredMessage, bool, error) {
+func (b *Broker) storedMessage(q *queue, ix indexed, raw []byte) (StoredMessage, error) {
 	r, err := decodeRecord(raw)
 	if err != nil {
-		return StoredMessage{}, false, fmt.Errorf("message %d: %w", ix.entry.seq, err)
+		return StoredMessage{}, fmt.Errorf("message %d: %w", ix.entry.seq, err)
 	}
 	return StoredMessage{
 		Message:   *r.msg,
@@ -71,34 +161,26 @@ func (b *Broker) storedMessage(q *queue, ix indexed, raw []byte) (StoredMessage,
 		StoreTime: fromMillis(r.storeTime),
 		BodyMD5:   upperHex("", r.md5[:]),
 		topicID:   r.topic,
-	}, true, nil
+	}, nil
 }
 
-// recordLoader loads the records of one pull or pop through a single iterator. A
-// batch reads up to 32 records of one queue, which lie in ascending log order a few
+// recordLoader reads the records of one view through a single iterator. A read
+// takes up to 32 records of one queue, which lie in ascending log order a few
 // apart: seeking forward from the last one costs a fraction of a fresh Get, which
-// builds an iterator over every level each time (a Get per message was half the CPU
-// of a pull). The zero value is ready; close releases it.
+// builds an iterator over every level each time (a Get per message was half the
+// CPU of a pull).
 type recordLoader struct {
-	b          *Broker
 	it         storeIter
 	ok         bool // it is open
 	positioned bool // it is at a record
 }
 
-func (l *recordLoader) load(q *queue, ix indexed) (StoredMessage, bool, error) {
-	if !l.ok {
-		it, err := l.b.store.iter([]byte{kindLog}, []byte{kindLog + 1})
-		if err != nil {
-			return StoredMessage{}, false, err
-		}
-		l.it, l.ok = it, true
-	}
-	key := logKey(ix.entry.seq)
+// load returns the value at key, which the loader's view may lack.
+func (l *recordLoader) load(key []byte) ([]byte, bool, error) {
 	if !l.position(key) || !bytes.Equal(l.it.key(), key) {
-		return StoredMessage{}, false, l.it.error()
+		return nil, false, l.it.error()
 	}
-	return l.b.storedMessage(q, ix, l.it.value())
+	return l.it.value(), true, nil
 }
 
 // maxStepsForward is how far the loader walks with Next before it seeks: a queue's
@@ -181,34 +263,17 @@ func (b *Broker) pullOnce(q *queue, offset int64, max int, filter TagFilter) (Pu
 		res.NextOffset = res.MaxOffset
 		return res, nil
 	}
-	from := uint64(offset)
-	records := recordLoader{b: b}
-	defer records.close()
-	for len(res.Messages) < max {
-		ix, next, err := b.readIndex(q, from, max-len(res.Messages))
-		if err != nil {
-			return res, err
-		}
-		for _, e := range ix {
-			if !filter.mayMatch(e.entry.tagHash) {
-				continue
-			}
-			m, ok, err := records.load(q, e)
-			if err != nil {
-				return res, err
-			}
-			if ok && filter.matches(m.Tag) {
-				res.Messages = append(res.Messages, m)
-			}
-		}
-		if len(ix) == 0 || next == from {
-			from = next
-			break
-		}
-		from = next
+	v, err := b.openView(q)
+	if err != nil {
+		return res, err
 	}
-	res.NextOffset = int64(from)
-	return res, nil
+	defer v.close()
+	next, err := v.scan(uint64(offset), filter, func(uint64) {}, func(_ indexed, m StoredMessage) bool {
+		res.Messages = append(res.Messages, m)
+		return len(res.Messages) < max
+	})
+	res.NextOffset = int64(next)
+	return res, err
 }
 
 // waitForMessages blocks until t is signalled, the deadline passes, ctx ends or the

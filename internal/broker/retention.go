@@ -2,14 +2,20 @@ package broker
 
 import (
 	"encoding/binary"
-	"math"
+	"encoding/json"
+	"fmt"
 	"time"
 )
 
 // RetentionInterval is how often the broker reclaims what retention allows.
 const RetentionInterval = 10 * time.Minute
 
-// retentionLoop reclaims expired messages every RetentionInterval.
+// reclaimChunk bounds the entries one reclaiming batch removes, so that a large
+// backlog past retention goes in batches of bounded size.
+const reclaimChunk = 1024
+
+// retentionLoop reclaims expired messages every RetentionInterval, and reaps a
+// deleted topic as soon as it is deleted.
 func (b *Broker) retentionLoop() {
 	for {
 		timer := b.clock.NewTimer(RetentionInterval)
@@ -17,6 +23,12 @@ func (b *Broker) retentionLoop() {
 		case <-b.quit:
 			timer.Stop()
 			return
+		case <-b.reapKick:
+			timer.Stop()
+			if err := b.reapTopics(); err != nil {
+				b.log.Error(err, "Failed to remove a deleted topic's messages; retrying at the next round")
+			}
+			continue
 		case <-timer.C():
 		}
 		if err := b.Reclaim(); err != nil {
@@ -25,18 +37,17 @@ func (b *Broker) retentionLoop() {
 	}
 }
 
-// Reclaim removes messages past their topic's retention: a queue's entries stop
-// being deliverable at once, and the log's records go once the longest retention on
-// the broker has passed and no pending timer or half message needs them. The loop
-// calls it periodically; tests call it directly.
+// Reclaim does the broker's housekeeping: it removes messages past their topic's
+// retention, rolls back half messages unresolved past their deadline, and removes
+// what deleted topics left. Each record goes with its owner (see the key layout),
+// so one topic's retention keeps nothing of another's. The loop calls it
+// periodically; tests call it directly.
 func (b *Broker) Reclaim() error {
 	now := b.now()
 	b.mu.RLock()
 	var queues []*queue
-	longest := DefaultRetention
 	for _, t := range b.topicsByID {
 		queues = append(queues, t.queues...)
-		longest = max(longest, t.retention)
 	}
 	b.mu.RUnlock()
 
@@ -45,79 +56,315 @@ func (b *Broker) Reclaim() error {
 			return err
 		}
 	}
-	return b.reclaimLog(now.Add(-longest).UnixMilli())
+	if err := b.expireHalves(now.UnixMilli()); err != nil {
+		return err
+	}
+	return b.reapTopics()
 }
 
-// reclaimQueue drops q's index entries stored before cutoff (ms).
+// reclaimQueue removes q's entries stored before cutoff (ms), with their records.
 func (b *Broker) reclaimQueue(q *queue, cutoff int64) error {
+	q.trim.Lock()
+	defer q.trim.Unlock()
 	from, end := q.min.Load(), q.durable.Load()
-	it, err := b.store.iter(queueKey(q.topic.id, q.id, from), queueKey(q.topic.id, q.id, end))
+	if from >= end {
+		return nil
+	}
+	r, err := b.newRemover(queueKey(q.topic.id, q.id, from), queueKey(q.topic.id, q.id, end))
 	if err != nil {
 		return err
 	}
-	newMin, freed := from, uint64(0)
-	w := b.store.newBatch()
-	for ok := it.first(); ok; ok = it.next() {
-		e, valid := decodeIndexEntry(it.value())
-		if !valid || e.storeTime >= cutoff {
-			break
+	defer r.close()
+	tr := q.trimState()
+	chunkStart, newMin := from, from
+	removed, freed := uint64(0), uint64(0)
+	flush := func() error {
+		if newMin == chunkStart {
+			return nil
 		}
-		newMin = queueKeyOffset(it.key()) + 1
-		freed += uint64(e.size)
-		if e.late {
-			w.delete(refKey(e.seq)) // the log may reclaim its record now
+		r.w.deleteRange(queueKey(q.topic.id, q.id, chunkStart), queueKey(q.topic.id, q.id, newMin))
+		// Offsets in the chunk with no entry were holes, now below min.
+		holes := (newMin - chunkStart) - removed
+		tr.min, tr.reclaimed, tr.holes = newMin, tr.reclaimed+freed, tr.holes-min(holes, tr.holes)
+		r.w.set(queueMinKey(q.topic.id, q.id), tr.encode())
+		// Derived state: if a crash loses it, the next round does the same again.
+		if err := r.commit(); err != nil {
+			return err
 		}
-	}
-	if err := it.close(); err != nil {
-		return err
-	}
-	if newMin == from {
-		w.b.Close()
+		q.min.Store(tr.min)
+		q.reclaimed.Store(tr.reclaimed)
+		q.holes.Store(tr.holes)
+		chunkStart, removed, freed = newMin, 0, 0
 		return nil
 	}
-	reclaimed := q.reclaimed.Load() + freed
-	w.deleteRange(queueKey(q.topic.id, q.id, from), queueKey(q.topic.id, q.id, newMin))
-	v := binary.BigEndian.AppendUint64(nil, newMin)
-	w.set(queueMinKey(q.topic.id, q.id), binary.BigEndian.AppendUint64(v, reclaimed))
-	// Derived state: if a crash loses it, the next round does the same again.
-	if err := b.store.commitNoSync(w); err != nil {
+	for ok := r.idx.first(); ok; ok = r.idx.next() {
+		e, valid := decodeIndexEntry(r.idx.value())
+		if !valid {
+			return fmt.Errorf("corrupt index entry at %x", r.idx.key())
+		}
+		if e.storeTime >= cutoff {
+			break
+		}
+		if err := r.record(e.seq, e.keys); err != nil {
+			return err
+		}
+		newMin = queueKeyOffset(r.idx.key()) + 1
+		removed++
+		freed += uint64(e.size)
+		if removed == reclaimChunk {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	if err := r.idx.error(); err != nil {
 		return err
 	}
-	q.min.Store(newMin)
-	q.reclaimed.Store(reclaimed)
+	return flush()
+}
+
+// remover deletes records, with their 'k' entries, found through an index range,
+// in batches. Its two iterators are one view of the store.
+type remover struct {
+	b   *Broker
+	idx storeIter
+	log recordLoader
+	w   writeBatch
+}
+
+func (b *Broker) newRemover(lower, upper []byte) (*remover, error) {
+	idx, err := b.store.iter(lower, upper)
+	if err != nil {
+		return nil, err
+	}
+	return &remover{b: b, idx: idx, w: b.store.newBatch()}, nil
+}
+
+// record adds the deletion of the record at seq to the batch, and of its 'k'
+// entries if it has any (keys false says it has none, without reading it).
+func (r *remover) record(seq uint64, keys bool) error {
+	r.w.delete(logKey(seq))
+	if !keys {
+		return nil
+	}
+	if !r.log.ok {
+		it, err := r.idx.clone([]byte{kindLog}, []byte{kindLog + 1})
+		if err != nil {
+			return err
+		}
+		r.log.it, r.log.ok = it, true
+	}
+	raw, found, err := r.log.load(logKey(seq))
+	if err != nil || !found {
+		return err // already gone: a removal that crashed half way, redone
+	}
+	return deleteKeyEntries(r.w, seq, raw)
+}
+
+// commit applies the batch without waiting for the disk and starts the next one:
+// a removal lost in a crash is done again.
+func (r *remover) commit() error {
+	w := r.w
+	r.w = r.b.store.newBatch()
+	return r.b.store.commitNoSync(w)
+}
+
+func (r *remover) close() {
+	r.log.close()
+	_ = r.idx.close()
+	r.w.b.Close()
+}
+
+// deleteKeyEntries adds the deletion of the 'k' entries of the record raw at seq
+// to w.
+func deleteKeyEntries(w writeBatch, seq uint64, raw []byte) error {
+	topic, keys, err := decodeRecordKeys(raw)
+	if err != nil {
+		return fmt.Errorf("message %d: %w", seq, err)
+	}
+	for _, k := range keys {
+		if k != "" {
+			w.delete(keyIndexKey(topic, k, seq))
+		}
+	}
 	return nil
 }
 
-// reclaimLog deletes log records stored before cutoff (ms), stopping below the
-// oldest record still referred to by a pending timer, an unresolved half message or
-// a queue entry delivered late: those are the records older than the longest
-// retention that a queue can still need.
-func (b *Broker) reclaimLog(cutoff int64) error {
-	limit := uint64(math.MaxUint64)
-	if first, err := b.store.firstKey([]byte{kindRef}, []byte{kindRef + 1}); err != nil {
-		return err
-	} else if first != nil {
-		limit = seqOfLogKey(first)
+// deleteRecordNow adds the deletion of the record at seq and its 'k' entries to w,
+// reading the record for its keys.
+func (b *Broker) deleteRecordNow(w writeBatch, seq uint64) error {
+	raw, err := b.store.get(logKey(seq))
+	if err == errNotFound {
+		return nil
 	}
-	it, err := b.store.iter(logKey(0), logKey(limit))
 	if err != nil {
 		return err
 	}
-	end, found := uint64(0), false
-	for ok := it.first(); ok; ok = it.next() {
-		r, err := decodeRecordHeader(it.value())
-		if err != nil || r.storeTime >= cutoff {
-			break
+	w.delete(logKey(seq))
+	return deleteKeyEntries(w, seq, raw)
+}
+
+// expireHalves rolls back every half message unresolved past its deadline, whether
+// or not a producer polls for its check-backs.
+func (b *Broker) expireHalves(now int64) error {
+	var expired []*halfState
+	b.txns.mu.Lock()
+	for _, h := range b.txns.halves {
+		if !h.resolving && now >= h.deadline {
+			h.resolving = true
+			expired = append(expired, h)
 		}
-		end, found = seqOfLogKey(it.key())+1, true
+	}
+	b.txns.mu.Unlock()
+	for i, h := range expired {
+		if err := b.resolveHalf(h, false); err != nil {
+			b.txns.mu.Lock()
+			for _, rest := range expired[i+1:] {
+				rest.resolving = false
+			}
+			b.txns.mu.Unlock()
+			return err
+		}
+	}
+	return nil
+}
+
+// reapingMeta marks a deleted topic whose keys are still being removed.
+type reapingMeta struct {
+	Queues int `json:"queues"`
+}
+
+// kickReaper wakes the retention loop to reap deleted topics.
+func (b *Broker) kickReaper() {
+	select {
+	case b.reapKick <- struct{}{}:
+	default:
+	}
+}
+
+// reapTopics removes everything deleted topics held: their entries and records, key
+// entries, queue state, pending timers and half messages. Deleting a topic only
+// marks it, under b.mu; the removal runs here, in bounded batches, and resumes
+// after a restart.
+func (b *Broker) reapTopics() error {
+	b.reapMu.Lock()
+	defer b.reapMu.Unlock()
+	type reap struct {
+		id     uint32
+		queues int
+	}
+	var todo []reap
+	if err := b.scanMeta(metaReaping, func(id string, raw []byte) error {
+		var m reapingMeta
+		if err := json.Unmarshal(raw, &m); err != nil || len(id) != 4 {
+			return fmt.Errorf("bad reaping marker: %v", err)
+		}
+		todo = append(todo, reap{id: binary.BigEndian.Uint32([]byte(id)), queues: m.Queues})
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, t := range todo {
+		if err := b.reapTopic(t.id, t.queues); err != nil {
+			return fmt.Errorf("failed to remove deleted topic %d: %w", t.id, err)
+		}
+	}
+	return nil
+}
+
+func (b *Broker) reapTopic(id uint32, queues int) error {
+	for qi := range queues {
+		if err := b.reapQueue(id, qi); err != nil {
+			return err
+		}
+	}
+	w := b.store.newBatch()
+	// Timers of the topic: the timer range is keyed by due time, so walk it all;
+	// deleting a topic is rare, and its timers can be 40 days out.
+	it, err := b.store.iter([]byte{kindTimer}, []byte{kindTimer + 1})
+	if err != nil {
+		return err
+	}
+	for ok := it.first(); ok; ok = it.next() {
+		p, valid := decodePendingEntry(it.value())
+		if !valid || p.topic != id {
+			continue
+		}
+		seq := binary.BigEndian.Uint64(it.key()[9:])
+		w.delete(it.key())
+		w.delete(refKey(seq))
+		if err := b.deleteRecordNow(w, seq); err != nil {
+			_ = it.close()
+			return err
+		}
 	}
 	if err := it.close(); err != nil {
 		return err
 	}
-	if !found {
-		return nil
+	// Half messages of the topic.
+	var halves []*halfState
+	b.txns.mu.Lock()
+	for _, h := range b.txns.halves {
+		if h.topic == id && !h.resolving {
+			h.resolving = true
+			halves = append(halves, h)
+		}
 	}
-	w := b.store.newBatch()
-	w.deleteRange(logKey(0), logKey(end))
-	return b.store.commitNoSync(w)
+	b.txns.mu.Unlock()
+	for _, h := range halves {
+		w.delete(halfKey(h.seq))
+		if err := b.deleteRecordNow(w, h.seq); err != nil {
+			return err
+		}
+	}
+	for _, kind := range []byte{kindKey, kindQueueMin, kindBytes, kindQueue} {
+		p := topicPrefix(kind, id)
+		w.deleteRange(p, prefixEnd(p))
+	}
+	w.delete(metaKey(metaReaping, topicIDString(id)))
+	if err := b.store.commitNoSync(w); err != nil {
+		return err
+	}
+	b.txns.mu.Lock()
+	for _, h := range halves {
+		delete(b.txns.halves, h.seq)
+	}
+	b.txns.mu.Unlock()
+	return nil
+}
+
+// reapQueue removes the entries of one queue of a deleted topic with their records.
+func (b *Broker) reapQueue(topicID uint32, queueID int) error {
+	r, err := b.newRemover(queueKey(topicID, queueID, 0), queueKey(topicID, queueID+1, 0))
+	if err != nil {
+		return err
+	}
+	defer r.close()
+	n := 0
+	var first uint64
+	for ok := r.idx.first(); ok; ok = r.idx.next() {
+		e, valid := decodeIndexEntry(r.idx.value())
+		if !valid {
+			return fmt.Errorf("corrupt index entry at %x", r.idx.key())
+		}
+		off := queueKeyOffset(r.idx.key())
+		if n == 0 {
+			first = off
+		}
+		if err := r.record(e.seq, e.keys); err != nil {
+			return err
+		}
+		if n++; n == reclaimChunk {
+			r.w.deleteRange(queueKey(topicID, queueID, first), queueKey(topicID, queueID, off+1))
+			if err := r.commit(); err != nil {
+				return err
+			}
+			n = 0
+		}
+	}
+	if err := r.idx.error(); err != nil {
+		return err
+	}
+	r.w.deleteRange(queueKey(topicID, queueID, 0), queueKey(topicID, queueID+1, 0))
+	return r.commit()
 }

@@ -165,7 +165,8 @@ func (s *store) settle(limit time.Duration) error {
 	return nil
 }
 
-// storeIter walks keys in [lower, upper) in order.
+// storeIter walks keys in [lower, upper) in order. An iterator reads the store as
+// of the moment it was opened: commits after that are not in it.
 type storeIter struct{ it *pebble.Iterator }
 
 func (s *store) iter(lower, upper []byte) (storeIter, error) {
@@ -174,6 +175,16 @@ func (s *store) iter(lower, upper []byte) (storeIter, error) {
 		return storeIter{}, err
 	}
 	return storeIter{it}, nil
+}
+
+// clone opens an iterator over [lower, upper) as of the same moment as i: the two
+// together are one consistent view of the store, whatever commits in between.
+func (i storeIter) clone(lower, upper []byte) (storeIter, error) {
+	c, err := i.it.Clone(pebble.CloneOptions{IterOptions: &pebble.IterOptions{LowerBound: lower, UpperBound: upper}})
+	if err != nil {
+		return storeIter{}, err
+	}
+	return storeIter{c}, nil
 }
 
 func (i storeIter) first() bool          { return i.it.First() }

@@ -109,7 +109,7 @@ func (b *Broker) deliverDueTimers() (int, int64, error) {
 		}
 		seq := binary.BigEndian.Uint64(key[9:])
 		reqs = append(reqs, &appendRequest{topic: q.topic, done: make(chan struct{}), entries: []appendEntry{{
-			queue: q, seq: seq, tagHash: p.tagHash, store: p.store, size: p.size, remove: [][]byte{key},
+			queue: q, seq: seq, tagHash: p.tagHash, store: p.store, size: p.size, remove: [][]byte{key, refKey(seq)},
 		}}})
 	}
 	if err := it.close(); err != nil {
@@ -118,8 +118,15 @@ func (b *Broker) deliverDueTimers() (int, int64, error) {
 	if len(orphans) > 0 {
 		w := b.store.newBatch()
 		for _, k := range orphans {
+			// The reaper removes a deleted topic's timers; one due meanwhile goes
+			// here, with its record.
+			seq := binary.BigEndian.Uint64(k[9:])
 			w.delete(k)
-			w.delete(refKey(binary.BigEndian.Uint64(k[9:])))
+			w.delete(refKey(seq))
+			if err := b.deleteRecordNow(w, seq); err != nil {
+				w.b.Close()
+				return 0, 0, err
+			}
 		}
 		if err := b.store.commitNoSync(w); err != nil {
 			return 0, 0, err

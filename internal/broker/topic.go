@@ -98,11 +98,27 @@ type queue struct {
 	durable atomic.Uint64
 	// min: offsets below are gone (retention).
 	min atomic.Uint64
+	// holes counts entries at or above min that were removed (re-driven dead
+	// letters), so the queue holds durable-min-holes messages.
+	holes atomic.Uint64
 	// bytes counts the bytes of the queue's records (the writer's), durableBytes as
 	// of the durable watermark, and reclaimed those retention removed.
 	bytes        uint64
 	durableBytes atomic.Uint64
 	reclaimed    atomic.Uint64
+	// trim serializes what removes entries from the queue (retention, re-drives),
+	// which all write its queueTrim.
+	trim sync.Mutex
+}
+
+// messages is how many messages the queue holds.
+func (q *queue) messages() int64 {
+	return int64(q.durable.Load() - q.min.Load() - q.holes.Load())
+}
+
+// trimState is what the queue's 'm' key holds. q.trim should be held.
+func (q *queue) trimState() queueTrim {
+	return queueTrim{min: q.min.Load(), reclaimed: q.reclaimed.Load(), holes: q.holes.Load()}
 }
 
 type topicMeta struct {
@@ -233,19 +249,17 @@ func (b *Broker) DeleteTopic(instanceID, name, owner string) error {
 	if err := b.store.commit(w); err != nil {
 		return fmt.Errorf("failed to delete topic %q: %w", name, err)
 	}
+	b.kickReaper()
 	return nil
 }
 
-// dropTopicLocked removes t from the registries and adds the deletion of its index
-// and metadata to w. Its records in the log go with retention. b.mu should be held.
+// dropTopicLocked removes t from the registries and adds to w the deletion of its
+// metadata and of the groups' progress on it, with a marker for the reaper, which
+// removes its messages, timers and half messages in the background. Call
+// kickReaper once w is committed. b.mu should be held.
 func (b *Broker) dropTopicLocked(w writeBatch, t *topic) {
 	t.deleted.Store(true)
-	prefix := binary.BigEndian.AppendUint32([]byte{kindQueue}, t.id)
-	w.deleteRange(prefix, prefixEnd(prefix))
-	for _, kind := range []byte{kindKey, kindQueueMin, kindBytes} {
-		prefix = binary.BigEndian.AppendUint32([]byte{kind}, t.id)
-		w.deleteRange(prefix, prefixEnd(prefix))
-	}
+	_ = b.setMeta(w, metaReaping, topicIDString(t.id), reapingMeta{Queues: len(t.queues)})
 	w.delete(metaKey(metaTopic, topicIDString(t.id)))
 	for _, g := range b.groupsByID {
 		g.forgetTopic(w, t)
@@ -299,7 +313,7 @@ func (b *Broker) topicLocked(instanceID, name string) (*topic, error) {
 func (t *topic) info() TopicInfo {
 	var n, size int64
 	for _, q := range t.queues {
-		n += int64(q.durable.Load() - q.min.Load())
+		n += q.messages()
 		size += int64(q.durableBytes.Load() - q.reclaimed.Load())
 	}
 	return TopicInfo{Name: t.name, Type: t.typ, Queues: len(t.queues), Retention: t.retention, Owner: t.owner,
@@ -340,28 +354,33 @@ func (b *Broker) recoverTopic(id string, raw []byte) error {
 		retention: m.Retention, owner: m.Owner, system: m.System, notify: make(chan struct{})}
 	for i := range m.Queues {
 		q := &queue{topic: t, id: i}
-		lo, hi := queueKey(t.id, i, 0), queueKey(t.id, i+1, 0)
-		first, err := b.store.firstKey(lo, hi)
-		if err != nil {
+		if last, err := b.store.lastKey(queueKey(t.id, i, 0), queueKey(t.id, i+1, 0)); err != nil {
 			return err
-		}
-		last, err := b.store.lastKey(lo, hi)
-		if err != nil {
-			return err
-		}
-		if last != nil {
-			q.min.Store(queueKeyOffset(first))
+		} else if last != nil {
 			q.next = queueKeyOffset(last) + 1
 		}
-		// Retention records how far it removed, which matters when it removed all.
-		if raw, err := b.store.get(queueMinKey(t.id, i)); err == nil && len(raw) == 16 {
-			q.min.Store(max64(q.min.Load(), binary.BigEndian.Uint64(raw)))
-			q.next = max64(q.next, q.min.Load())
-			q.reclaimed.Store(binary.BigEndian.Uint64(raw[8:]))
+		// What retention and re-drives removed; it matters most when they removed
+		// the newest entries, whose offsets must not be handed out again.
+		if raw, err := b.store.get(queueMinKey(t.id, i)); err == nil {
+			tr, ok := decodeQueueTrim(raw)
+			if !ok {
+				return fmt.Errorf("corrupt trim state of queue %d of topic %q", i, m.Name)
+			}
+			q.min.Store(tr.min)
+			q.reclaimed.Store(tr.reclaimed)
+			q.holes.Store(tr.holes)
+		} else if err != errNotFound {
+			return err
 		}
-		if raw, err := b.store.get(queueBytesKey(t.id, i)); err == nil && len(raw) == 8 {
+		if raw, err := b.store.get(queueBytesKey(t.id, i)); err == nil && len(raw) >= 8 {
 			q.bytes = binary.BigEndian.Uint64(raw)
+			if len(raw) == 16 {
+				q.next = max64(q.next, binary.BigEndian.Uint64(raw[8:]))
+			}
+		} else if err != nil && err != errNotFound {
+			return err
 		}
+		q.next = max64(q.next, q.min.Load())
 		q.durable.Store(q.next)
 		q.durableBytes.Store(q.bytes)
 		t.queues = append(t.queues, q)

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
@@ -239,11 +240,16 @@ func (b *Broker) resolveHalf(half *halfState, commit bool) error {
 			remove: [][]byte{halfKey(half.seq)},
 		}}}})
 	} else {
+		// A rolled-back message is never delivered: its record goes with its
+		// owner, the half message.
 		w := b.store.newBatch()
 		w.delete(halfKey(half.seq))
-		w.delete(refKey(half.seq))
-		w.delete(logKey(half.seq)) // a rolled-back message is never delivered: reclaim it now
-		err = b.store.commit(w)
+		w.delete(refKey(half.seq)) // written for half messages by older versions
+		if err = b.deleteRecordNow(w, half.seq); err == nil {
+			err = b.store.commit(w)
+		} else {
+			w.b.Close()
+		}
 	}
 	b.txns.mu.Lock()
 	defer b.txns.mu.Unlock()
@@ -371,14 +377,21 @@ func (b *Broker) takeChecks(match func(*halfState) bool, max int) ([]Delivery, i
 		if q == nil {
 			continue
 		}
-		m, ok, err := b.loadMessage(q, indexed{offset: 0, entry: indexEntry{seq: s.h.seq}})
+		m, err := b.recordBySeq(s.h.seq)
+		if errors.Is(err, ErrMessageNotFound) {
+			// Resolved since the lock was let go: the half message and its
+			// record went together.
+			b.txns.mu.Lock()
+			_, pending := b.txns.halves[s.h.seq]
+			b.txns.mu.Unlock()
+			if !pending {
+				continue
+			}
+			return nil, 0, fmt.Errorf("%w: half message %d has no record", errCorruptRecord, s.h.seq)
+		}
 		if err != nil {
 			return nil, 0, err
 		}
-		if !ok {
-			continue
-		}
-		m.Offset = -1
 		out = append(out, Delivery{
 			StoredMessage:    m,
 			Handle:           encodeTxnHandle(s.h.topic, s.h.seq, s.token, s.checkAt),
