@@ -2,9 +2,9 @@ package broker
 
 import (
 	"context"
-	"errors"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"

@@ -256,14 +256,14 @@ func checkOrder(events []Event, msgs map[string]*message, groups []Group, add fu
 		if !g.Ordered {
 			continue
 		}
-		done := map[string]bool{}     // acked or dead-lettered by the group
+		done := map[string]bool{}      // acked or dead-lettered by the group
 		batchOf := map[string]string{} // token -> batch of its latest delivery
 		type out struct {
 			batch, delivery string
 			until           int64
 		}
 		inflight := map[string]map[string]out{} // queue -> delivery -> batch
-		acked := map[string]bool{}             // delivery handles acknowledged
+		acked := map[string]bool{}              // delivery handles acknowledged
 		for _, e := range events {
 			if e.Kind == Restarted {
 				// The broker forgets what was in flight: it may hand all of it
