@@ -87,6 +87,10 @@ func (b *Broker) EnsureGroup(instanceID string, cfg GroupConfig) (GroupInfo, err
 	default:
 		return GroupInfo{}, fmt.Errorf("%w: protocol %q is not HTTP or TCP", ErrInvalidArgument, cfg.Protocol)
 	}
+	if n := wireNameLength(instanceID, RetryTopic(cfg.ID)); n > MaxWireNameLength {
+		return GroupInfo{}, fmt.Errorf("%w: group %q makes a retry topic of %d bytes with the instance prefix %q%%; RocketMQ clients take at most %d",
+			ErrInvalidArgument, cfg.ID, n, instanceID, MaxWireNameLength)
+	}
 	if cfg.MaxRedeliveries == 0 {
 		cfg.MaxRedeliveries = DefaultMaxRedeliveries
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -15,11 +16,22 @@ import (
 const (
 	// MaxBodySize is the largest body the broker stores, as on the cloud service.
 	MaxBodySize = 4 << 20
-	// MaxPropertiesSize bounds the encoded properties (RocketMQ's record layout holds
-	// them behind a signed 16-bit length).
+	// MaxPropertiesSize bounds what a message carries besides its body: properties,
+	// keys, tag and sharding key, everything that travels as a property on some
+	// wire. RocketMQ's record holds properties behind a signed 16-bit length
+	// (32767 bytes); half of that leaves room for what the protocols add (the
+	// names of the properties, separators, the retry properties of a message sent
+	// back), so an accepted message is deliverable on every wire.
 	MaxPropertiesSize = 16 << 10
 	// MaxTagLength bounds a tag.
 	MaxTagLength = 128
+	// MaxDeliveryDelay is how far ahead a timer message may be due, as on the
+	// cloud services: 40 days.
+	MaxDeliveryDelay = 40 * 24 * time.Hour
+	// MaxWireNameLength is the longest topic or group name RocketMQ's clients and
+	// record format carry (one byte of length, 127 as their limit), which the
+	// remoting protocol's names reach with the instance's prefix.
+	MaxWireNameLength = 127
 )
 
 // AnyQueue lets the broker choose a message's queue: by sharding key when the message
@@ -136,21 +148,31 @@ func (m *Message) validate() error {
 	if len(m.Tag) > MaxTagLength {
 		return fmt.Errorf("%w: tag longer than %d characters", ErrInvalidArgument, MaxTagLength)
 	}
-	size := 0
+	// Everything that travels as a property on some wire counts: the
+	// properties, keys, tag and sharding key.
+	size := len(m.Tag) + len(m.ShardingKey)
 	for k, v := range m.Properties {
 		if k == "" {
 			return fmt.Errorf("%w: property with an empty name", ErrInvalidArgument)
+		}
+		if hasSeparator(k) || hasSeparator(v) {
+			return fmt.Errorf("%w: property %q holds a control character (0x01 or 0x02) that separates properties on the wire", ErrInvalidArgument, k)
 		}
 		size += len(k) + len(v) + 2
 	}
 	for _, k := range m.Keys {
 		size += len(k) + 1
 	}
+	if hasSeparator(m.Tag) || hasSeparator(m.ShardingKey) || slices.ContainsFunc(m.Keys, hasSeparator) {
+		return fmt.Errorf("%w: a tag, key or sharding key holds a control character (0x01 or 0x02) that separates properties on the wire", ErrInvalidArgument)
+	}
 	if size > MaxPropertiesSize {
-		return fmt.Errorf("%w: properties and keys take %d bytes, over the %d-byte limit", ErrInvalidArgument, size, MaxPropertiesSize)
+		return fmt.Errorf("%w: properties, keys, tag and sharding key take %d bytes, over the %d-byte limit", ErrInvalidArgument, size, MaxPropertiesSize)
 	}
 	return nil
 }
+
+func hasSeparator(s string) bool { return strings.ContainsAny(s, "\x01\x02") }
 
 // The record is the stored form of a message. Layout (version 1), integers
 // big-endian, strings as uvarint length then bytes:

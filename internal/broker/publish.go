@@ -128,6 +128,11 @@ func (b *Broker) publishLocked(ctx context.Context, t *topic, msgs []Message) ([
 		if m.DelayLevel > 0 {
 			m.DeliverAt = now.Add(b.delay(m.DelayLevel))
 		}
+		if m.DeliverAt.After(now.Add(MaxDeliveryDelay)) {
+			b.mu.RUnlock()
+			return nil, fmt.Errorf("%w: delivery time %s is %s ahead; a timer message may be due at most %d days ahead",
+				ErrInvalidArgument, m.DeliverAt.UTC().Format(time.RFC3339), m.DeliverAt.Sub(now).Round(time.Second), MaxDeliveryDelay/(24*time.Hour))
+		}
 		sum := md5.Sum(m.Body)
 		e := appendEntry{
 			queue:   q,

@@ -179,6 +179,10 @@ func (b *Broker) EnsureTopic(instanceID string, cfg TopicConfig) (TopicInfo, err
 // ensureTopicLocked creates or updates a topic of inst. b.mu should be held.
 func (b *Broker) ensureTopicLocked(inst *instance, cfg TopicConfig, system bool) (TopicInfo, error) {
 	instanceID := inst.id
+	if n := wireNameLength(instanceID, cfg.Name); n > MaxWireNameLength {
+		return TopicInfo{}, fmt.Errorf("%w: topic %q is %d bytes with the instance prefix %q%%; RocketMQ clients take at most %d",
+			ErrInvalidArgument, cfg.Name, n, instanceID, MaxWireNameLength)
+	}
 	t, exists := inst.topics[cfg.Name]
 	if exists {
 		if t.owner != cfg.Owner && t.owner != AutoCreatedOwner {
@@ -388,4 +392,10 @@ func (b *Broker) recoverTopic(id string, raw []byte) error {
 	inst.topics[t.name] = t
 	b.topicsByID[t.id] = t
 	return nil
+}
+
+// wireNameLength is the length of a topic's name as remoting clients of the
+// instance see it: "instance%name", or "%RETRY%instance%group" for system topics.
+func wireNameLength(instanceID, name string) int {
+	return len(instanceID) + 1 + len(name)
 }
