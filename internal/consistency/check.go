@@ -18,6 +18,10 @@ type Group struct {
 	// ordered groups (deliveries with InvisibleUntil) also never have two batches
 	// of one queue out at once.
 	Ordered bool
+	// Drained says the workload consumed to the end, acknowledging what it
+	// meant to: every message the group subscribes to must then have been
+	// acknowledged by it or dead-lettered, not just delivered.
+	Drained bool
 }
 
 func (g Group) subscribes(s MessageSpec) bool {
@@ -54,6 +58,7 @@ const (
 	RuleOrder       = "order"         // delivered before what was published before it was done
 	RuleTwoInFlight = "two-in-flight" // two batches of one ordered queue out at once
 	RuleSkipped     = "skipped"       // the group's committed position passed an undelivered message
+	RuleUnfinished  = "unfinished"    // delivered, but after the drain neither acknowledged nor dead-lettered
 )
 
 // Report is what Check found.
@@ -85,6 +90,7 @@ type message struct {
 	committed, rolledBack  bool
 	ids                    map[string]bool
 	positions              map[position]bool
+	redrives               int
 	worker                 string
 	firstAck               int // seq of the acknowledgement
 	invokedAt              int // seq of the invocation
@@ -151,10 +157,12 @@ func Check(h *History, groups []Group) Report {
 			m.rolledBack = true
 		case Delivered:
 			r.Deliveries++
+		case Redriven:
+			m.redrives++
 		}
 		// Positions and ids on the topic the message was published to; a retry
 		// or a dead letter is a copy elsewhere.
-		if e.ID != "" && (e.Kind == PublishAcked || (e.Kind == Delivered && e.Topic == m.spec.Topic)) {
+		if e.ID != "" && m.redrives == 0 && (e.Kind == PublishAcked || (e.Kind == Delivered && e.Topic == m.spec.Topic)) {
 			m.ids[e.ID] = true
 			if other, ok := idOwners[e.ID]; !ok {
 				idOwners[e.ID] = e.Token
@@ -175,18 +183,18 @@ func Check(h *History, groups []Group) Report {
 		}
 	}
 	for token, m := range msgs {
-		if len(m.positions) > 1 && !m.conflicted(owners, token) {
+		if len(m.positions) > 1+m.redrives && !m.conflicted(owners, token) {
 			add(Violation{Rule: RulePosition, Token: token, Detail: fmt.Sprintf("seen at %d positions", len(m.positions))})
 		}
 	}
 
 	// Per group: deliveries, acknowledgements, dead letters.
 	type groupState struct {
-		delivered, dead map[string]bool
+		delivered, dead, acked map[string]bool
 	}
 	states := map[string]*groupState{}
 	for _, g := range groups {
-		states[g.Name] = &groupState{delivered: map[string]bool{}, dead: map[string]bool{}}
+		states[g.Name] = &groupState{delivered: map[string]bool{}, dead: map[string]bool{}, acked: map[string]bool{}}
 	}
 	for _, e := range events {
 		st := states[e.Group]
@@ -209,6 +217,8 @@ func Check(h *History, groups []Group) Report {
 			}
 		case DeadLettered:
 			st.dead[e.Token] = true
+		case Acked:
+			st.acked[e.Token] = true
 		}
 	}
 	for _, g := range groups {
@@ -221,8 +231,14 @@ func Check(h *History, groups []Group) Report {
 		for _, token := range tokens {
 			m := msgs[token]
 			due := m.acked && (!m.spec.Transactional || m.committed)
-			if due && g.subscribes(m.spec) && !st.delivered[token] && !st.dead[token] {
+			if !due || !g.subscribes(m.spec) || st.dead[token] {
+				continue
+			}
+			switch {
+			case !st.delivered[token]:
 				add(Violation{Rule: RuleLost, Token: token, Group: g.Name, Detail: "acknowledged, never delivered nor dead-lettered"})
+			case g.Drained && !st.acked[token]:
+				add(Violation{Rule: RuleUnfinished, Token: token, Group: g.Name, Detail: "delivered, but never acknowledged nor dead-lettered by the end of the drain"})
 			}
 		}
 	}
@@ -275,7 +291,7 @@ func checkOrder(events []Event, msgs map[string]*message, groups []Group, add fu
 				continue
 			}
 			switch e.Kind {
-			case Acked:
+			case AckInvoked, Acked:
 				done[e.Token] = true
 				acked[e.Delivery] = true
 			case DeadLettered:
@@ -319,20 +335,33 @@ func checkOrder(events []Event, msgs map[string]*message, groups []Group, add fu
 // checkProgress checks that a group's committed position never passed a message
 // it subscribes to before the message was delivered to it (or dead-lettered).
 func checkProgress(events []Event, msgs map[string]*message, groups map[string]Group, add func(Violation)) {
+	// For each group and queue, the samples in history order with the greatest
+	// position reported up to each: a message at offset p was passed at the first
+	// sample whose running greatest exceeds p.
 	type key struct{ group, queue string }
-	samples := map[key][]Event{}
+	type sample struct {
+		seq  int
+		high int64
+	}
+	samples := map[key][]sample{}
 	for _, e := range events {
-		if e.Kind == Progress && e.Queue != "" {
-			if _, ok := groups[e.Group]; ok {
-				samples[key{e.Group, e.Queue}] = append(samples[key{e.Group, e.Queue}], e)
-			}
+		if e.Kind != Progress || e.Queue == "" {
+			continue
 		}
+		if _, ok := groups[e.Group]; !ok {
+			continue
+		}
+		k := key{e.Group, e.Queue}
+		high := e.Offset
+		if s := samples[k]; len(s) > 0 {
+			high = max(high, s[len(s)-1].high)
+		}
+		samples[k] = append(samples[k], sample{seq: e.Seq, high: high})
 	}
 	if len(samples) == 0 {
 		return
 	}
-	// When each group first had each message done or delivered.
-	seen := map[[2]string]int{}
+	seen := map[[2]string]int{} // when each group first had each message
 	for _, e := range events {
 		if (e.Kind == Delivered || e.Kind == DeadLettered) && e.Token != "" {
 			k := [2]string{e.Group, e.Token}
@@ -344,18 +373,22 @@ func checkProgress(events []Event, msgs map[string]*message, groups map[string]G
 	for token, m := range msgs {
 		for p := range m.positions {
 			for _, g := range groups {
-				if !g.subscribes(m.spec) {
+				s := samples[key{g.Name, p.queue}]
+				if len(s) == 0 || !g.subscribes(m.spec) {
 					continue
 				}
-				for _, s := range samples[key{g.Name, p.queue}] {
-					if p.offset >= s.Offset {
-						continue
+				i, _ := slices.BinarySearchFunc(s, p.offset, func(x sample, off int64) int {
+					if x.high > off {
+						return 1
 					}
-					if at, ok := seen[[2]string{g.Name, token}]; !ok || at > s.Seq {
-						add(Violation{Rule: RuleSkipped, Token: token, Group: g.Name,
-							Detail: fmt.Sprintf("the group's position on %s was %d (event #%d) before offset %d was delivered", p.queue, s.Offset, s.Seq, p.offset)})
-						break
-					}
+					return -1
+				})
+				if i == len(s) {
+					continue // never passed
+				}
+				if at, ok := seen[[2]string{g.Name, token}]; !ok || at > s[i].seq {
+					add(Violation{Rule: RuleSkipped, Token: token, Group: g.Name,
+						Detail: fmt.Sprintf("the group's position on %s passed offset %d (event #%d) before it was delivered", p.queue, p.offset, s[i].seq)})
 				}
 			}
 		}

@@ -45,10 +45,16 @@ const (
 	Progress
 	// Restarted: the broker was restarted (or killed and reopened).
 	Restarted
+	// AckInvoked: a consumer is about to acknowledge a delivery: from here on the
+	// broker may take the message as done, so the next in order may come.
+	AckInvoked
+	// Redriven: the message was re-driven out of Group's dead letters, as a new
+	// message on its topic: it may hold one more position there.
+	Redriven
 )
 
 var kindNames = [...]string{"publish-invoked", "publish-acked", "publish-failed", "publish-unknown", "committed",
-	"rolled-back", "delivered", "acked", "dead-lettered", "progress", "restarted"}
+	"rolled-back", "delivered", "acked", "dead-lettered", "progress", "restarted", "ack-invoked", "redriven"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindNames) {
