@@ -88,6 +88,7 @@ type message struct {
 	invoked                bool
 	acked, failed, unknown bool
 	committed, rolledBack  bool
+	commitInvoked          bool
 	ids                    map[string]bool
 	positions              map[position]bool
 	redrives               int
@@ -159,6 +160,8 @@ func Check(h *History, groups []Group) Report {
 			r.Deliveries++
 		case Redriven:
 			m.redrives++
+		case CommitInvoked:
+			m.commitInvoked = true
 		}
 		// Positions and ids on the topic the message was published to; a retry
 		// or a dead letter is a copy elsewhere.
@@ -212,7 +215,7 @@ func Check(h *History, groups []Group) Report {
 				add(Violation{Rule: RulePhantom, Token: e.Token, Group: e.Group, Detail: "delivered, but its publish was refused"})
 			case m.spec.Transactional && m.rolledBack:
 				add(Violation{Rule: RuleRolledBack, Token: e.Token, Group: e.Group, Detail: "delivered, but it was rolled back"})
-			case m.spec.Transactional && !m.committed && !m.unknown:
+			case m.spec.Transactional && !m.committed && !m.commitInvoked && !m.unknown:
 				add(Violation{Rule: RuleRolledBack, Token: e.Token, Group: e.Group, Detail: "delivered, but never committed"})
 			}
 		case DeadLettered:

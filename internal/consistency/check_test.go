@@ -67,6 +67,18 @@ func TestCheckerFindsEachBrokenPromise(t *testing.T) {
 			h.Add(Event{Kind: RolledBack, Token: "a"})
 			delivered(h, "g", "a", "t", "t/0", 0, "1", time.Time{}, t0)
 		}, RuleRolledBack},
+		{"commit under way when the broker died, then delivered", func(h *History) {
+			spec := MessageSpec{Topic: "t", Transactional: true}
+			published(h, "p", "a", spec, "", -1)
+			h.Add(Event{Kind: CommitInvoked, Token: "a"})
+			h.Add(Event{Kind: Restarted})
+			delivered(h, "g", "a", "t", "t/0", 0, "1", time.Time{}, t0)
+		}, ""},
+		{"never committed, delivered", func(h *History) {
+			spec := MessageSpec{Topic: "t", Transactional: true}
+			published(h, "p", "a", spec, "", -1)
+			delivered(h, "g", "a", "t", "t/0", 0, "1", time.Time{}, t0)
+		}, RuleRolledBack},
 		{"committed and not delivered", func(h *History) {
 			spec := MessageSpec{Topic: "t", Transactional: true}
 			published(h, "p", "a", spec, "", -1)

@@ -51,10 +51,13 @@ const (
 	// Redriven: the message was re-driven out of Group's dead letters, as a new
 	// message on its topic: it may hold one more position there.
 	Redriven
+	// CommitInvoked: a producer is about to commit a half message: it may be
+	// delivered from here on, even if no Committed follows (a crash).
+	CommitInvoked
 )
 
 var kindNames = [...]string{"publish-invoked", "publish-acked", "publish-failed", "publish-unknown", "committed",
-	"rolled-back", "delivered", "acked", "dead-lettered", "progress", "restarted", "ack-invoked", "redriven"}
+	"rolled-back", "delivered", "acked", "dead-lettered", "progress", "restarted", "ack-invoked", "redriven", "commit-invoked"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindNames) {

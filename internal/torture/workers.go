@@ -214,6 +214,9 @@ func (k *worker) produceTransaction(ctx context.Context) {
 // endTransaction records the decision for token once the broker took it. A
 // decision whose fate is unknown makes the message's outcome unknown.
 func (k *worker) endTransaction(token string, end func(*broker.Broker) error, commit bool) {
+	if commit {
+		k.w.rec.Add(consistency.Event{Kind: consistency.CommitInvoked, Token: token, Worker: k.name, Topic: txnTopic})
+	}
 	err := end(k.b())
 	kind := consistency.RolledBack
 	if commit {
