@@ -53,6 +53,10 @@ var (
 	// ErrConflict means another owner already declared the object; errors carrying it
 	// are *ConflictError.
 	ErrConflict = errors.New("owned by another declarer")
+	// ErrThrottled means the broker will not take more of this now, to bound what
+	// one client can make it hold: the caller should back off and retry. Protocol
+	// servers answer with their flow-control code (remoting's SYSTEM_BUSY).
+	ErrThrottled = errors.New("throttled")
 )
 
 // ConflictError reports an object declared by another owner.

@@ -194,15 +194,15 @@ func (b *Broker) Redrive(ctx context.Context, instanceID, groupID string, ids []
 			return n, err
 		}
 		var found []StoredMessage
-		next, err := v.walk(from, func(ix indexed) (bool, error) {
+		next, err := v.walk(from, func(ix indexed) (walkStep, error) {
 			if want[ix.entry.seq] {
 				m, err := v.load(ix)
 				if err != nil {
-					return false, err
+					return walkStopBefore, err
 				}
 				found = append(found, m)
 			}
-			return true, nil
+			return walkOn, nil
 		})
 		end := v.end
 		v.close()

@@ -25,6 +25,10 @@ const (
 	MaxPropertiesSize = 16 << 10
 	// MaxTagLength bounds a tag.
 	MaxTagLength = 128
+	// MaxBatchMessages and MaxBatchBytes bound one batch publish: RocketMQ holds a
+	// batch's bodies to the size of one message.
+	MaxBatchMessages = 1024
+	MaxBatchBytes    = MaxBodySize
 	// MaxDeliveryDelay is how far ahead a timer message may be due, as on the
 	// cloud services: 40 days.
 	MaxDeliveryDelay = 40 * 24 * time.Hour

@@ -24,6 +24,12 @@ const (
 	MaxPopMessages = 16
 	// MaxPopWait is the longest a pop may wait for messages.
 	MaxPopWait = 30 * time.Second
+	// MaxPendingPerQueue bounds what a group's pop state on one queue holds:
+	// messages in flight, and offsets done behind one still in flight (a tag filter
+	// that matches nothing marks every offset it passes). Past it a pop takes no
+	// new messages from the queue until some are acknowledged or expire, and a pop
+	// that finds nothing else is answered ErrThrottled.
+	MaxPendingPerQueue = 16384
 )
 
 // Per-handle ack errors.
@@ -164,15 +170,17 @@ func (b *Broker) popOnce(ctx context.Context, g *group, t *topic, req PopRequest
 	now := b.now().UnixMilli()
 	var out []Delivery
 	var wake int64
+	throttled := false
+	budget := MaxReadBytes
 	// Start at a different queue each time so busy queues do not starve the rest.
 	start := int(t.rr.Add(1))
-	for i := 0; i < len(queues) && len(out) < req.Max; i++ {
+	for i := 0; i < len(queues) && len(out) < req.Max && budget > 0; i++ {
 		q := queues[(start+i)%len(queues)]
 		pq, err := b.popState(g, q)
 		if err != nil {
 			return nil, time.Time{}, false, err
 		}
-		r, err := b.popQueue(pq, q, req, now, req.Max-len(out), 1+g.maxRedeliveries)
+		r, err := b.popQueue(pq, q, req, now, req.Max-len(out), 1+g.maxRedeliveries, &budget)
 		if err == nil && len(r.dead) > 0 {
 			err = b.buryAll(ctx, g, pq, q, r.dead)
 		}
@@ -181,12 +189,16 @@ func (b *Broker) popOnce(ctx context.Context, g *group, t *topic, req PopRequest
 		}
 		out = append(out, r.out...)
 		more = more || r.more
+		throttled = throttled || r.throttled
 		if r.wake != 0 && (wake == 0 || r.wake < wake) {
 			wake = r.wake
 		}
 	}
 	if len(out) > 0 {
 		wake = 0
+	} else if throttled && !more {
+		return nil, time.Time{}, false, fmt.Errorf("%w: group %q holds %d or more unacknowledged messages on a queue of %q; acknowledge some first",
+			ErrThrottled, g.name, MaxPendingPerQueue, t.name)
 	}
 	return out, fromMillis(wake), more, nil
 }
@@ -202,11 +214,14 @@ type popped struct {
 	wake int64
 	// more: the scan for new messages stopped at its bound, not at the end.
 	more bool
+	// throttled: the group's state on the queue is at MaxPendingPerQueue, so no
+	// new message was taken.
+	throttled bool
 }
 
 // popQueue takes up to max deliveries from one queue. Messages already delivered
 // maxDeliveries times are not delivered again but returned as dead.
-func (b *Broker) popQueue(pq *popQueue, q *queue, req PopRequest, now int64, max, maxDeliveries int) (r popped, err error) {
+func (b *Broker) popQueue(pq *popQueue, q *queue, req PopRequest, now int64, max, maxDeliveries int, budget *int) (r popped, err error) {
 	pq.mu.Lock()
 	defer pq.mu.Unlock()
 	pq.catchUp(q.min.Load())
@@ -219,12 +234,12 @@ func (b *Broker) popQueue(pq *popQueue, q *queue, req PopRequest, now int64, max
 
 	if req.Orderly {
 		if len(pq.inflight) > 0 {
-			return b.redeliverOrdered(pq, v, now, visibleAt, max, maxDeliveries)
+			return b.redeliverOrdered(pq, v, now, visibleAt, max, maxDeliveries, budget)
 		}
 	} else {
 		pq.unparkAll(now)
 		// Messages whose invisibility passed come back first.
-		for len(r.out) < max && len(pq.expiring) > 0 && pq.expiring[0].visibleAt <= now {
+		for len(r.out) < max && *budget > 0 && len(pq.expiring) > 0 && pq.expiring[0].visibleAt <= now {
 			d := pq.expiring[0]
 			if d.times >= maxDeliveries {
 				r.dead = append(r.dead, pq.bury(d))
@@ -236,22 +251,27 @@ func (b *Broker) popQueue(pq *popQueue, q *queue, req PopRequest, now int64, max
 			}
 			if ok {
 				r.out = append(r.out, dl)
+				*budget -= len(dl.Body)
 			}
 		}
 	}
-	// Then messages never delivered to the group.
-	if len(r.out) < max {
-		next, err := v.scan(pq.cursor, req.Filter, pq.markDone, func(ix indexed, m StoredMessage) bool {
+	// Then messages never delivered to the group, while its state here is within
+	// bounds.
+	full := func() bool { return len(pq.inflight)+len(pq.done) >= MaxPendingPerQueue }
+	if len(r.out) < max && *budget > 0 && full() {
+		r.throttled = true
+	} else if len(r.out) < max && *budget > 0 {
+		next, err := v.scan(pq.cursor, req.Filter, budget, pq.markDone, func(ix indexed, m StoredMessage) bool {
 			d := &delivery{offset: ix.offset, seq: ix.entry.seq, firstConsume: now, heapIdx: -1}
 			pq.inflight[ix.offset] = d
 			r.out = append(r.out, pq.hand(q, d, m, now, visibleAt))
-			return len(r.out) < max
+			return len(r.out) < max && !full()
 		})
 		pq.cursor = max64(pq.cursor, next)
 		if err != nil {
 			return r, err
 		}
-		r.more = len(r.out) < max && next < v.end
+		r.more = len(r.out) < max && *budget > 0 && next < v.end && !full()
 	}
 	if len(r.out) == 0 && len(pq.expiring) > 0 {
 		r.wake = pq.expiring[0].visibleAt
@@ -265,7 +285,7 @@ func (b *Broker) popQueue(pq *popQueue, q *queue, req PopRequest, now int64, max
 // than the batch holds takes its head; the rest is parked behind it, to go out once
 // the head is acknowledged or due again, so that one batch of the queue is out at a
 // time. pq.mu should be held.
-func (b *Broker) redeliverOrdered(pq *popQueue, v *queueView, now, visibleAt int64, max, maxDeliveries int) (r popped, err error) {
+func (b *Broker) redeliverOrdered(pq *popQueue, v *queueView, now, visibleAt int64, max, maxDeliveries int, budget *int) (r popped, err error) {
 	batch := make([]*delivery, 0, len(pq.inflight))
 	for _, d := range pq.inflight {
 		switch {
@@ -283,8 +303,8 @@ func (b *Broker) redeliverOrdered(pq *popQueue, v *queueView, now, visibleAt int
 	}
 	sortDeliveries(batch)
 	for i, d := range batch {
-		if len(r.out) == max || d.times >= maxDeliveries {
-			if len(r.out) < max {
+		if len(r.out) == max || (len(r.out) > 0 && *budget <= 0) || d.times >= maxDeliveries {
+			if len(r.out) < max && d.times >= maxDeliveries {
 				// Dead-lettered first; what follows it waits until it is.
 				r.dead = append(r.dead, pq.bury(d))
 				i++
@@ -300,6 +320,7 @@ func (b *Broker) redeliverOrdered(pq *popQueue, v *queueView, now, visibleAt int
 		}
 		if ok {
 			r.out = append(r.out, dl)
+			*budget -= len(dl.Body)
 		}
 	}
 	return r, nil

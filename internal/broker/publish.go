@@ -96,10 +96,18 @@ func (b *Broker) PublishBatch(ctx context.Context, instanceID, topicName string,
 	if len(msgs) == 0 {
 		return nil, fmt.Errorf("%w: no messages", ErrInvalidArgument)
 	}
+	if len(msgs) > MaxBatchMessages {
+		return nil, fmt.Errorf("%w: a batch of %d messages; at most %d", ErrInvalidArgument, len(msgs), MaxBatchMessages)
+	}
+	total := 0
 	for i := range msgs {
 		if err := msgs[i].validate(); err != nil {
 			return nil, err
 		}
+		total += len(msgs[i].Body)
+	}
+	if total > MaxBatchBytes {
+		return nil, fmt.Errorf("%w: a batch of %d bytes of bodies; at most %d", ErrInvalidArgument, total, MaxBatchBytes)
 	}
 	b.mu.RLock()
 	t, err := b.topicLocked(instanceID, topicName)

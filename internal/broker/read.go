@@ -53,33 +53,61 @@ func (v *queueView) close() {
 // there, as RocketMQ's broker answers a pull that found nothing matching.
 const maxScan = 4096
 
+// MaxReadBytes bounds the records one pull or pop returns (and so what one answer
+// holds in memory): it stops before the message that would pass it, but always
+// returns at least one. RocketMQ's broker stops at 256 KiB (from memory) or 64 KiB
+// (from disk); a larger bound keeps small messages to full batches of 16 or 32.
+const MaxReadBytes = 1 << 20
+
 // scan walks the view's entries from offset from, at most maxScan of them, and
 // hands visit each one whose message matches filter, with its record. It stops
 // once visit returns false (it wants no more), and returns the offset after the
 // last entry it handled: the next read starts there. skipped is called for each entry the
 // filter rules out, matched or not against the record.
-func (v *queueView) scan(from uint64, filter TagFilter, skipped func(offset uint64), visit func(indexed, StoredMessage) bool) (next uint64, err error) {
-	return v.walk(from, func(ix indexed) (bool, error) {
+//
+// budget bounds the bytes of the records handed to visit: scan stops before the
+// entry that would pass it, unless *budget is whole (nothing taken yet), so that a
+// message larger than the budget is still delivered alone. It is decreased by what
+// visit takes.
+func (v *queueView) scan(from uint64, filter TagFilter, budget *int, skipped func(offset uint64), visit func(indexed, StoredMessage) bool) (next uint64, err error) {
+	whole := *budget
+	return v.walk(from, func(ix indexed) (walkStep, error) {
 		if !filter.mayMatch(ix.entry.tagHash) {
 			skipped(ix.offset)
-			return true, nil
+			return walkOn, nil
+		}
+		if int(ix.entry.size) > *budget && *budget != whole {
+			return walkStopBefore, nil
 		}
 		m, err := v.load(ix)
 		if err != nil {
-			return false, err
+			return walkStopBefore, err
 		}
 		if !filter.matches(m.Tag) {
 			skipped(ix.offset)
-			return true, nil
+			return walkOn, nil
 		}
-		return visit(ix, m), nil
+		*budget -= int(ix.entry.size)
+		if !visit(ix, m) || *budget <= 0 {
+			return walkStopAfter, nil
+		}
+		return walkOn, nil
 	})
 }
 
+// walkStep is what a walk's function wants next.
+type walkStep int
+
+const (
+	walkOn         walkStep = iota // the entry is handled; go on
+	walkStopAfter                  // the entry is handled; stop
+	walkStopBefore                 // stop, leaving the entry for the next read
+)
+
 // walk hands fn the view's entries from offset from on, at most maxScan of them,
-// until fn wants no more, and returns the offset after the last one handed over
-// (the view's end if it walked to the end).
-func (v *queueView) walk(from uint64, fn func(indexed) (more bool, err error)) (next uint64, err error) {
+// until fn stops, and returns the offset after the last one handled (the view's
+// end if it walked to the end).
+func (v *queueView) walk(from uint64, fn func(indexed) (walkStep, error)) (next uint64, err error) {
 	next = max(from, v.q.min.Load())
 	if next >= v.end {
 		return next, nil
@@ -95,12 +123,12 @@ func (v *queueView) walk(from uint64, fn func(indexed) (more bool, err error)) (
 			return next, fmt.Errorf("corrupt index entry at %x", v.idx.key())
 		}
 		ix := indexed{offset: queueKeyOffset(v.idx.key()), entry: e}
-		more, err := fn(ix)
-		if err != nil {
+		step, err := fn(ix)
+		if err != nil || step == walkStopBefore {
 			return next, err
 		}
 		next = ix.offset + 1
-		if !more {
+		if step == walkStopAfter {
 			return next, nil
 		}
 	}
@@ -268,7 +296,8 @@ func (b *Broker) pullOnce(q *queue, offset int64, max int, filter TagFilter) (Pu
 		return res, err
 	}
 	defer v.close()
-	next, err := v.scan(uint64(offset), filter, func(uint64) {}, func(_ indexed, m StoredMessage) bool {
+	budget := MaxReadBytes
+	next, err := v.scan(uint64(offset), filter, &budget, func(uint64) {}, func(_ indexed, m StoredMessage) bool {
 		res.Messages = append(res.Messages, m)
 		return len(res.Messages) < max
 	})
