@@ -47,19 +47,18 @@ func setRequestID(w http.ResponseWriter, id string) {
 
 // writeError answers with e as an XML error document.
 func writeError(w http.ResponseWriter, r *http.Request, requestID string, e *Error) {
-	body, err := xml.Marshal(errorBody{
-		XMLNS:     xmlNamespace,
-		Code:      e.Code,
-		Message:   e.Message,
-		RequestID: requestID,
-		HostID:    "http://" + r.Host,
-	})
-	if err != nil { // cannot happen for these field types; answer something well-formed anyway
-		body = []byte("<Error/>")
-	}
+	body := errorDocument(e.Code, e.Message, requestID, "http://"+r.Host)
 	setRequestID(w, requestID)
 	w.Header().Set("Content-Type", "text/xml;charset=utf-8")
 	w.WriteHeader(e.Status)
-	_, _ = w.Write([]byte(xml.Header))
 	_, _ = w.Write(body)
+}
+
+// errorDocument is the XML error document, with its declaration.
+func errorDocument(code, message, requestID, hostID string) []byte {
+	body, err := xml.Marshal(errorBody{XMLNS: xmlNamespace, Code: code, Message: message, RequestID: requestID, HostID: hostID})
+	if err != nil { // cannot happen for these field types; answer something well-formed anyway
+		body = []byte("<Error/>")
+	}
+	return append([]byte(xml.Header), body...)
 }

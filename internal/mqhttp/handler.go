@@ -49,24 +49,28 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		fail(&Error{http.StatusNotFound, "InvalidRequestURL", "The resource is /topics/{TopicName}/messages."})
 		return
 	}
+	// Nothing of the body is read before the request is known to be signed by a
+	// key and to declare a size within the limit: an unauthenticated client holds
+	// no more than its headers. The signature covers the headers (Content-MD5
+	// among them), and the body is checked against Content-MD5 once read.
+	instanceID, e := authenticate(r, h.broker, h.now())
+	if e != nil {
+		fail(e)
+		return
+	}
 	if r.ContentLength > maxRequestBytes {
 		fail(&Error{http.StatusRequestEntityTooLarge, "InvalidArgument", "The request is larger than the message size limit allows."})
 		return
 	}
-	// Read through a limit one byte past the maximum, so a body of exactly
-	// max+1 bytes is known to be too big without reading the rest.
-	body, err := io.ReadAll(io.LimitReader(r.Body, maxRequestBytes+1))
-	if err != nil {
+	if r.ContentLength < 0 {
+		// Chunked: a size the server cannot bound before reading. The SDKs
+		// always send Content-Length.
+		fail(&Error{http.StatusLengthRequired, "MissingContentLength", "A request body needs a Content-Length."})
+		return
+	}
+	body := make([]byte, r.ContentLength)
+	if _, err := io.ReadFull(r.Body, body); err != nil {
 		fail(&Error{http.StatusBadRequest, "InvalidArgument", "The request body could not be read."})
-		return
-	}
-	if len(body) > maxRequestBytes {
-		fail(&Error{http.StatusRequestEntityTooLarge, "InvalidArgument", "The request is larger than the message size limit allows."})
-		return
-	}
-	instanceID, e := authenticate(r, h.broker, h.now())
-	if e != nil {
-		fail(e)
 		return
 	}
 	if e := checkContentMD5(r, body); e != nil {

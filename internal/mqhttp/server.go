@@ -6,16 +6,54 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log"
 	"net"
 	"net/http"
 	"time"
 
 	"github.com/go-logr/logr"
+
+	"github.com/orderly-dev/orderly/internal/connlimit"
 )
 
 // shutdownGrace bounds how long Start waits for in-flight requests (long polls
 // included, which end early when the broker closes) after its context ends.
 const shutdownGrace = 35 * time.Second
+
+// Limits bound what connections may hold.
+type Limits struct {
+	// ReadHeaderTimeout: a request's headers must arrive within it (default 10 s);
+	// ReadTimeout: the whole request (default 60 s, 24 MiB at 400 KiB/s);
+	// WriteTimeout: the answer, a long poll's 30 s included (default 45 s);
+	// IdleTimeout: a kept-alive connection between requests (default 120 s).
+	ReadHeaderTimeout, ReadTimeout, WriteTimeout, IdleTimeout time.Duration
+	// MaxConns and MaxConnsPerHost cap concurrent connections in total and per
+	// client address (defaults: connlimit's).
+	MaxConns, MaxConnsPerHost int
+}
+
+func (l Limits) withDefaults() Limits {
+	for _, d := range []struct {
+		v   *time.Duration
+		def time.Duration
+	}{{&l.ReadHeaderTimeout, 10 * time.Second}, {&l.ReadTimeout, 60 * time.Second},
+		{&l.WriteTimeout, maxWait + 15*time.Second}, {&l.IdleTimeout, 120 * time.Second}} {
+		if *d.v <= 0 {
+			*d.v = d.def
+		}
+	}
+	return l
+}
+
+const maxHeaderBytes = 64 << 10
+
+// refuseConnection answers a connection past the caps with the protocol's error
+// document, as a 503 the SDKs report with its code.
+func refuseConnection(c net.Conn, reason string) {
+	body := errorDocument("TooManyConnections", "Connection refused: "+reason+".", newRequestID(), "")
+	fmt.Fprintf(c, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/xml;charset=utf-8\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+}
 
 // Server serves the mq-http endpoint. It is a manager.Runnable.
 type Server struct {
@@ -25,6 +63,8 @@ type Server struct {
 	Log    logr.Logger
 	// Now is the clock requests' Date headers are checked against.
 	Now func() time.Time
+	// Limits bound connections; zero fields take the defaults.
+	Limits Limits
 
 	ready chan net.Addr
 }
@@ -50,12 +90,19 @@ func (s *Server) Start(ctx context.Context) error {
 	// Long polls end when the server stops, rather than holding shutdown up to 30 s.
 	baseCtx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	lim := s.Limits.withDefaults()
+	ln = connlimit.Wrap(ln, lim.MaxConns, lim.MaxConnsPerHost, refuseConnection)
 	srv := &http.Server{
-		Handler:           &handler{broker: s.Broker, now: s.Now},
-		BaseContext:       func(net.Listener) context.Context { return baseCtx },
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    64 << 10,
+		Handler:     &handler{broker: s.Broker, now: s.Now},
+		BaseContext: func(net.Listener) context.Context { return baseCtx },
+		// Every phase of a request has a deadline, so a client that sends its
+		// request slowly, or never its last byte, gives its connection up.
+		ReadHeaderTimeout: lim.ReadHeaderTimeout,
+		ReadTimeout:       lim.ReadTimeout,
+		WriteTimeout:      lim.WriteTimeout,
+		IdleTimeout:       lim.IdleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          log.New(io.Discard, "", 0),
 	}
 	s.ready <- ln.Addr()
 	s.Log.Info("Serving mq-http", "address", ln.Addr().String())

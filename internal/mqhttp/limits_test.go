@@ -1,0 +1,156 @@
+package mqhttp
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/testr"
+
+	"github.com/orderly-dev/orderly/internal/broker"
+)
+
+// These tests speak raw HTTP/1.1 over TCP, as a hostile client would.
+
+func limitedServer(t *testing.T, lim Limits) string {
+	t.Helper()
+	b, err := broker.Open(broker.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	if err := b.EnsureInstance(broker.InstanceConfig{ID: testInstance, Owner: "o",
+		Credentials: []broker.Credential{{AccessKeyID: testAK, AccessKeySecret: testSK}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.EnsureTopic(testInstance, broker.TopicConfig{Name: "t", Owner: "o"}); err != nil {
+		t.Fatal(err)
+	}
+	srv := NewServer("127.0.0.1:0", b, testr.New(t))
+	srv.Limits = lim
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Start(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return (<-srv.Listening()).String()
+}
+
+// signedHead returns the head of a signed publish request declaring length bytes
+// of body, with extra headers.
+func signedHead(t *testing.T, addr string, length int, extra string) string {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/topics/t/messages", nil)
+	req.Header.Set("Content-Type", "text/xml;charset=utf-8")
+	req.Header.Set("Date", time.Now().UTC().Format(http.TimeFormat))
+	req.Header.Set("X-Mq-Version", "2015-06-06")
+	req.RequestURI = "/topics/t/messages"
+	sig := encodeSignature(sign(testSK, stringToSign(req)))
+	head := fmt.Sprintf("POST /topics/t/messages HTTP/1.1\r\nHost: %s\r\nContent-Type: text/xml;charset=utf-8\r\nDate: %s\r\nx-mq-version: 2015-06-06\r\nAuthorization: MQ %s:%s\r\n",
+		addr, req.Header.Get("Date"), testAK, sig)
+	if length >= 0 {
+		head += fmt.Sprintf("Content-Length: %d\r\n", length)
+	}
+	return head + extra + "\r\n"
+}
+
+func roundTrip(t *testing.T, addr, raw string) (int, string) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, raw); err != nil {
+		t.Fatal(err)
+	}
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("no answer: %v", err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	return res.StatusCode, string(body)
+}
+
+func TestNoBodyIsReadBeforeAuthentication(t *testing.T) {
+	addr := limitedServer(t, Limits{})
+	// An unsigned request declaring 20 MiB, sending none of it, is answered at
+	// once: the server waits for no body it would have to hold.
+	status, body := roundTrip(t, addr, "POST /topics/t/messages HTTP/1.1\r\nHost: x\r\nDate: "+
+		time.Now().UTC().Format(http.TimeFormat)+"\r\nAuthorization: MQ nobody:AAAA\r\nContent-Length: 20971520\r\n\r\n")
+	if status != http.StatusForbidden || !strings.Contains(body, "<Code>") {
+		t.Fatalf("unsigned 20 MiB request: %d %s", status, body)
+	}
+	// Signed but declaring more than the limit: refused before reading.
+	status, body = roundTrip(t, addr, signedHead(t, addr, maxRequestBytes+1, ""))
+	if status != http.StatusRequestEntityTooLarge {
+		t.Fatalf("oversized declared body: %d %s", status, body)
+	}
+	// Signed, chunked: no size to bound, so no.
+	status, body = roundTrip(t, addr, signedHead(t, addr, -1, "Transfer-Encoding: chunked\r\n")+"5\r\nhello\r\n0\r\n\r\n")
+	if status != http.StatusLengthRequired || !strings.Contains(body, "MissingContentLength") {
+		t.Fatalf("chunked body: %d %s", status, body)
+	}
+}
+
+func TestASlowClientLosesItsConnection(t *testing.T) {
+	addr := limitedServer(t, Limits{ReadHeaderTimeout: 200 * time.Millisecond, ReadTimeout: 400 * time.Millisecond})
+	for name, raw := range map[string]string{
+		"headers never finished": "POST /topics/t/messages HTTP/1.1\r\nHost: x\r\n",
+		"body never finished":    "", // filled below
+	} {
+		if raw == "" {
+			raw = signedHead(t, addr, 100, "") + "<Message>"
+		}
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.WriteString(c, raw); err != nil {
+			t.Fatal(err)
+		}
+		// The server gives up on it: the connection ends (with or without an
+		// answer) long before the client's own 10 s deadline.
+		start := time.Now()
+		_, _ = io.ReadAll(c)
+		if waited := time.Since(start); waited > 5*time.Second {
+			t.Errorf("%s: the connection was held %v", name, waited)
+		}
+		c.Close()
+	}
+}
+
+func TestConnectionsPastTheCapAreRefusedInTheProtocolsTerms(t *testing.T) {
+	addr := limitedServer(t, Limits{MaxConns: 2, MaxConnsPerHost: 2})
+	var held []net.Conn
+	for range 2 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	// Let the server accept both before the third arrives.
+	status, body := 0, ""
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+		status, body = roundTrip(t, addr, "GET /topics/t/messages HTTP/1.1\r\nHost: x\r\n\r\n")
+		if status == http.StatusServiceUnavailable {
+			break
+		}
+	}
+	if status != http.StatusServiceUnavailable || !strings.Contains(body, "TooManyConnections") {
+		t.Fatalf("third connection: %d %s", status, body)
+	}
+}
