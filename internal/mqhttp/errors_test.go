@@ -2,11 +2,14 @@ package mqhttp
 
 import (
 	"encoding/xml"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/orderly-dev/orderly/internal/broker"
 )
 
 // TestWriteErrorShape pins the details the SDKs depend on: the lowercase request-id
@@ -58,5 +61,12 @@ func TestRequestIDsAreDistinct(t *testing.T) {
 			t.Fatalf("bad or repeated request id %q", id)
 		}
 		seen[id] = true
+	}
+}
+
+func TestThrottlingIsA503TheSDKsRetry(t *testing.T) {
+	e := brokerError(fmt.Errorf("%w: too much in flight", broker.ErrThrottled))
+	if e.Status != http.StatusServiceUnavailable || e.Code != "Throttling" || !strings.Contains(e.Message, "too much in flight") {
+		t.Fatalf("throttled: %+v", e)
 	}
 }

@@ -266,6 +266,10 @@ func brokerError(err error) *Error {
 		return &Error{http.StatusNotFound, "InstanceNotExist", "The instance you provided does not exist."}
 	case errors.Is(err, broker.ErrWrongProtocol), errors.Is(err, broker.ErrMessageType), errors.Is(err, broker.ErrInvalidArgument):
 		return invalidArgument(err.Error())
+	case errors.Is(err, broker.ErrThrottled):
+		// 503: the Java SDK retries it with backoff; the others surface the
+		// code. The SDKs single out no throttling code of their own.
+		return &Error{http.StatusServiceUnavailable, "Throttling", err.Error()}
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded), errors.Is(err, broker.ErrClosed):
 		return &Error{http.StatusServiceUnavailable, "ServiceUnavailable", "The service is shutting down or the request was cancelled."}
 	default:
