@@ -67,6 +67,7 @@ type InstanceReconciler struct {
 // +kubebuilder:rbac:groups=mq.orderly.dev,resources=instances/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=mq.orderly.dev,resources=instances/finalizers,verbs=update
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update;patch
+// +kubebuilder:rbac:groups="",resources=namespaces,verbs=get
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Reconcile brings the broker tenant, the connection Secret and the status of one
@@ -117,8 +118,21 @@ func (r *InstanceReconciler) reconcileNormal(ctx context.Context, inst *mqv1alph
 		return err
 	}
 
-	cfg := broker.InstanceConfig{ID: id, Owner: string(inst.UID), Credentials: []broker.Credential{cred},
-		AutoCreate: broker.AutoCreatePolicy{Topics: inst.Spec.AutoCreate.Topics, Groups: inst.Spec.AutoCreate.Groups}}
+	if other, err := r.squattedNamespace(ctx, inst); err != nil {
+		return err
+	} else if other != "" {
+		msg := fmt.Sprintf("instanceId %q has the form of the ids derived for Instances of namespace %q (MQ_INST_<namespace>_<name>); choose one that does not", id, other)
+		r.setReady(inst, metav1.ConditionFalse, mqv1alpha1.ReasonInstanceIDConflict, msg)
+		r.Recorder.Eventf(inst, nil, corev1.EventTypeWarning, mqv1alpha1.ReasonInstanceIDConflict, "Reconcile", "%s", msg)
+		return nil
+	}
+
+	// The tenant belongs to this namespace and name: if this object is deleted
+	// without its finalizer, only an Instance of the same namespace and name adopts
+	// what it leaves.
+	cfg := broker.InstanceConfig{ID: id, Owner: string(inst.UID), Declarer: inst.Namespace + "/" + inst.Name,
+		Credentials: []broker.Credential{cred},
+		AutoCreate:  broker.AutoCreatePolicy{Topics: inst.Spec.AutoCreate.Topics, Groups: inst.Spec.AutoCreate.Groups}}
 	err = r.Broker.EnsureInstance(cfg)
 	var conflict *broker.ConflictError
 	if errors.As(err, &conflict) {
@@ -135,6 +149,12 @@ func (r *InstanceReconciler) reconcileNormal(ctx context.Context, inst *mqv1alph
 		}
 		// The holder no longer exists (it was removed without its finalizer running):
 		// adopt the tenant, and its topics and groups, rather than strand it.
+		if conflict.Declarer != "" && conflict.Declarer != cfg.Declarer {
+			msg := fmt.Sprintf("instance id %q belongs to Instance %s, which is gone; only an Instance of that namespace and name may adopt it", id, conflict.Declarer)
+			r.setReady(inst, metav1.ConditionFalse, mqv1alpha1.ReasonInstanceIDConflict, msg)
+			r.Recorder.Eventf(inst, nil, corev1.EventTypeWarning, mqv1alpha1.ReasonInstanceIDConflict, "Reconcile", "%s", msg)
+			return nil
+		}
 		ctrl.LoggerFrom(ctx).Info("Adopting instance whose owner no longer exists", "instanceId", id, "previousOwner", conflict.Owner)
 		cfg.PreviousOwner = conflict.Owner
 		err = r.Broker.EnsureInstance(cfg)
@@ -193,6 +213,30 @@ func (r *InstanceReconciler) findHolder(ctx context.Context, id, owner string) (
 		}
 	}
 	return nil, nil
+}
+
+// squattedNamespace returns the namespace whose derived instance ids (MQ_INST_<ns>_
+// <name>) inst's custom spec.instanceId takes the form of, if that is another
+// existing namespace: such an id would take a tenant id from an Instance of that
+// namespace before it is created. Ids of other shapes, such as the cloud services'
+// MQ_INST_<account>_<suffix> that migrating users keep, are free.
+func (r *InstanceReconciler) squattedNamespace(ctx context.Context, inst *mqv1alpha1.Instance) (string, error) {
+	rest, ok := strings.CutPrefix(inst.Spec.InstanceID, "MQ_INST_")
+	if !ok {
+		return "", nil
+	}
+	ns, _, ok := strings.Cut(rest, "_")
+	if !ok || ns == inst.Namespace || ns == "" {
+		return "", nil
+	}
+	err := r.APIReader.Get(ctx, client.ObjectKey{Name: ns}, &corev1.Namespace{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return "", nil
+	case err != nil:
+		return "", fmt.Errorf("failed to look up namespace %q: %w", ns, err)
+	}
+	return ns, nil
 }
 
 // secretConflictError reports a Secret with the chosen name that this Instance did not create.

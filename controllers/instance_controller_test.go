@@ -288,6 +288,42 @@ var _ = Describe("Instance controller", func() {
 	})
 })
 
+var _ = Describe("Instance tenancy", func() {
+	It("refuses a custom id in the derived form of another namespace's Instances", func(ctx SpecContext) {
+		victim := newNamespace(ctx)
+		ns := newNamespace(ctx)
+		inst := newInstance(ns, "squatter")
+		inst.Spec.InstanceID = "MQ_INST_" + victim + "_app"
+		Expect(k8sClient.Create(ctx, inst)).To(Succeed())
+		cond := expectNotReady(ctx, inst, mqv1alpha1.ReasonInstanceIDConflict)
+		Expect(cond.Message).To(ContainSubstring(victim))
+		_, err := testBroker.Instance(inst.Spec.InstanceID)
+		Expect(errors.Is(err, broker.ErrInstanceNotFound)).To(BeTrue(), "the squatter reached the broker: %v", err)
+		// The namespace's own Instance gets its derived id.
+		own := newInstance(victim, "app")
+		Expect(k8sClient.Create(ctx, own)).To(Succeed())
+		expectReady(ctx, own)
+		Expect(own.Status.InstanceID).To(Equal("MQ_INST_" + victim + "_app"))
+	})
+
+	It("lets only the same namespace and name adopt a tenant whose Instance vanished", func(ctx SpecContext) {
+		ns := newNamespace(ctx)
+		id := "MQ_INST_contested_" + ns
+		Expect(testBroker.EnsureInstance(broker.InstanceConfig{ID: id, Owner: "uid-gone", Declarer: ns + "/original"})).To(Succeed())
+		other := newInstance(ns, "impostor")
+		other.Spec.InstanceID = id
+		Expect(k8sClient.Create(ctx, other)).To(Succeed())
+		expectNotReady(ctx, other, mqv1alpha1.ReasonInstanceIDConflict)
+		heir := newInstance(ns, "original")
+		heir.Spec.InstanceID = id
+		Expect(k8sClient.Create(ctx, heir)).To(Succeed())
+		expectReady(ctx, heir)
+		info, err := testBroker.Instance(id)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(info.Owner).To(Equal(string(heir.UID)))
+	})
+})
+
 var _ = Describe("Instance adoption", func() {
 	It("adopts a tenant whose owning Instance is gone without running its finalizer", func(ctx SpecContext) {
 		ns := newNamespace(ctx)

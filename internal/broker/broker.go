@@ -61,8 +61,9 @@ var (
 
 // ConflictError reports an object declared by another owner.
 type ConflictError struct {
-	// Kind and Name identify the object, Owner its current owner.
-	Kind, Name, Owner string
+	// Kind and Name identify the object, Owner its current owner, and for an
+	// instance Declarer who declared it (see InstanceConfig.Declarer).
+	Kind, Name, Owner, Declarer string
 }
 
 func (e *ConflictError) Error() string {
@@ -118,11 +119,19 @@ type InstanceConfig struct {
 	Owner string
 	// PreviousOwner, when set, lets Owner take over an instance held by PreviousOwner
 	// (a declarer that no longer exists). The swap happens only if PreviousOwner still
-	// holds it, so a concurrent legitimate claim is never overridden.
+	// holds it, so a concurrent legitimate claim is never overridden, and only for the
+	// same Declarer.
 	PreviousOwner string
+	// Declarer names who declares the instance across owners (the controllers pass
+	// the Instance's namespace/name; a UID changes when an object is recreated).
+	// The first declarer of an id keeps it: an orphaned instance is adopted only by
+	// an owner with the same Declarer, never by another namespace's object.
+	Declarer string
 	// Credentials are the AccessKey pairs accepted for this instance. An AccessKey id
-	// authenticates for one instance only. They are held in memory only: the
-	// declarer declares them again after a restart.
+	// authenticates for one instance only, and belongs to the first instance that
+	// declared it until that instance drops it: the binding of ids to instances is
+	// stored, so a restart changes no key's owner. The secrets are held in memory
+	// only: the declarer declares them again after a restart.
 	Credentials []Credential
 	// AutoCreate lets the TCP endpoint create the instance's topics and consumer
 	// groups on first use, as RocketMQ brokers do with autoCreateTopicEnable and
@@ -145,6 +154,7 @@ type InstanceInfo struct {
 type instance struct {
 	id          string
 	owner       string
+	declarer    string
 	credentials map[string]string // AccessKey id -> secret
 	autoCreate  AutoCreatePolicy
 	topics      map[string]*topic
@@ -163,7 +173,7 @@ type Broker struct {
 	mu         sync.RWMutex
 	closed     bool
 	instances  map[string]*instance
-	accessKeys map[string]string // AccessKey id -> instance id
+	accessKeys map[string]string // AccessKey id -> instance id, stored under 'M' 'K' id
 	topicsByID map[uint32]*topic
 	groupsByID map[uint32]*group
 	counters   counters
@@ -308,26 +318,51 @@ func (b *Broker) EnsureInstance(cfg InstanceConfig) error {
 		return ErrClosed
 	}
 	inst, ok := b.instances[cfg.ID]
-	if ok && inst.owner != cfg.Owner && (cfg.PreviousOwner == "" || inst.owner != cfg.PreviousOwner) {
-		return &ConflictError{Kind: "instance", Name: cfg.ID, Owner: inst.owner}
+	if ok && inst.owner != cfg.Owner {
+		adopt := cfg.PreviousOwner != "" && inst.owner == cfg.PreviousOwner && (inst.declarer == "" || inst.declarer == cfg.Declarer)
+		if !adopt {
+			return &ConflictError{Kind: "instance", Name: cfg.ID, Owner: inst.owner, Declarer: inst.declarer}
+		}
 	}
 	for id := range creds {
 		if owner, ok := b.accessKeys[id]; ok && owner != cfg.ID {
 			return fmt.Errorf("%w: AccessKey id %q already authenticates for another instance", ErrInvalidArgument, id)
 		}
 	}
-	if !ok || inst.owner != cfg.Owner {
-		if err := b.putMeta(metaInstance, cfg.ID, instanceMeta{Owner: cfg.Owner}); err != nil {
+	declarer := cfg.Declarer
+	if ok && inst.declarer != "" {
+		declarer = inst.declarer // the first declarer's, for good
+	}
+	w := b.store.newBatch()
+	if !ok || inst.owner != cfg.Owner || inst.declarer != declarer {
+		if err := b.setMeta(w, metaInstance, cfg.ID, instanceMeta{Owner: cfg.Owner, Declarer: declarer}); err != nil {
+			w.b.Close()
 			return err
 		}
+	}
+	// The binding of AccessKey ids to this instance, as it changes.
+	for id, owner := range b.accessKeys {
+		if _, keep := creds[id]; owner == cfg.ID && !keep {
+			w.delete(metaKey(metaAccessKey, id))
+		}
+	}
+	for id := range creds {
+		if _, bound := b.accessKeys[id]; !bound {
+			w.set(metaKey(metaAccessKey, id), []byte(cfg.ID))
+		}
+	}
+	if w.empty() {
+		w.b.Close()
+	} else if err := b.store.commit(w); err != nil {
+		return fmt.Errorf("failed to store instance %q: %w", cfg.ID, err)
 	}
 	if !ok {
 		inst = newInstance(cfg.ID)
 		b.instances[cfg.ID] = inst
 	}
-	inst.owner = cfg.Owner
-	for id := range inst.credentials {
-		if _, keep := creds[id]; !keep {
+	inst.owner, inst.declarer = cfg.Owner, declarer
+	for id, owner := range b.accessKeys {
+		if _, keep := creds[id]; owner == cfg.ID && !keep {
 			delete(b.accessKeys, id)
 		}
 	}
@@ -364,13 +399,20 @@ func (b *Broker) DeleteInstance(id, owner string) error {
 		b.dropGroupLocked(w, g)
 	}
 	w.delete(metaKey(metaInstance, id))
+	for key, owner := range b.accessKeys {
+		if owner == id {
+			w.delete(metaKey(metaAccessKey, key))
+		}
+	}
 	if err := b.store.commit(w); err != nil {
 		return fmt.Errorf("failed to delete instance %q: %w", id, err)
 	}
 	b.kickReaper()
 	b.locks.releaseGroup(id, "")
-	for key := range inst.credentials {
-		delete(b.accessKeys, key)
+	for key, owner := range b.accessKeys {
+		if owner == id {
+			delete(b.accessKeys, key)
+		}
 	}
 	delete(b.instances, id)
 	return nil
@@ -409,7 +451,13 @@ func (b *Broker) LookupAccessKey(accessKeyID string) (instanceID, secret string,
 	if !ok {
 		return "", "", false
 	}
-	return instanceID, b.instances[instanceID].credentials[accessKeyID], true
+	// After a restart a key is bound before its instance declares its secret
+	// again: until then it authenticates nothing.
+	secret, ok = b.instances[instanceID].credentials[accessKeyID]
+	if !ok || secret == "" {
+		return "", "", false
+	}
+	return instanceID, secret, true
 }
 
 // info describes inst. b.mu should be held.
@@ -437,7 +485,8 @@ func (b *Broker) instanceLocked(id string) (*instance, error) {
 // Metadata records, stored as JSON under 'M' keys: rare, small, and readable when
 // someone has to look at a broker's data by hand.
 type instanceMeta struct {
-	Owner string `json:"owner"`
+	Owner    string `json:"owner"`
+	Declarer string `json:"declarer,omitempty"`
 }
 
 // putMeta writes one metadata record durably. b.mu should be held.
@@ -477,8 +526,16 @@ func (b *Broker) recover() error {
 			return err
 		}
 		inst := newInstance(id)
-		inst.owner = m.Owner
+		inst.owner, inst.declarer = m.Owner, m.Declarer
 		b.instances[id] = inst
+		return nil
+	}); err != nil {
+		return err
+	}
+	if err := b.scanMeta(metaAccessKey, func(id string, raw []byte) error {
+		if _, ok := b.instances[string(raw)]; ok {
+			b.accessKeys[id] = string(raw)
+		}
 		return nil
 	}); err != nil {
 		return err

@@ -33,22 +33,23 @@ import "encoding/binary"
 // record is on disk exactly while something can still deliver it: nothing pins
 // the log, and one topic's retention keeps no other topic's records.
 const (
-	kindLog      = 'l'
-	kindQueue    = 'q'
-	kindKey      = 'k'
-	kindOffset   = 'o'
-	kindTimer    = 't'
-	kindHalf     = 'h'
-	kindQueueMin = 'm'
-	kindBytes    = 'b'
-	kindRef      = 'r'
-	kindMeta     = 'M'
-	metaInstance = 'I'
-	metaTopic    = 'T'
-	metaGroup    = 'G'
-	metaCounter  = 'C'
-	metaSeq      = 'S' // the log's next sequence, so none is handed out twice
-	metaReaping  = 'X' // a deleted topic whose keys are still being removed
+	kindLog       = 'l'
+	kindQueue     = 'q'
+	kindKey       = 'k'
+	kindOffset    = 'o'
+	kindTimer     = 't'
+	kindHalf      = 'h'
+	kindQueueMin  = 'm'
+	kindBytes     = 'b'
+	kindRef       = 'r'
+	kindMeta      = 'M'
+	metaInstance  = 'I'
+	metaTopic     = 'T'
+	metaGroup     = 'G'
+	metaCounter   = 'C'
+	metaSeq       = 'S' // the log's next sequence, so none is handed out twice
+	metaReaping   = 'X' // a deleted topic whose keys are still being removed
+	metaAccessKey = 'K' // an AccessKey id -> the instance it authenticates for
 )
 
 func logKey(seq uint64) []byte {
