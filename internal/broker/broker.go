@@ -57,6 +57,9 @@ var (
 	// one client can make it hold: the caller should back off and retry. Protocol
 	// servers answer with their flow-control code (remoting's SYSTEM_BUSY).
 	ErrThrottled = errors.New("throttled")
+	// ErrQuotaExceeded means a declaration would take an instance past one of its
+	// Limits.
+	ErrQuotaExceeded = errors.New("quota exceeded")
 )
 
 // ConflictError reports an object declared by another owner.
@@ -133,6 +136,9 @@ type InstanceConfig struct {
 	// stored, so a restart changes no key's owner. The secrets are held in memory
 	// only: the declarer declares them again after a restart.
 	Credentials []Credential
+	// Limits are the instance's quotas; zero fields take the defaults. Held in
+	// memory, like the credentials.
+	Limits Limits
 	// AutoCreate lets the TCP endpoint create the instance's topics and consumer
 	// groups on first use, as RocketMQ brokers do with autoCreateTopicEnable and
 	// autoCreateSubscriptionGroup. Off unless the declarer opts in: a typo in a
@@ -157,6 +163,7 @@ type instance struct {
 	declarer    string
 	credentials map[string]string // AccessKey id -> secret
 	autoCreate  AutoCreatePolicy
+	quota       *quota
 	topics      map[string]*topic
 	groups      map[string]*group
 }
@@ -304,6 +311,10 @@ func (b *Broker) EnsureInstance(cfg InstanceConfig) error {
 	if !instanceIDPattern.MatchString(cfg.ID) {
 		return fmt.Errorf("%w: instance id %q must be 1 to 64 characters of [a-zA-Z0-9_-]", ErrInvalidArgument, cfg.ID)
 	}
+	limits, err := cfg.Limits.withDefaults()
+	if err != nil {
+		return err
+	}
 	creds := make(map[string]string, len(cfg.Credentials))
 	for _, c := range cfg.Credentials {
 		if c.AccessKeyID == "" || c.AccessKeySecret == "" {
@@ -371,11 +382,13 @@ func (b *Broker) EnsureInstance(cfg InstanceConfig) error {
 	}
 	inst.credentials = creds
 	inst.autoCreate = cfg.AutoCreate
+	inst.quota.set(limits)
 	return nil
 }
 
 func newInstance(id string) *instance {
-	return &instance{id: id, topics: map[string]*topic{}, groups: map[string]*group{}}
+	limits, _ := Limits{}.withDefaults()
+	return &instance{id: id, topics: map[string]*topic{}, groups: map[string]*group{}, quota: newQuota(limits)}
 }
 
 // DeleteInstance removes the instance and everything it holds, if owner owns it.

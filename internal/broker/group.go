@@ -104,6 +104,9 @@ func (b *Broker) EnsureGroup(instanceID string, cfg GroupConfig) (GroupInfo, err
 		return GroupInfo{}, err
 	}
 	g, exists := inst.groups[cfg.ID]
+	if limit := inst.quota.get().Groups; !exists && len(inst.groups) >= limit {
+		return GroupInfo{}, fmt.Errorf("%w: instance %q holds its limit of %d consumer groups", ErrQuotaExceeded, instanceID, limit)
+	}
 	if exists {
 		if g.owner != cfg.Owner && g.owner != AutoCreatedOwner {
 			return GroupInfo{}, &ConflictError{Kind: "consumer group", Name: cfg.ID, Owner: g.owner}

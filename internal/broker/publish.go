@@ -119,6 +119,20 @@ func (b *Broker) PublishBatch(ctx context.Context, instanceID, topicName string,
 		b.mu.RUnlock()
 		return nil, fmt.Errorf("%w: %q is a system topic", ErrInvalidArgument, topicName)
 	}
+	q := b.instances[instanceID].quota
+	if limit := q.get().MaxMessageSize; limit < MaxBodySize {
+		for i := range msgs {
+			if len(msgs[i].Body) > limit {
+				b.mu.RUnlock()
+				return nil, fmt.Errorf("%w: body of %d bytes exceeds the instance's %d-byte limit", ErrInvalidArgument, len(msgs[i].Body), limit)
+			}
+		}
+	}
+	// Rates are of the machine's resources, so they run on the wall clock.
+	if err := q.admitPublish(time.Now(), len(msgs), total); err != nil {
+		b.mu.RUnlock()
+		return nil, err
+	}
 	return b.publishLocked(ctx, t, msgs)
 }
 

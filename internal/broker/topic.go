@@ -184,6 +184,11 @@ func (b *Broker) ensureTopicLocked(inst *instance, cfg TopicConfig, system bool)
 			ErrInvalidArgument, cfg.Name, n, instanceID, MaxWireNameLength)
 	}
 	t, exists := inst.topics[cfg.Name]
+	if !exists && !system {
+		if limit := inst.quota.get().Topics; inst.userTopics() >= limit {
+			return TopicInfo{}, fmt.Errorf("%w: instance %q holds its limit of %d topics", ErrQuotaExceeded, instanceID, limit)
+		}
+	}
 	if exists {
 		if t.owner != cfg.Owner && t.owner != AutoCreatedOwner {
 			return TopicInfo{}, &ConflictError{Kind: "topic", Name: cfg.Name, Owner: t.owner}
