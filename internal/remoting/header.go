@@ -8,18 +8,20 @@ import (
 )
 
 // The JSON header of every frame is flat: a few numbers, two strings and a map of
-// strings. encoding/json took a fifth of the CPU of a send (reflection, a map and
-// a string per field); these hand-written paths handle the shape clients send and
-// hand anything else to encoding/json, so that every header decodes exactly as
-// encoding/json decodes it (FuzzHeaderAgreement holds them to that).
+// scalars. encoding/json took a fifth of the CPU of a send (reflection, a map and
+// a string per field); these hand-written paths handle the shapes clients send
+// (strings from the Go and Java clients, numbers and booleans among them from the
+// C++ and Node ones) and hand anything else to the tolerant decoder in
+// header_tolerant.go, so that every header decodes exactly as that one decodes it
+// (FuzzHeaderAgreement holds them to that).
 
-// decodeHeader decodes a frame header into cmd.
+// decodeHeader decodes a JSON frame header into cmd. An error is either a header
+// that cannot be read or a *fieldError, a header whose request can be answered.
 func decodeHeader(data []byte, cmd *Command) error {
 	if fastDecodeHeader(data, cmd) {
 		return nil
 	}
-	*cmd = Command{}
-	return json.Unmarshal(data, cmd)
+	return decodeHeaderTolerant(data, cmd)
 }
 
 // headerScanner reads a header; any step it does not handle makes it give up.
@@ -157,33 +159,95 @@ func (s *headerScanner) integer(bits int) (int64, bool) {
 	return v, err == nil
 }
 
-// scalar skips a string, a number, true or false.
-func (s *headerScanner) scalar() bool {
+// number reads a JSON number (-?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?) and
+// returns it as written: the text a client signs for it.
+func (s *headerScanner) number() (string, bool) {
 	s.skipSpace()
-	if s.pos >= len(s.data) {
-		return false
+	start := s.pos
+	if s.pos < len(s.data) && s.data[s.pos] == '-' {
+		s.pos++
 	}
-	switch c := s.data[s.pos]; {
-	case c == '"':
-		_, ok := s.str()
-		return ok
-	case c == '-' || (c >= '0' && c <= '9'):
-		_, ok := s.integer(64)
-		return ok
+	switch {
+	case s.pos < len(s.data) && s.data[s.pos] == '0':
+		s.pos++
+	case !s.digits():
+		return "", false
 	}
-	for _, lit := range []string{"true", "false"} {
-		if len(s.data)-s.pos >= len(lit) && string(s.data[s.pos:s.pos+len(lit)]) == lit {
-			s.pos += len(lit)
-			return true
+	if s.pos < len(s.data) && s.data[s.pos] == '.' {
+		s.pos++
+		if !s.digits() {
+			return "", false
 		}
+	}
+	if s.pos < len(s.data) && (s.data[s.pos] == 'e' || s.data[s.pos] == 'E') {
+		s.pos++
+		if s.pos < len(s.data) && (s.data[s.pos] == '+' || s.data[s.pos] == '-') {
+			s.pos++
+		}
+		if !s.digits() {
+			return "", false
+		}
+	}
+	return string(s.data[start:s.pos]), true
+}
+
+// digits skips one or more decimal digits.
+func (s *headerScanner) digits() bool {
+	start := s.pos
+	for s.pos < len(s.data) && s.data[s.pos] >= '0' && s.data[s.pos] <= '9' {
+		s.pos++
+	}
+	return s.pos > start
+}
+
+// literal skips lit (true, false or null) if it comes next.
+func (s *headerScanner) literal(lit string) bool {
+	s.skipSpace()
+	if len(s.data)-s.pos >= len(lit) && string(s.data[s.pos:s.pos+len(lit)]) == lit {
+		s.pos += len(lit)
+		return true
 	}
 	return false
 }
 
+// scalar reads a string, a number, true, false or null as the text a client signs
+// for it: a string's contents, a number as written, true or false; null is no
+// value (present is false).
+func (s *headerScanner) scalar() (v string, present, ok bool) {
+	s.skipSpace()
+	if s.pos >= len(s.data) {
+		return "", false, false
+	}
+	switch c := s.data[s.pos]; {
+	case c == '"':
+		v, ok = s.str()
+		return v, true, ok
+	case c == '-' || (c >= '0' && c <= '9'):
+		v, ok = s.number()
+		return v, true, ok
+	case s.literal("true"):
+		return "true", true, true
+	case s.literal("false"):
+		return "false", true, true
+	case s.literal("null"):
+		return "", false, true
+	}
+	return "", false, false
+}
+
+// nullableStr reads a string or null, which is the empty string.
+func (s *headerScanner) nullableStr() (string, bool) {
+	if s.literal("null") {
+		return "", true
+	}
+	return s.str()
+}
+
 // fastDecodeHeader decodes the headers clients send, reporting false for anything
-// it leaves to encoding/json: nulls, nested values under unknown names, duplicate
-// extFields, names that differ from the fields' only in case (encoding/json matches
-// those), and whatever str and integer give up on.
+// it leaves to the tolerant decoder: numeric strings and non-integers for code,
+// version, opaque and flag, a language code, an extFields that is null, nested
+// values, duplicate extFields, names that differ from the fields' only in case
+// (encoding/json matches those), and whatever str and number give up on.
 func fastDecodeHeader(data []byte, cmd *Command) bool {
 	s := headerScanner{data: data}
 	if !s.consume('{') {
@@ -198,28 +262,27 @@ func fastDecodeHeader(data []byte, cmd *Command) bool {
 			return false
 		}
 		switch key {
-		case "code", "version":
+		case "code":
 			v, ok := s.integer(16)
 			if !ok {
 				return false
 			}
-			if key == "code" {
-				cmd.Code = int16(v)
-			} else {
-				cmd.Version = int16(v)
-			}
-		case "opaque", "flag":
+			cmd.Code = int16(v)
+		case "version", "opaque", "flag":
 			v, ok := s.integer(32)
 			if !ok {
 				return false
 			}
-			if key == "opaque" {
+			switch key {
+			case "version":
+				cmd.Version = int32(v)
+			case "opaque":
 				cmd.Opaque = int32(v)
-			} else {
+			default:
 				cmd.Flag = int32(v)
 			}
 		case "language", "remark":
-			v, ok := s.str()
+			v, ok := s.nullableStr()
 			if !ok {
 				return false
 			}
@@ -233,7 +296,10 @@ func fastDecodeHeader(data []byte, cmd *Command) bool {
 				return false
 			}
 		default:
-			if foldsToField(key) || !s.scalar() {
+			if foldsToField(key) {
+				return false
+			}
+			if _, _, ok := s.scalar(); !ok {
 				return false
 			}
 		}
@@ -260,11 +326,15 @@ func (s *headerScanner) extFields(cmd *Command) bool {
 		if !ok || !s.consume(':') {
 			return false
 		}
-		v, ok := s.str()
-		if !ok {
+		v, present, ok := s.scalar()
+		switch {
+		case !ok:
 			return false
+		case present:
+			cmd.ExtFields[k] = v
+		default:
+			delete(cmd.ExtFields, k) // null, as if absent
 		}
-		cmd.ExtFields[k] = v
 		if s.consume(',') {
 			continue
 		}

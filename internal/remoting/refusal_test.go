@@ -49,6 +49,12 @@ func (c *rawClient) call(code int16, ext map[string]string, body []byte, ak, sec
 	if err != nil {
 		c.t.Fatal(err)
 	}
+	return c.send(frame, c.n)
+}
+
+// send writes a frame as it is and returns the answer with the opaque given.
+func (c *rawClient) send(frame []byte, opaque int32) *Command {
+	c.t.Helper()
 	if _, err := c.conn.Write(frame); err != nil {
 		c.t.Fatal(err)
 	}
@@ -58,7 +64,7 @@ func (c *rawClient) call(code int16, ext map[string]string, body []byte, ak, sec
 		if err != nil {
 			c.t.Fatal(err)
 		}
-		if res.IsResponse() && res.Opaque == c.n {
+		if res.IsResponse() && res.Opaque == opaque {
 			return res
 		}
 	}
@@ -162,7 +168,9 @@ func TestBadFramesCloseOnlyTheirConnection(t *testing.T) {
 		"oversized length": binary.BigEndian.AppendUint32(nil, 1<<30),
 		"short length":     binary.BigEndian.AppendUint32(nil, 2),
 		"header too long":  append(binary.BigEndian.AppendUint32(nil, 8), 0, 0, 1, 0, 'x', 'x', 'x', 'x'),
-		"binary header":    append(binary.BigEndian.AppendUint32(nil, 6), 1, 0, 0, 2, '{', '}'),
+		"binary too short": append(binary.BigEndian.AppendUint32(nil, 6), 1, 0, 0, 2, '{', '}'),
+		"serialize type 2": append(binary.BigEndian.AppendUint32(nil, 6), 2, 0, 0, 2, '{', '}'),
+		"no opaque":        append(binary.BigEndian.AppendUint32(nil, 20), append([]byte{0, 0, 0, 16}, `{"opaque":"one"}`...)...),
 		"garbage json":     append(binary.BigEndian.AppendUint32(nil, 9), 0, 0, 0, 5, '{', 'n', 'o', 'p', 'e'),
 	} {
 		bad, err := net.Dial("tcp", e.nameAddr)

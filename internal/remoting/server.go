@@ -227,7 +227,18 @@ func (c *conn) serve(ctx context.Context) {
 	r := bufio.NewReaderSize(c.nc, 64<<10)
 	for {
 		cmd, err := ReadCommand(r)
-		if err != nil {
+		var unusable *RequestError
+		switch {
+		case errors.As(err, &unusable):
+			// Read whole but not servable as sent: answered, so that the client
+			// gets a reason instead of a closed connection to reconnect to.
+			log.V(1).Info("Refusing a request", "reason", unusable.Remark)
+			req := unusable.Request
+			if !req.IsResponse() {
+				c.answer(req, response(req, unusable.Code, unusable.Remark))
+			}
+			continue
+		case err != nil:
 			if errors.Is(err, ErrFrame) {
 				log.Info("Closing the connection: bad frame", "reason", err.Error())
 			} else if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
@@ -245,14 +256,22 @@ func (c *conn) serve(ctx context.Context) {
 		}
 		handlers.Go(func() {
 			defer func() { <-c.inFlight }()
-			res := c.s.handle(ctx, c, cmd)
-			if res != nil {
-				res.Opaque, res.Flag = cmd.Opaque, flagResponse
-				if err := c.write(res); err != nil {
-					c.close()
-				}
+			if res := c.s.handle(ctx, c, cmd); res != nil {
+				c.answer(cmd, res)
 			}
 		})
+	}
+}
+
+// answer sends res as the answer to req, in req's serialize type, unless req is
+// one way: RocketMQ's broker serves those and answers none (1.4).
+func (c *conn) answer(req, res *Command) {
+	if req.IsOneway() {
+		return
+	}
+	res.Opaque, res.Flag, res.Serialize = req.Opaque, flagResponse, req.Serialize
+	if err := c.write(res); err != nil {
+		c.close()
 	}
 }
 
