@@ -17,9 +17,13 @@ type reqContext struct {
 	instance string
 }
 
-// authenticate checks the request's ACL signature (6): HMAC-SHA1 with the
-// AccessKey's secret over the values of every extField but Signature (and
-// SecurityToken, which the Go client does not sign), in key order, then the body.
+// authenticate checks the request's ACL signature (6; docs/remoting.md,
+// "Signatures"): HMAC-SHA1 with the AccessKey's secret over the values of the
+// request's extFields in name order, then the body, base64. The Java, ONS, C++ and
+// Node clients sign every field they send but Signature (AccessKey, OnsChannel and
+// SecurityToken included), which is what RocketMQ's broker checks; the Go client
+// leaves SecurityToken out, so a request that carries one is checked both ways. The
+// values are the text the header carries, which is the text each client signed.
 // Every request must be signed: the name server's routes and the broker's data are
 // both per instance.
 func (s *Server) authenticate(req *Command) (reqContext, *Command) {
@@ -32,20 +36,25 @@ func (s *Server) authenticate(req *Command) (reqContext, *Command) {
 	if !ok {
 		return reqContext{}, response(req, codeNoPermission, fmt.Sprintf("unknown AccessKey %q", ak))
 	}
-	want := signature(secret, req.ExtFields, req.Body)
 	got, err := base64.StdEncoding.DecodeString(sig)
-	if err != nil || !hmac.Equal(got, want) {
+	ok = err == nil && hmac.Equal(got, signature(secret, req.ExtFields, req.Body, true))
+	if !ok && err == nil && req.ExtFields["SecurityToken"] != "" {
+		ok = hmac.Equal(got, signature(secret, req.ExtFields, req.Body, false))
+	}
+	if !ok {
 		return reqContext{}, response(req, codeNoPermission, "the request signature does not match")
 	}
 	return reqContext{instance: instance}, nil
 }
 
-// signature computes the ACL signature of a request's fields and body.
-func signature(secret string, ext map[string]string, body []byte) []byte {
+// signature computes the ACL signature of a request's fields and body, with or
+// without its SecurityToken among the fields. _UNIQUE_KEY_QUERY is never signed,
+// as RocketMQ's broker leaves it out.
+func signature(secret string, ext map[string]string, body []byte, withToken bool) []byte {
 	var names [32]string // headers have about a dozen fields; more spill to the heap
 	keys := names[:0]
 	for k := range ext {
-		if k != "Signature" && k != "SecurityToken" && k != "_UNIQUE_KEY_QUERY" {
+		if k != "Signature" && k != "_UNIQUE_KEY_QUERY" && (withToken || k != "SecurityToken") {
 			keys = append(keys, k)
 		}
 	}
@@ -101,15 +110,16 @@ func (c *macCache) pool(secret string) *sync.Pool {
 	return p
 }
 
-// Sign adds the AccessKey and Signature fields to a request, as clients do. For
-// tests and benchmarks.
+// Sign adds the AccessKey and Signature fields to a request, as the Go client
+// does (a SecurityToken already among the fields is not signed). For tests and
+// benchmarks.
 func Sign(cmd *Command, accessKey, secret string) {
 	if cmd.ExtFields == nil {
 		cmd.ExtFields = map[string]string{}
 	}
 	cmd.ExtFields["AccessKey"] = accessKey
 	delete(cmd.ExtFields, "Signature")
-	cmd.ExtFields["Signature"] = base64.StdEncoding.EncodeToString(signature(secret, cmd.ExtFields, cmd.Body))
+	cmd.ExtFields["Signature"] = base64.StdEncoding.EncodeToString(signature(secret, cmd.ExtFields, cmd.Body, false))
 }
 
 // namer maps one client's names between the wire and the broker (3.15). A client
