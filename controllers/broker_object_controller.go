@@ -129,6 +129,11 @@ func (r *brokerObjectReconciler[T]) Reconcile(ctx context.Context, req ctrl.Requ
 		r.setCondition(obj, mqv1alpha1.ConditionReady, metav1.ConditionFalse, mqv1alpha1.ReasonNameConflict, msg)
 		r.Recorder.Eventf(obj, nil, corev1.EventTypeWarning, mqv1alpha1.ReasonNameConflict, "Reconcile", "%s", msg)
 		return ctrl.Result{RequeueAfter: r.jittered()}, nil // the owner may go away
+	case errors.Is(err, broker.ErrQuotaExceeded):
+		// Waits for room: another object's deletion or a raised limit makes it.
+		r.setCondition(obj, mqv1alpha1.ConditionReady, metav1.ConditionFalse, mqv1alpha1.ReasonQuotaExceeded, err.Error())
+		r.Recorder.Eventf(obj, nil, corev1.EventTypeWarning, mqv1alpha1.ReasonQuotaExceeded, "Reconcile", "%s", err.Error())
+		return ctrl.Result{RequeueAfter: r.jittered()}, nil
 	case err != nil:
 		r.setCondition(obj, mqv1alpha1.ConditionReady, metav1.ConditionFalse, mqv1alpha1.ReasonBrokerError, err.Error())
 		r.Recorder.Eventf(obj, nil, corev1.EventTypeWarning, mqv1alpha1.ReasonBrokerError, "Reconcile", "Failed to declare %q: %v", obj.BrokerName(), err)

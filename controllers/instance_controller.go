@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -42,7 +43,11 @@ const (
 type BrokerAdmin interface {
 	EnsureInstance(cfg broker.InstanceConfig) error
 	DeleteInstance(id, owner string) error
+	Usage(instanceID string) (broker.Usage, error)
 }
+
+// usageRefresh is how often an Instance's status.usage is brought up to date.
+const usageRefresh = time.Minute
 
 // Endpoints are the broker addresses the operator advertises to applications.
 type Endpoints struct {
@@ -95,7 +100,10 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_
 	if !inst.DeletionTimestamp.IsZero() {
 		return ctrl.Result{}, r.reconcileDelete(ctx, inst)
 	}
-	return ctrl.Result{}, r.reconcileNormal(ctx, inst)
+	if err := r.reconcileNormal(ctx, inst); err != nil {
+		return ctrl.Result{}, err
+	}
+	return ctrl.Result{RequeueAfter: usageRefresh}, nil
 }
 
 func (r *InstanceReconciler) reconcileNormal(ctx context.Context, inst *mqv1alpha1.Instance) error {
@@ -130,9 +138,12 @@ func (r *InstanceReconciler) reconcileNormal(ctx context.Context, inst *mqv1alph
 	// The tenant belongs to this namespace and name: if this object is deleted
 	// without its finalizer, only an Instance of the same namespace and name adopts
 	// what it leaves.
+	lim := inst.Spec.Limits
 	cfg := broker.InstanceConfig{ID: id, Owner: string(inst.UID), Declarer: inst.Namespace + "/" + inst.Name,
 		Credentials: []broker.Credential{cred},
-		AutoCreate:  broker.AutoCreatePolicy{Topics: inst.Spec.AutoCreate.Topics, Groups: inst.Spec.AutoCreate.Groups}}
+		AutoCreate:  broker.AutoCreatePolicy{Topics: inst.Spec.AutoCreate.Topics, Groups: inst.Spec.AutoCreate.Groups},
+		Limits: broker.Limits{Topics: int(lim.Topics), Groups: int(lim.Groups), Connections: int(lim.Connections),
+			PublishRate: int(lim.PublishRate), PublishBytesRate: int(lim.PublishBytesRate), MaxMessageSize: int(lim.MaxMessageSize)}}
 	err = r.Broker.EnsureInstance(cfg)
 	var conflict *broker.ConflictError
 	if errors.As(err, &conflict) {
@@ -175,6 +186,13 @@ func (r *InstanceReconciler) reconcileNormal(ctx context.Context, inst *mqv1alph
 	inst.Status.InstanceID = id
 	inst.Status.CredentialsSecret = credentialsSecretName(inst)
 	inst.Status.Endpoints = mqv1alpha1.InstanceEndpoints{HTTP: r.Endpoints.HTTP, TCP: r.Endpoints.TCP}
+	if u, err := r.Broker.Usage(id); err == nil {
+		inst.Status.Usage = &mqv1alpha1.InstanceUsage{Topics: int32(u.Topics), Groups: int32(u.Groups),
+			Connections: int32(u.Connections), PublishRate: int32(u.PublishRate + 0.5),
+			Limits: mqv1alpha1.InstanceLimits{Topics: int32(u.Limits.Topics), Groups: int32(u.Limits.Groups),
+				Connections: int32(u.Limits.Connections), PublishRate: int32(u.Limits.PublishRate),
+				PublishBytesRate: int64(u.Limits.PublishBytesRate), MaxMessageSize: int32(u.Limits.MaxMessageSize)}}
+	}
 	r.setReady(inst, metav1.ConditionTrue, mqv1alpha1.ReasonReconciled, "The broker serves this instance")
 	return nil
 }

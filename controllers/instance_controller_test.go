@@ -344,3 +344,49 @@ var _ = Describe("Instance adoption", func() {
 		Expect(ok).To(BeFalse(), "the vanished owner's key must stop working")
 	})
 })
+
+var _ = Describe("Instance limits", func() {
+	It("holds Topics past the quota with QuotaExceeded, and shows usage against the limits", func(ctx SpecContext) {
+		ns := newNamespace(ctx)
+		inst := newInstance(ns, "small")
+		inst.Spec.Limits = mqv1alpha1.InstanceLimits{Topics: 1, PublishRate: 50}
+		Expect(k8sClient.Create(ctx, inst)).To(Succeed())
+		expectReady(ctx, inst)
+		first := newTopic(ns, "first", "small")
+		Expect(k8sClient.Create(ctx, first)).To(Succeed())
+		expectCondition(ctx, first, mqv1alpha1.ConditionReady, metav1.ConditionTrue, mqv1alpha1.ReasonReconciled)
+		second := newTopic(ns, "second", "small")
+		Expect(k8sClient.Create(ctx, second)).To(Succeed())
+		c := expectCondition(ctx, second, mqv1alpha1.ConditionReady, metav1.ConditionFalse, mqv1alpha1.ReasonQuotaExceeded)
+		Expect(c.Message).To(ContainSubstring("limit of 1 topics"))
+		// Raising the limit lets it through.
+		Eventually(func(g Gomega) {
+			g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(inst), inst)).To(Succeed())
+			inst.Spec.Limits.Topics = 2
+			g.Expect(k8sClient.Update(ctx, inst)).To(Succeed())
+		}).Should(Succeed())
+		expectCondition(ctx, second, mqv1alpha1.ConditionReady, metav1.ConditionTrue, mqv1alpha1.ReasonReconciled)
+		// Usage is refreshed each minute and on every reconcile; an annotation
+		// brings the next one now.
+		Eventually(func(g Gomega) {
+			g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(inst), inst)).To(Succeed())
+			inst.Annotations = map[string]string{"test/refresh": "1"}
+			g.Expect(k8sClient.Update(ctx, inst)).To(Succeed())
+		}).Should(Succeed())
+		Eventually(func(g Gomega) {
+			g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(inst), inst)).To(Succeed())
+			g.Expect(inst.Status.Usage).NotTo(BeNil())
+			g.Expect(inst.Status.Usage.Topics).To(Equal(int32(2)))
+			g.Expect(inst.Status.Usage.Limits.Topics).To(Equal(int32(2)))
+			g.Expect(inst.Status.Usage.Limits.PublishRate).To(Equal(int32(50)))
+			g.Expect(inst.Status.Usage.Limits.MaxMessageSize).To(Equal(int32(broker.MaxBodySize)))
+		}).Should(Succeed())
+	})
+
+	It("refuses a maximum message size over 4 MiB", func(ctx SpecContext) {
+		inst := newInstance(newNamespace(ctx), "big")
+		inst.Spec.Limits.MaxMessageSize = broker.MaxBodySize + 1
+		err := k8sClient.Create(ctx, inst)
+		Expect(apierrors.IsInvalid(err)).To(BeTrue(), "got %v", err)
+	})
+})

@@ -73,6 +73,64 @@ type InstanceSpec struct {
 	// endpoint never creates anything, like the cloud services it stands in for.
 	// +optional
 	AutoCreate AutoCreate `json:"autoCreate,omitempty"`
+
+	// limits are the instance's quotas: what its applications, careless or
+	// hostile, can take of the broker every tenant shares. Unset fields take the
+	// defaults. Past a count, a Topic or ConsumerGroup waits with Ready=False
+	// (QuotaExceeded); past a rate or the connection limit, each protocol answers
+	// its own throttling error (SYSTEM_BUSY over TCP, 503 Throttling over HTTP) and
+	// the other instances are served as before.
+	// +optional
+	Limits InstanceLimits `json:"limits,omitempty"`
+}
+
+// InstanceLimits are an instance's quotas.
+type InstanceLimits struct {
+	// topics bounds the Topics of the instance (default 256; a group's retry and
+	// dead-letter topics do not count).
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100000
+	Topics int32 `json:"topics,omitempty"`
+	// groups bounds its ConsumerGroups (default 256).
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100000
+	Groups int32 `json:"groups,omitempty"`
+	// connections bounds the protocol connections authenticated for it at once
+	// (default 1024).
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000000
+	Connections int32 `json:"connections,omitempty"`
+	// publishRate bounds the messages published per second, with a burst of one
+	// second's worth (default 20000).
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	PublishRate int32 `json:"publishRate,omitempty"`
+	// publishBytesRate bounds the bytes of message bodies published per second
+	// (default 134217728, 128 MiB).
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	PublishBytesRate int64 `json:"publishBytesRate,omitempty"`
+	// maxMessageSize bounds one message body, in bytes (default and at most
+	// 4194304, 4 MiB, as on the cloud services).
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=4194304
+	MaxMessageSize int32 `json:"maxMessageSize,omitempty"`
+}
+
+// InstanceUsage is what an instance holds against its limits.
+type InstanceUsage struct {
+	// topics, groups and connections are what it holds now.
+	Topics      int32 `json:"topics"`
+	Groups      int32 `json:"groups"`
+	Connections int32 `json:"connections"`
+	// publishRate is messages a second over the last ten seconds or so, rounded.
+	PublishRate int32 `json:"publishRate"`
+	// limits are the limits in effect, defaults filled in.
+	Limits InstanceLimits `json:"limits"`
 }
 
 // AutoCreate says what TCP clients may create by using it.
@@ -113,6 +171,11 @@ type InstanceEndpoints struct {
 
 // InstanceStatus defines the observed state of an Instance.
 type InstanceStatus struct {
+	// usage is what the instance holds against its limits, refreshed about once a
+	// minute.
+	// +optional
+	Usage *InstanceUsage `json:"usage,omitempty"`
+
 	// observedGeneration is the generation of the spec this status describes. It is
 	// written on every reconcile, whether it succeeded or not; the Ready condition says
 	// whether that generation took effect.

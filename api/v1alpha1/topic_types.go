@@ -22,6 +22,9 @@ const (
 	// ReasonNamespaceNotAllowed means the referenced Instance is in another namespace
 	// and its spec.allowedNamespaces does not list the referring one.
 	ReasonNamespaceNotAllowed = "NamespaceNotAllowed"
+	// ReasonQuotaExceeded means declaring the object would take its Instance past
+	// one of spec.limits.
+	ReasonQuotaExceeded = "QuotaExceeded"
 	// ReasonPaused means the object carries the pause annotation.
 	ReasonPaused = "Paused"
 )
