@@ -31,6 +31,7 @@ type Broker interface {
 	PopHalf(ctx context.Context, instanceID, topic, group string, max int, wait time.Duration) ([]broker.Delivery, error)
 	Ack(instanceID, topic, group string, handles []string) ([]error, error)
 	EndTransaction(instanceID, topic, handle string, commit bool) error
+	AcquireConnection(instanceID string) (release func(), err error)
 }
 
 // handler serves the mq-http API: one resource, /topics/{topic}/messages, whose
@@ -58,6 +59,14 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		fail(e)
 		return
 	}
+	// HTTP connections carry requests of any instance, so the instance's
+	// connection quota counts its requests in progress (long polls hold one each).
+	release, err := h.broker.AcquireConnection(instanceID)
+	if err != nil {
+		fail(brokerError(err))
+		return
+	}
+	defer release()
 	if r.ContentLength > maxRequestBytes {
 		fail(&Error{http.StatusRequestEntityTooLarge, "InvalidArgument", "The request is larger than the message size limit allows."})
 		return

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -20,16 +21,25 @@ import (
 
 func limitedServer(t *testing.T, lim Limits) string {
 	t.Helper()
+	addr, _ := limitedTenantServer(t, lim, broker.Limits{})
+	return addr
+}
+
+func limitedTenantServer(t *testing.T, lim Limits, tenant broker.Limits) (string, *broker.Broker) {
+	t.Helper()
 	b, err := broker.Open(broker.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = b.Close() })
-	if err := b.EnsureInstance(broker.InstanceConfig{ID: testInstance, Owner: "o",
+	if err := b.EnsureInstance(broker.InstanceConfig{ID: testInstance, Owner: "o", Limits: tenant,
 		Credentials: []broker.Credential{{AccessKeyID: testAK, AccessKeySecret: testSK}}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := b.EnsureTopic(testInstance, broker.TopicConfig{Name: "t", Owner: "o"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.EnsureGroup(testInstance, broker.GroupConfig{ID: "GID_http", Protocol: broker.HTTP, Owner: "o"}); err != nil {
 		t.Fatal(err)
 	}
 	srv := NewServer("127.0.0.1:0", b, testr.New(t))
@@ -38,7 +48,7 @@ func limitedServer(t *testing.T, lim Limits) string {
 	done := make(chan error, 1)
 	go func() { done <- srv.Start(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	return (<-srv.Listening()).String()
+	return (<-srv.Listening()).String(), b
 }
 
 // signedHead returns the head of a signed publish request declaring length bytes
@@ -152,5 +162,44 @@ func TestConnectionsPastTheCapAreRefusedInTheProtocolsTerms(t *testing.T) {
 	}
 	if status != http.StatusServiceUnavailable || !strings.Contains(body, "TooManyConnections") {
 		t.Fatalf("third connection: %d %s", status, body)
+	}
+}
+
+func TestATenantsConnectionQuotaCountsItsRequestsInProgress(t *testing.T) {
+	addr, b := limitedTenantServer(t, Limits{}, broker.Limits{Connections: 1})
+	c := &Client{Endpoint: "http://" + addr, AccessKeyID: testAK, AccessKeySecret: testSK}
+	ctx := context.Background()
+	poll := make(chan int, 1)
+	go func() {
+		status, _, err := c.Do(ctx, http.MethodGet, "/topics/t/messages?consumer=GID_http&numOfMessages=1&waitseconds=3", nil, nil)
+		if err != nil {
+			t.Error(err)
+		}
+		poll <- status
+	}()
+	// Once the long poll holds the tenant's one connection, its next request is
+	// throttled.
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		if u, _ := b.Usage(testInstance); u.Connections == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the long poll never started")
+		}
+		runtime.Gosched()
+	}
+	status, body, err := c.Do(ctx, http.MethodGet, "/topics/t/messages?consumer=GID_http&numOfMessages=1", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if status != http.StatusServiceUnavailable || !strings.Contains(string(body), "Throttling") {
+		t.Fatalf("a second request while the first polls: %d %s", status, body)
+	}
+	if got := <-poll; got != http.StatusNotFound {
+		t.Fatalf("the long poll ended with %d, want 404 MessageNotExist", got)
+	}
+	// Once it ended, requests go through again.
+	if status, body, _ := c.Do(ctx, http.MethodGet, "/topics/t/messages?consumer=GID_http&numOfMessages=1", nil, nil); status != http.StatusNotFound {
+		t.Fatalf("after the poll: %d %s", status, body)
 	}
 }
