@@ -2,6 +2,7 @@ package remoting
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"reflect"
@@ -162,6 +163,43 @@ const goSendHeader = `{"code":10,"language":"GO","version":317,"opaque":28,"flag
 // BenchmarkHeaderDecodeGoSend: the hot path, the Go client's all-string SEND header.
 func BenchmarkHeaderDecodeGoSend(b *testing.B) {
 	data := []byte(goSendHeader)
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	for b.Loop() {
+		var c Command
+		if err := decodeHeader(data, &c); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// The headers the clients send stay on the fast path, the C++ and Node clients'
+// numbers and booleans included; only the golden header written to exercise the
+// tolerant decoder leaves it.
+func TestClientHeadersTakeTheFastPath(t *testing.T) {
+	for _, g := range goldenFrames {
+		frame := g.build()
+		mark := binary.BigEndian.Uint32(frame[4:])
+		if mark>>24 != uint32(SerializeJSON) {
+			continue
+		}
+		var c Command
+		if fast := fastDecodeHeader(frame[8:8+mark&0xFFFFFF], &c); fast != (g.name != "scalars-null") {
+			t.Errorf("%s: fast path %v", g.name, fast)
+		}
+	}
+}
+
+// BenchmarkHeaderDecodeCppSend: the C++ client's SEND header, numbers among its
+// extFields, on the fast path too.
+func BenchmarkHeaderDecodeCppSend(b *testing.B) {
+	var frame []byte
+	for _, g := range goldenFrames {
+		if g.name == "cpp-send" {
+			frame = g.build()
+		}
+	}
+	data := frame[8 : 8+binary.BigEndian.Uint32(frame[4:])&0xFFFFFF]
 	b.SetBytes(int64(len(data)))
 	b.ReportAllocs()
 	for b.Loop() {
