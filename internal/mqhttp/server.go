@@ -4,6 +4,7 @@ package mqhttp
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 	"github.com/go-logr/logr"
 
 	"github.com/orderly-dev/orderly/internal/connlimit"
+	"github.com/orderly-dev/orderly/internal/wiretls"
 )
 
 // shutdownGrace bounds how long Start waits for in-flight requests (long polls
@@ -65,6 +67,11 @@ type Server struct {
 	Now func() time.Time
 	// Limits bound connections; zero fields take the defaults.
 	Limits Limits
+	// TLS, when set, serves HTTPS; PlainText then says which client addresses may
+	// still speak plain HTTP on the same port (nil: none), told apart by their
+	// first byte.
+	TLS       *tls.Config
+	PlainText func(net.Addr) bool
 
 	ready chan net.Addr
 }
@@ -91,7 +98,7 @@ func (s *Server) Start(ctx context.Context) error {
 	baseCtx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	lim := s.Limits.withDefaults()
-	ln = connlimit.Wrap(ln, lim.MaxConns, lim.MaxConnsPerHost, refuseConnection)
+	ln = wiretls.Listen(connlimit.Wrap(ln, lim.MaxConns, lim.MaxConnsPerHost, refuseConnection), s.TLS, s.PlainText)
 	srv := &http.Server{
 		Handler:     &handler{broker: s.Broker, now: s.Now},
 		BaseContext: func(net.Listener) context.Context { return baseCtx },
