@@ -408,3 +408,47 @@ func (m *message) conflicted(owners map[position]string, token string) bool {
 	}
 	return false
 }
+
+// Outstanding counts the messages some group has yet to receive, or after a drain
+// to acknowledge: what consuming on can still settle. It is the cheap part of
+// Check, for a drain to poll.
+func Outstanding(h *History, groups []Group) int {
+	type state struct{ acked, due bool }
+	msgs := map[string]*state{}
+	done := map[[2]string]bool{}
+	delivered := map[[2]string]bool{}
+	for _, e := range h.Events() {
+		if e.Token == "" {
+			continue
+		}
+		m := msgs[e.Token]
+		if m == nil {
+			m = &state{}
+			msgs[e.Token] = m
+		}
+		switch e.Kind {
+		case PublishAcked:
+			m.acked = true
+		case Committed:
+			m.due = true
+		case Delivered:
+			delivered[[2]string{e.Group, e.Token}] = true
+		case Acked, DeadLettered:
+			done[[2]string{e.Group, e.Token}] = true
+		}
+	}
+	n := 0
+	for token, m := range msgs {
+		spec, _ := h.Spec(token)
+		if !m.acked || (spec.Transactional && !m.due) {
+			continue
+		}
+		for _, g := range groups {
+			k := [2]string{g.Name, token}
+			if g.subscribes(spec) && !done[k] && (!delivered[k] || g.Drained) {
+				n++
+			}
+		}
+	}
+	return n
+}

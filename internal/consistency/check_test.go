@@ -164,3 +164,19 @@ func TestCheckerFindsASkippedPosition(t *testing.T) {
 		t.Fatalf("the report does not show the message's history:\n%s", r.Violations[0])
 	}
 }
+
+func TestOutstandingCountsWhatADrainCanStillSettle(t *testing.T) {
+	g := []Group{{Name: "g", Topics: map[string]func(string) bool{"t": nil}, Drained: true}}
+	h := New()
+	published(h, "p", "a", MessageSpec{Topic: "t"}, "t/0", 0)
+	published(h, "p", "b", MessageSpec{Topic: "t"}, "t/0", 1)
+	if n := Outstanding(h, g); n != 2 {
+		t.Fatalf("outstanding %d, want 2", n)
+	}
+	delivered(h, "g", "a", "t", "t/0", 0, "1", time.Time{}, t0)
+	h.Add(Event{Kind: Acked, Token: "a", Group: "g"})
+	h.Add(Event{Kind: DeadLettered, Token: "b", Group: "g"})
+	if n := Outstanding(h, g); n != 0 {
+		t.Fatalf("outstanding %d, want 0", n)
+	}
+}

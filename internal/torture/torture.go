@@ -37,7 +37,8 @@ type Config struct {
 	// Dir holds the broker's data (a real directory: restarts and kills reopen it).
 	Dir string
 	// Rate bounds publishes per second over all producers, so that a long run's
-	// history fits in memory. Zero: 400.
+	// history fits in memory (about 1 KiB of history a message). Zero: 400 for a
+	// run of up to two minutes, 150 for a longer one.
 	Rate float64
 	// Epoch is how long the broker runs between faults; zero: Duration/4.
 	Epoch time.Duration
@@ -135,6 +136,9 @@ func declare(b *broker.Broker, normalQueues int) error {
 func Run(ctx context.Context, cfg Config) (Result, error) {
 	if cfg.Rate == 0 {
 		cfg.Rate = 400
+		if cfg.Duration > 2*time.Minute {
+			cfg.Rate = 150
+		}
 	}
 	if cfg.Epoch == 0 {
 		cfg.Epoch = cfg.Duration / 4

@@ -132,7 +132,21 @@ func (k *worker) outcome(tokens []string, topic string, res []broker.PublishResu
 	}
 }
 
-func queueName(topic string, q int) string { return topic + "/" + strconv.Itoa(q) }
+// queueNames interns queue names: a long run's history holds millions of them.
+var queueNames sync.Map
+
+func queueName(topic string, q int) string {
+	type key struct {
+		topic string
+		q     int
+	}
+	if v, ok := queueNames.Load(key{topic, q}); ok {
+		return v.(string)
+	}
+	name := topic + "/" + strconv.Itoa(q)
+	queueNames.Store(key{topic, q}, name)
+	return name
+}
 
 // produce publishes to the normal topic: single messages with a tag, batches,
 // timers and delay levels.
@@ -463,21 +477,10 @@ func (w *workload) drain(ctx context.Context) error {
 		if err := w.recordDeadLetters(h, dead); err != nil {
 			return err
 		}
-		if outstanding(consistency.Check(h, groups(true))) == 0 {
+		if consistency.Outstanding(h, groups(true)) == 0 {
 			return nil
 		}
 	}
-}
-
-// outstanding counts the violations that more draining can still clear.
-func outstanding(r consistency.Report) int {
-	n := 0
-	for _, v := range r.Violations {
-		if v.Rule == consistency.RuleLost || v.Rule == consistency.RuleUnfinished {
-			n++
-		}
-	}
-	return n
 }
 
 // recordDeadLetters adds every group's dead letters to the history, once each.
