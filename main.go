@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"flag"
 	"fmt"
 	"net"
@@ -35,6 +36,7 @@ import (
 	"github.com/orderly-dev/orderly/internal/mqhttp"
 	"github.com/orderly-dev/orderly/internal/podrunner"
 	"github.com/orderly-dev/orderly/internal/remoting"
+	"github.com/orderly-dev/orderly/internal/wiretls"
 )
 
 var (
@@ -79,6 +81,8 @@ func main() {
 		advertiseHost string
 		runtimeImage  string
 		dataDir       string
+		tlsCertDir    string
+		plainText     string
 	)
 	flag.BoolVar(&dev, "dev", false, "Run a local control plane (etcd and kube-apiserver) instead of connecting to a cluster.")
 	flag.StringVar(&devDir, "dev-dir", "bin/dev", "With --dev: directory for the control plane's state and the kubeconfig.")
@@ -91,6 +95,8 @@ func main() {
 	flag.StringVar(&tcpAddr, "tcp-bind-address", ":9876", "Address the RocketMQ remoting (name server and broker) endpoint binds to.")
 	flag.StringVar(&dataDir, "data-dir", "", "Directory for the broker's data. Defaults to <dev-dir>/broker with --dev; required otherwise.")
 	flag.StringVar(&advertiseHost, "advertise-host", "", "Host name applications reach the broker at (in a cluster, the broker Service's DNS name). Defaults to 127.0.0.1 with --dev.")
+	flag.StringVar(&tlsCertDir, "tls-cert-dir", "", "Directory holding tls.crt, tls.key and (optionally) ca.crt, as a mounted kubernetes.io/tls Secret presents them (cert-manager's, say): both endpoints serve TLS with it, and reload it when it changes. Empty serves plain text only, except in dev mode, which makes its own CA.")
+	flag.StringVar(&plainText, "allow-plaintext", "", "With TLS: who may still speak plain text on the same ports: none, loopback or all. Default: loopback in dev mode, none otherwise.")
 	flag.StringVar(&runtimeImage, "runtime-image", os.Getenv("ORDERLY_RUNTIME_IMAGE"), "Image of the init container that installs the consumer runtime in MessageConsumer pods: the operator's own image.")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
@@ -115,6 +121,18 @@ func main() {
 		}
 		if dataDir == "" {
 			dataDir = filepath.Join(devDir, "broker")
+		}
+		if tlsCertDir == "" {
+			// Dev mode serves TLS with a CA of its own, in the Instance Secrets'
+			// caCert; loopback clients may still speak plain text.
+			tlsCertDir = filepath.Join(devDir, "tls")
+			if err := wiretls.EnsureDevCerts(tlsCertDir, []string{advertiseHost, "127.0.0.1", "localhost"}); err != nil {
+				setupLog.Error(err, "Unable to make the dev TLS certificates")
+				os.Exit(1)
+			}
+		}
+		if plainText == "" {
+			plainText = "loopback"
 		}
 		cluster, err := devcluster.Start(devcluster.Options{
 			Dir: devDir, AssetsDir: assetsDir, CRDDir: crdDir, Scheme: scheme, Log: ctrl.Log.WithName("dev"),
@@ -144,7 +162,7 @@ func main() {
 	if err := run(ctx, cfg, options{
 		metricsAddr: metricsAddr, probeAddr: probeAddr, leaderElect: leaderElect,
 		httpAddr: httpAddr, tcpAddr: tcpAddr, advertiseHost: advertiseHost, devKubeconfig: kubeconfig, dataDir: dataDir,
-		runtimeImage: runtimeImage, devPodDir: filepath.Join(devDir, "pods"),
+		runtimeImage: runtimeImage, devPodDir: filepath.Join(devDir, "pods"), tlsCertDir: tlsCertDir, plainText: plainText,
 	}); err != nil {
 		setupLog.Error(err, "Manager exited with an error")
 		// Return through the deferred control-plane stop rather than os.Exit.
@@ -161,6 +179,34 @@ type options struct {
 	dataDir                string
 	runtimeImage           string
 	devPodDir              string // dev mode: where MessageConsumer pods run
+	tlsCertDir, plainText  string
+}
+
+// serverTLS returns the endpoints' TLS configuration, who may speak plain text
+// beside it, and the CA to hand clients; all nil without a certificate directory.
+func serverTLS(o options) (*tls.Config, func(net.Addr) bool, []byte, error) {
+	if o.tlsCertDir == "" {
+		return nil, nil, nil, nil
+	}
+	certs, err := wiretls.LoadCerts(o.tlsCertDir)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ca, err := certs.CA()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	var plain func(net.Addr) bool
+	switch o.plainText {
+	case "", "none":
+	case "loopback":
+		plain = wiretls.Loopback
+	case "all":
+		plain = func(net.Addr) bool { return true }
+	default:
+		return nil, nil, nil, fmt.Errorf("--allow-plaintext %q is not none, loopback or all", o.plainText)
+	}
+	return certs.Config(), plain, ca, nil
 }
 
 // run wires the broker, its protocol servers and the controllers into one manager
@@ -202,7 +248,12 @@ func run(ctx context.Context, cfg *rest.Config, o options) error {
 			setupLog.Error(err, "Unable to close the broker cleanly")
 		}
 	}()
+	tlsConfig, plain, ca, err := serverTLS(o)
+	if err != nil {
+		return fmt.Errorf("unable to set up TLS: %w", err)
+	}
 	httpServer := mqhttp.NewServer(o.httpAddr, b, ctrl.Log.WithName("mqhttp"))
+	httpServer.TLS, httpServer.PlainText = tlsConfig, plain
 	if err := mgr.Add(httpServer); err != nil {
 		return err
 	}
@@ -214,9 +265,14 @@ func run(ctx context.Context, cfg *rest.Config, o options) error {
 		return err
 	}
 
+	httpScheme := "http://"
+	if tlsConfig != nil {
+		httpScheme = "https://"
+	}
 	endpoints := controllers.Endpoints{
-		HTTP: "http://" + net.JoinHostPort(o.advertiseHost, port(o.httpAddr)),
+		HTTP: httpScheme + net.JoinHostPort(o.advertiseHost, port(o.httpAddr)),
 		TCP:  net.JoinHostPort(o.advertiseHost, port(o.tcpAddr)),
+		CA:   ca,
 	}
 	if err := (&controllers.InstanceReconciler{
 		Client:    mgr.GetClient(),

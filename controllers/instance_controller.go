@@ -55,6 +55,9 @@ type Endpoints struct {
 	HTTP string
 	// TCP is the name-server address, host:port.
 	TCP string
+	// CA is the PEM of the CA the endpoints' TLS certificate chains to, handed to
+	// applications in their Secret's caCert; empty without TLS or a known CA.
+	CA []byte
 }
 
 // InstanceReconciler reconciles an Instance into a broker tenant and its connection Secret.
@@ -305,6 +308,11 @@ func (r *InstanceReconciler) ensureSecret(ctx context.Context, inst *mqv1alpha1.
 	desired.Data[mqv1alpha1.SecretKeyInstanceID] = []byte(id)
 	desired.Data[mqv1alpha1.SecretKeyHTTPEndpoint] = []byte(r.Endpoints.HTTP)
 	desired.Data[mqv1alpha1.SecretKeyTCPEndpoint] = []byte(r.Endpoints.TCP)
+	if len(r.Endpoints.CA) > 0 {
+		desired.Data[mqv1alpha1.SecretKeyCACert] = r.Endpoints.CA
+	} else {
+		delete(desired.Data, mqv1alpha1.SecretKeyCACert)
+	}
 	if err := controllerutil.SetControllerReference(inst, desired, r.Scheme); err != nil {
 		return broker.Credential{}, fmt.Errorf("failed to own Secret %s: %w", key.Name, err)
 	}

@@ -376,6 +376,9 @@ func (r *MessageConsumerReconciler) podFor(mc *mqv1alpha1.MessageConsumer, deps 
 		{Name: consumer.EnvInstanceID, ValueFrom: secretRef(mqv1alpha1.SecretKeyInstanceID)},
 		{Name: consumer.EnvAccessKeyID, ValueFrom: secretRef(mqv1alpha1.SecretKeyAccessKeyID)},
 		{Name: consumer.EnvAccessKeySecret, ValueFrom: secretRef(mqv1alpha1.SecretKeyAccessKeySecret)},
+		// Present when the endpoints serve TLS with a CA of their own.
+		{Name: consumer.EnvCACert, ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
+			LocalObjectReference: corev1.LocalObjectReference{Name: secret}, Key: mqv1alpha1.SecretKeyCACert, Optional: ptr.To(true)}}},
 		{Name: consumer.EnvTopic, Value: deps.topic.Status.TopicName},
 		{Name: consumer.EnvGroup, Value: deps.group.Status.GroupID},
 		{Name: consumer.EnvTagFilter, Value: mc.Spec.TagFilter},

@@ -29,6 +29,9 @@ const (
 	SecretKeyInstanceID      = "instanceId"
 	SecretKeyHTTPEndpoint    = "httpEndpoint"
 	SecretKeyTCPEndpoint     = "tcpEndpoint"
+	// SecretKeyCACert holds the PEM of the CA the endpoints' TLS certificate chains
+	// to, when they serve TLS.
+	SecretKeyCACert = "caCert"
 )
 
 // InstanceSpec defines the desired state of an Instance.

@@ -10,6 +10,8 @@ package consumer
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -55,6 +57,9 @@ const (
 	EnvIdleSeconds     = "ORDERLY_IDLE_SECONDS"
 	EnvHandlerTimeout  = "ORDERLY_HANDLER_TIMEOUT_SECONDS"
 	EnvTerminationLog  = "ORDERLY_TERMINATION_LOG"
+	// EnvCACert holds the PEM of the CA an https endpoint's certificate chains to
+	// (the Instance Secret's caCert); empty trusts the system's roots.
+	EnvCACert = "ORDERLY_CA_CERT"
 )
 
 // Environment the handler sees for each message, besides the pod's own.
@@ -87,6 +92,8 @@ type Config struct {
 	HandlerTimeout time.Duration
 	// TerminationLog receives the Result as JSON when the runtime stops.
 	TerminationLog string
+	// CACert is the PEM of the CA to trust for an https endpoint, or empty.
+	CACert string
 }
 
 // Result counts a runtime's messages.
@@ -105,8 +112,8 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		AccessKeyID: getenv(EnvAccessKeyID), AccessKeySecret: getenv(EnvAccessKeySecret),
 		Topic: getenv(EnvTopic), Group: getenv(EnvGroup), TagFilter: getenv(EnvTagFilter),
 		Ordered: getenv(EnvOrdered) == "true", Mode: Mode(getenv(EnvMode)),
-		TerminationLog: getenv(EnvTerminationLog),
-		IdleTimeout:    5 * time.Second, HandlerTimeout: 300 * time.Second,
+		TerminationLog: getenv(EnvTerminationLog), CACert: getenv(EnvCACert),
+		IdleTimeout: 5 * time.Second, HandlerTimeout: 300 * time.Second,
 	}
 	var errs []error
 	for name, v := range map[string]string{EnvEndpoint: cfg.Endpoint, EnvInstanceID: cfg.InstanceID, EnvAccessKeyID: cfg.AccessKeyID,
@@ -164,9 +171,16 @@ func (r *Runtime) Run(ctx context.Context) (Result, error) {
 	if len(r.Command) == 0 {
 		return res, errors.New("no handler command")
 	}
+	hc := &http.Client{Timeout: 40 * time.Second}
+	if r.Config.CACert != "" {
+		roots := x509.NewCertPool()
+		if !roots.AppendCertsFromPEM([]byte(r.Config.CACert)) {
+			return res, fmt.Errorf("%s holds no PEM certificate", EnvCACert)
+		}
+		hc.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}
+	}
 	r.client = &mqhttp.Client{Endpoint: r.Config.Endpoint, AccessKeyID: r.Config.AccessKeyID,
-		AccessKeySecret: r.Config.AccessKeySecret, InstanceID: r.Config.InstanceID,
-		HTTP: &http.Client{Timeout: 40 * time.Second}}
+		AccessKeySecret: r.Config.AccessKeySecret, InstanceID: r.Config.InstanceID, HTTP: hc}
 	retry := r.RetryDelay
 	if retry <= 0 {
 		retry = time.Second
@@ -221,11 +235,17 @@ func (r *Runtime) Run(ctx context.Context) (Result, error) {
 	return res, nil
 }
 
-// fatal reports errors that retrying cannot fix.
+// fatal reports errors that retrying cannot fix: refusals of the credentials or
+// the names, and an endpoint whose certificate cannot be trusted.
 func fatal(err error) bool {
 	var e *mqhttp.APIError
-	return errors.As(err, &e) && (e.Status == http.StatusForbidden || e.Status == http.StatusBadRequest ||
-		e.Code == "TopicNotExist" || e.Code == "SubscriptionNotExist")
+	var unknownCA x509.UnknownAuthorityError
+	var invalid x509.CertificateInvalidError
+	var hostname x509.HostnameError
+	var record tls.RecordHeaderError // plain HTTP answering a TLS client
+	return (errors.As(err, &e) && (e.Status == http.StatusForbidden || e.Status == http.StatusBadRequest ||
+		e.Code == "TopicNotExist" || e.Code == "SubscriptionNotExist")) ||
+		errors.As(err, &unknownCA) || errors.As(err, &invalid) || errors.As(err, &hostname) || errors.As(err, &record)
 }
 
 // handle runs the handler for m and reports whether it succeeded.

@@ -317,7 +317,10 @@ func (r *Runner) environment(ctx context.Context, pod *corev1.Pod, c *corev1.Con
 				return nil, fmt.Errorf("secret %q: %w", ref.Name, err)
 			}
 			v, ok := s.Data[ref.Key]
-			if !ok {
+			switch {
+			case !ok && ref.Optional != nil && *ref.Optional:
+				continue // as the kubelet does: an optional key that is missing sets nothing
+			case !ok:
 				return nil, fmt.Errorf("secret %q has no key %q", ref.Name, ref.Key)
 			}
 			env = append(env, e.Name+"="+string(v))
