@@ -138,6 +138,28 @@ func TestCheckerFindsOrderAndFlightViolations(t *testing.T) {
 	if got := rules(Check(h, g)); !strings.Contains(got, RuleTwoInFlight) {
 		t.Fatalf("violations %q, want %s", got, RuleTwoInFlight)
 	}
+	// A message the broker dead-lettered after its last invisibility passed lets
+	// the next one go, though the workload learns of the dead letter later.
+	h = New()
+	published(h, "p", "a", spec, "o/0", 0)
+	published(h, "p", "b", spec, "o/0", 1)
+	delivered(h, "g", "a", "o", "o/0", 0, "1", until, t0)
+	delivered(h, "g", "b", "o", "o/0", 1, "2", until.Add(time.Minute), until)
+	h.Add(Event{Kind: Acked, Token: "b", Group: "g", Delivery: "d-b-2"})
+	h.Add(Event{Kind: DeadLettered, Token: "a", Group: "g"})
+	if got := rules(Check(h, g)); got != "" {
+		t.Fatalf("after a dead letter: %q", got)
+	}
+	// But not before its invisibility passed.
+	h = New()
+	published(h, "p", "a", spec, "o/0", 0)
+	published(h, "p", "b", spec, "o/0", 1)
+	delivered(h, "g", "a", "o", "o/0", 0, "1", until, t0)
+	delivered(h, "g", "b", "o", "o/0", 1, "2", until.Add(time.Minute), t0.Add(time.Second))
+	h.Add(Event{Kind: DeadLettered, Token: "a", Group: "g"})
+	if got := rules(Check(h, g)); !strings.Contains(got, RuleOrder) {
+		t.Fatalf("overtaking a message still out: %q", got)
+	}
 	// Once the first batch's invisibility passed, it may go out again.
 	h = New()
 	published(h, "p", "a", spec, "o/0", 0)
