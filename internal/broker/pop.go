@@ -125,39 +125,17 @@ func (b *Broker) Pop(ctx context.Context, instanceID, topicName string, req PopR
 		}
 	}
 	b.touchGroup(g)
-	deadline := b.clock.Now().Add(req.Wait)
-	for {
-		out, wake, more, err := b.popOnce(ctx, g, t, req)
-		if err != nil || len(out) > 0 {
-			return out, err
-		}
-		if more {
-			// A scan stopped at its bound on entries the filter rules out: go on
-			// at once rather than wait for a message that may never come.
-			if err := ctx.Err(); err != nil {
-				return nil, err
-			}
-			continue
-		}
-		if !b.clock.Now().Before(deadline) {
-			return nil, nil
-		}
-		// Sleep until a message arrives, an in-flight one becomes visible again, or
-		// time is up; then look again.
-		until := deadline
-		if !wake.IsZero() && wake.Before(until) {
-			until = wake
-		}
-		b.waitForMessages(ctx, t, until)
-		switch {
-		case ctx.Err() != nil:
-			return nil, ctx.Err()
-		case b.isClosed():
-			return nil, ErrClosed
-		case t.deleted.Load():
-			return nil, fmt.Errorf("%w: %q was deleted", ErrTopicNotFound, t.name)
-		}
-	}
+	var out []Delivery
+	err = b.longPoll(ctx, t, b.clock.Now().Add(req.Wait), func() (bool, bool, time.Time, error) {
+		// more: a scan stopped at its bound on entries the filter rules out, so
+		// go on at once rather than wait for a message that may never come.
+		var wake time.Time
+		var more bool
+		var err error
+		out, wake, more, err = b.popOnce(ctx, g, t, req)
+		return len(out) > 0, more, wake, err
+	})
+	return out, err
 }
 
 // popOnce collects what is ready now across the topic's queues, and when nothing is,
@@ -225,10 +203,9 @@ func (b *Broker) popQueue(pq *popQueue, q *queue, req PopRequest, now int64, max
 	pq.mu.Lock()
 	defer pq.mu.Unlock()
 	pq.catchUp(q.min.Load())
-	v, err := b.openView(q)
-	if err != nil {
-		return r, err
-	}
+	// The view is opened only once something must be read: most pops of a busy
+	// ordered topic find most queues with a batch out, and read nothing there.
+	v := &lazyView{b: b, q: q}
 	defer v.close()
 	visibleAt := now + req.Invisibility.Milliseconds()
 
@@ -260,7 +237,11 @@ func (b *Broker) popQueue(pq *popQueue, q *queue, req PopRequest, now int64, max
 	full := func() bool { return len(pq.inflight)+len(pq.done) >= MaxPendingPerQueue }
 	if len(r.out) < max && *budget > 0 && full() {
 		r.throttled = true
-	} else if len(r.out) < max && *budget > 0 {
+	} else if len(r.out) < max && *budget > 0 && pq.cursor < q.durable.Load() {
+		v, err := v.get()
+		if err != nil {
+			return r, err
+		}
 		next, err := v.scan(pq.cursor, req.Filter, budget, pq.markDone, func(ix indexed, m StoredMessage) bool {
 			d := &delivery{offset: ix.offset, seq: ix.entry.seq, firstConsume: now, heapIdx: -1}
 			pq.inflight[ix.offset] = d
@@ -285,7 +266,7 @@ func (b *Broker) popQueue(pq *popQueue, q *queue, req PopRequest, now int64, max
 // than the batch holds takes its head; the rest is parked behind it, to go out once
 // the head is acknowledged or due again, so that one batch of the queue is out at a
 // time. pq.mu should be held.
-func (b *Broker) redeliverOrdered(pq *popQueue, v *queueView, now, visibleAt int64, max, maxDeliveries int, budget *int) (r popped, err error) {
+func (b *Broker) redeliverOrdered(pq *popQueue, v *lazyView, now, visibleAt int64, max, maxDeliveries int, budget *int) (r popped, err error) {
 	batch := make([]*delivery, 0, len(pq.inflight))
 	for _, d := range pq.inflight {
 		switch {
@@ -357,7 +338,11 @@ func (b *Broker) buryAll(ctx context.Context, g *group, pq *popQueue, q *queue, 
 
 // redeliver hands an in-flight message out again; ok is false if the message is
 // gone (reclaimed by retention while in flight). pq.mu should be held.
-func (b *Broker) redeliver(pq *popQueue, v *queueView, d *delivery, now, visibleAt int64) (_ Delivery, ok bool, _ error) {
+func (b *Broker) redeliver(pq *popQueue, lv *lazyView, d *delivery, now, visibleAt int64) (_ Delivery, ok bool, _ error) {
+	v, err := lv.get()
+	if err != nil {
+		return Delivery{}, false, err
+	}
 	m, ok, err := v.at(d.offset)
 	if err != nil {
 		return Delivery{}, false, err
@@ -673,4 +658,28 @@ func (b *Broker) isClosed() bool {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
 	return b.closed
+}
+
+// lazyView opens a queue's view on first use.
+type lazyView struct {
+	b *Broker
+	q *queue
+	v *queueView
+}
+
+func (l *lazyView) get() (*queueView, error) {
+	if l.v == nil {
+		v, err := l.b.openView(l.q)
+		if err != nil {
+			return nil, err
+		}
+		l.v = v
+	}
+	return l.v, nil
+}
+
+func (l *lazyView) close() {
+	if l.v != nil {
+		l.v.close()
+	}
 }

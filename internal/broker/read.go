@@ -269,16 +269,13 @@ func (b *Broker) Pull(ctx context.Context, instanceID, groupID, topicName string
 	if max <= 0 || max > 1024 {
 		return PullResult{}, fmt.Errorf("%w: pull of %d messages; 1 to 1024", ErrInvalidArgument, max)
 	}
-	deadline := b.clock.Now().Add(wait)
-	for {
-		res, err := b.pullOnce(q, offset, max, filter)
-		if err != nil || len(res.Messages) > 0 || res.NextOffset != offset {
-			return res, err
-		}
-		if !b.waitForMessages(ctx, q.topic, deadline) {
-			return res, nil
-		}
-	}
+	var res PullResult
+	err = b.longPoll(ctx, q.topic, b.clock.Now().Add(wait), func() (bool, bool, time.Time, error) {
+		var err error
+		res, err = b.pullOnce(q, offset, max, filter)
+		return len(res.Messages) > 0 || res.NextOffset != offset, false, time.Time{}, err
+	})
+	return res, err
 }
 
 func (b *Broker) pullOnce(q *queue, offset int64, max int, filter TagFilter) (PullResult, error) {
@@ -305,26 +302,50 @@ func (b *Broker) pullOnce(q *queue, offset int64, max int, filter TagFilter) (Pu
 	return res, err
 }
 
-// waitForMessages blocks until t is signalled, the deadline passes, ctx ends or the
-// broker closes; it reports whether it is worth looking again.
-func (b *Broker) waitForMessages(ctx context.Context, t *topic, deadline time.Time) bool {
-	d := deadline.Sub(b.clock.Now())
-	if d <= 0 {
-		return false
-	}
-	ch := t.waitCh()
-	timer := b.clock.NewTimer(d)
-	defer timer.Stop()
-	select {
-	case <-ch:
-		b.mu.RLock()
-		closed := b.closed
-		b.mu.RUnlock()
-		return !closed && !t.deleted.Load()
-	case <-timer.C():
-		return false
-	case <-ctx.Done():
-		return false
+// longPoll runs try until it finds something or time is up. Between tries it
+// sleeps until a message becomes deliverable on t, until the time try names (an
+// invisibility running out, a check-back coming due), or until the deadline;
+// again asks for another try at once. The wake-up channel is taken before each
+// try, so a message that becomes deliverable while try looks ends the sleep after
+// it at once. It fails with ctx's error, ErrClosed or ErrTopicNotFound when those
+// end the wait. It is the one long-poll loop of pull, pop and half-message pop.
+func (b *Broker) longPoll(ctx context.Context, t *topic, deadline time.Time, try func() (found, again bool, wake time.Time, err error)) error {
+	for {
+		ch := t.waitCh()
+		found, again, wake, err := try()
+		switch {
+		case err != nil || found:
+			return err
+		case again:
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			continue
+		}
+		now := b.clock.Now()
+		if !now.Before(deadline) {
+			return nil // time is up
+		}
+		// A wake time already past would only spin: it is left to the deadline.
+		until := deadline
+		if wake.After(now) && wake.Before(until) {
+			until = wake
+		}
+		timer := b.clock.NewTimer(until.Sub(now))
+		select {
+		case <-ch:
+		case <-timer.C():
+		case <-ctx.Done():
+		}
+		timer.Stop()
+		switch {
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case b.isClosed():
+			return ErrClosed
+		case t.deleted.Load():
+			return fmt.Errorf("%w: %q was deleted", ErrTopicNotFound, t.name)
+		}
 	}
 }
 

@@ -277,30 +277,16 @@ func (b *Broker) PopHalf(ctx context.Context, instanceID, topicName, groupID str
 	if t.typ != Transactional {
 		return nil, fmt.Errorf("%w: %q is not a transactional topic", ErrMessageType, topicName)
 	}
-	deadline := b.clock.Now().Add(wait)
-	for {
-		out, next, err := b.takeChecks(func(h *halfState) bool {
+	var out []Delivery
+	err = b.longPoll(ctx, t, b.clock.Now().Add(wait), func() (bool, bool, time.Time, error) {
+		var next int64
+		var err error
+		out, next, err = b.takeChecks(func(h *halfState) bool {
 			return h.topic == t.id && (h.producerGroup == "" || h.producerGroup == groupID)
 		}, max)
-		if err != nil || len(out) > 0 {
-			return out, err
-		}
-		now := b.clock.Now()
-		if !now.Before(deadline) {
-			return nil, nil
-		}
-		until := deadline
-		if next != 0 && time.UnixMilli(next).Before(until) {
-			until = time.UnixMilli(next)
-		}
-		b.waitForMessages(ctx, t, until)
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		if b.isClosed() {
-			return nil, ErrClosed
-		}
-	}
+		return len(out) > 0, false, fromMillis(next), err
+	})
+	return out, err
 }
 
 // TakeTransactionChecks returns up to max half messages of the instance whose
