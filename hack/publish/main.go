@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -58,7 +59,12 @@ func run(kubeconfig, namespace, instance, topic, tag string, n, keys int) error 
 	if err := c.Get(ctx, client.ObjectKey{Namespace: namespace, Name: inst.Status.CredentialsSecret}, secret); err != nil {
 		return err
 	}
+	hc, err := mqhttp.NewHTTPClient(secret.Data[mqv1alpha1.SecretKeyCACert], 40*time.Second)
+	if err != nil {
+		return err
+	}
 	mq := &mqhttp.Client{
+		HTTP:            hc,
 		Endpoint:        string(secret.Data[mqv1alpha1.SecretKeyHTTPEndpoint]),
 		InstanceID:      string(secret.Data[mqv1alpha1.SecretKeyInstanceID]),
 		AccessKeyID:     string(secret.Data[mqv1alpha1.SecretKeyAccessKeyID]),

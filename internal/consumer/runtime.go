@@ -171,13 +171,9 @@ func (r *Runtime) Run(ctx context.Context) (Result, error) {
 	if len(r.Command) == 0 {
 		return res, errors.New("no handler command")
 	}
-	hc := &http.Client{Timeout: 40 * time.Second}
-	if r.Config.CACert != "" {
-		roots := x509.NewCertPool()
-		if !roots.AppendCertsFromPEM([]byte(r.Config.CACert)) {
-			return res, fmt.Errorf("%s holds no PEM certificate", EnvCACert)
-		}
-		hc.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}
+	hc, err := mqhttp.NewHTTPClient([]byte(r.Config.CACert), 40*time.Second)
+	if err != nil {
+		return res, fmt.Errorf("%s: %w", EnvCACert, err)
 	}
 	r.client = &mqhttp.Client{Endpoint: r.Config.Endpoint, AccessKeyID: r.Config.AccessKeyID,
 		AccessKeySecret: r.Config.AccessKeySecret, InstanceID: r.Config.InstanceID, HTTP: hc}

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/md5"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/xml"
@@ -27,6 +29,22 @@ const InvisibleSecondsHeader = "X-Orderly-Invisible-Seconds"
 // maxInvisible bounds InvisibleSecondsHeader: 12 hours, as RocketMQ 5 bounds
 // ChangeInvisibleDuration.
 const maxInvisible = 12 * time.Hour
+
+// NewHTTPClient returns an HTTP client for the endpoint that trusts the CA in
+// caPEM (an Instance Secret's caCert) and no other, or the system's roots
+// when caPEM is empty.
+func NewHTTPClient(caPEM []byte, timeout time.Duration) (*http.Client, error) {
+	hc := &http.Client{Timeout: timeout}
+	if len(caPEM) == 0 {
+		return hc, nil
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(caPEM) {
+		return nil, errors.New("the CA holds no PEM certificate")
+	}
+	hc.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}
+	return hc, nil
+}
 
 // Client is a small mq-http client: what Orderly's own consumer runtime needs,
 // signed as the SDKs sign. Applications use the public SDKs.
