@@ -14,17 +14,34 @@ import (
 
 const racePublishes = 20000
 
-// publishConcurrently publishes n messages to a one-queue topic from one goroutine
-// while consume runs; it returns once both are done.
-func publishConcurrently(t *testing.T, f *fixture, topic string, n int, consume func(stop <-chan struct{})) {
+// accountWhilePublishing publishes racePublishes messages to a one-queue topic
+// from one goroutine while it calls take, which consumes a batch and returns its
+// bodies; then it calls take until a batch comes back empty, and checks that every
+// message was taken exactly once.
+func accountWhilePublishing(t *testing.T, f *fixture, topic string, take func() [][]byte) {
 	t.Helper()
+	seen := make([]bool, racePublishes)
+	got := 0
+	account := func() bool {
+		bodies := take()
+		for _, body := range bodies {
+			var i int
+			fmt.Sscan(string(body), &i)
+			if seen[i] {
+				t.Fatalf("message %d taken twice", i)
+			}
+			seen[i] = true
+			got++
+		}
+		return len(bodies) > 0
+	}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		defer close(stop)
-		for i := range n {
+		for i := range racePublishes {
 			// Small batches from one producer commit in many group commits, some
 			// of them between two index reads of a consumer.
 			if _, err := f.b.Publish(context.Background(), inst, topic, msg(fmt.Sprint(i))); err != nil {
@@ -33,18 +50,28 @@ func publishConcurrently(t *testing.T, f *fixture, topic string, n int, consume 
 			}
 		}
 	}()
-	consume(stop)
+	for running := true; running; {
+		select {
+		case <-stop:
+			running = false
+		default:
+			account()
+		}
+	}
 	wg.Wait()
+	for account() {
+	}
+	if got != racePublishes {
+		t.Fatalf("took %d of %d published messages", got, racePublishes)
+	}
 }
 
 func TestPullWhilePublishingMissesNothing(t *testing.T) {
 	f := newFixture(t)
 	f.topic("t", Normal, 1)
 	f.group("GID_tcp", TCP)
-	seen := make([]bool, racePublishes)
-	got := 0
 	offset := int64(0)
-	pull := func() (more bool) {
+	accountWhilePublishing(t, f, "t", func() [][]byte {
 		res, err := f.b.Pull(context.Background(), inst, "GID_tcp", "t", 0, offset, 32, TagFilter{}, 0)
 		if err != nil {
 			t.Fatal(err)
@@ -52,52 +79,21 @@ func TestPullWhilePublishingMissesNothing(t *testing.T) {
 		if int(res.NextOffset-offset) != len(res.Messages) {
 			t.Fatalf("pull at %d returned %d messages and advanced to %d", offset, len(res.Messages), res.NextOffset)
 		}
-		for _, m := range res.Messages {
-			var i int
-			fmt.Sscan(string(m.Body), &i)
-			if seen[i] {
-				t.Fatalf("message %d pulled twice", i)
-			}
-			seen[i] = true
-			got++
-		}
 		offset = res.NextOffset
-		return len(res.Messages) > 0
-	}
-	publishConcurrently(t, f, "t", racePublishes, func(stop <-chan struct{}) {
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-				pull()
-			}
+		var bodies [][]byte
+		for _, m := range res.Messages {
+			bodies = append(bodies, m.Body)
 		}
+		return bodies
 	})
-	for pull() {
-	}
-	if got != racePublishes {
-		t.Fatalf("pulled %d of %d published messages", got, racePublishes)
-	}
 }
 
 func TestPopWhilePublishingMissesNothing(t *testing.T) {
 	f := newFixture(t)
 	f.topic("t", Normal, 1)
 	f.group("GID_http", HTTP)
-	seen := make([]bool, racePublishes)
-	got := 0
-	pop := func() (more bool) {
+	accountWhilePublishing(t, f, "t", func() [][]byte {
 		ds := f.pop("t", PopRequest{Group: "GID_http", Max: 16})
-		for _, d := range ds {
-			var i int
-			fmt.Sscan(string(d.Body), &i)
-			if seen[i] {
-				t.Fatalf("message %d delivered twice", i)
-			}
-			seen[i] = true
-			got++
-		}
 		if len(ds) > 0 {
 			for i, err := range f.ack("t", "GID_http", ds...) {
 				if err != nil {
@@ -105,21 +101,10 @@ func TestPopWhilePublishingMissesNothing(t *testing.T) {
 				}
 			}
 		}
-		return len(ds) > 0
-	}
-	publishConcurrently(t, f, "t", racePublishes, func(stop <-chan struct{}) {
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-				pop()
-			}
+		var bodies [][]byte
+		for _, d := range ds {
+			bodies = append(bodies, d.Body)
 		}
+		return bodies
 	})
-	for pop() {
-	}
-	if got != racePublishes {
-		t.Fatalf("popped %d of %d published messages", got, racePublishes)
-	}
 }

@@ -27,6 +27,14 @@ func limitedServer(t *testing.T, lim Limits) string {
 
 func limitedTenantServer(t *testing.T, lim Limits, tenant broker.Limits) (string, *broker.Broker) {
 	t.Helper()
+	return startServer(t, tenant, func(s *Server) { s.Limits = lim })
+}
+
+// startServer runs the endpoint on loopback over a broker holding one instance
+// (with the tenant limits), topic "t" and HTTP group "GID_http"; configure sets the
+// server up before it starts.
+func startServer(t *testing.T, tenant broker.Limits, configure func(*Server)) (string, *broker.Broker) {
+	t.Helper()
 	b, err := broker.Open(broker.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -43,7 +51,7 @@ func limitedTenantServer(t *testing.T, lim Limits, tenant broker.Limits) (string
 		t.Fatal(err)
 	}
 	srv := NewServer("127.0.0.1:0", b, testr.New(t))
-	srv.Limits = lim
+	configure(srv)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Start(ctx) }()

@@ -1,7 +1,6 @@
 package mqhttp
 
 import (
-	"context"
 	"crypto/tls"
 	"fmt"
 	"net"
@@ -11,7 +10,6 @@ import (
 	"testing"
 
 	mqsdk "github.com/aliyunmq/mq-http-go-sdk"
-	"github.com/go-logr/logr/testr"
 
 	"github.com/orderly-dev/orderly/internal/broker"
 	"github.com/orderly-dev/orderly/internal/wiretls"
@@ -42,32 +40,11 @@ func TestMain(m *testing.M) {
 // text allowed from plain's addresses.
 func tlsServer(t *testing.T, plain func(net.Addr) bool) (string, *broker.Broker) {
 	t.Helper()
-	b, err := broker.Open(broker.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Close() })
-	if err := b.EnsureInstance(broker.InstanceConfig{ID: testInstance, Owner: "o",
-		Credentials: []broker.Credential{{AccessKeyID: testAK, AccessKeySecret: testSK}}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.EnsureTopic(testInstance, broker.TopicConfig{Name: "t", Owner: "o"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.EnsureGroup(testInstance, broker.GroupConfig{ID: "GID_http", Protocol: broker.HTTP, Owner: "o"}); err != nil {
-		t.Fatal(err)
-	}
 	certs, err := wiretls.LoadCerts(testCertDir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := NewServer("127.0.0.1:0", b, testr.New(t))
-	srv.TLS, srv.PlainText = certs.Config(), plain
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Start(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	return (<-srv.Listening()).String(), b
+	return startServer(t, broker.Limits{}, func(s *Server) { s.TLS, s.PlainText = certs.Config(), plain })
 }
 
 func TestTheGoSDKOverTLS(t *testing.T) {

@@ -64,10 +64,10 @@ func (k *worker) b() *broker.Broker {
 	return k.w.t.broker()
 }
 
-// run starts every worker and waits for them to stop at ctx's end.
-func (w *workload) run(ctx context.Context, child bool) {
-	var wg sync.WaitGroup
-	start := func(name string, fn func(*worker, context.Context)) {
+// starter returns a function that starts a worker running fn over and over until
+// ctx ends, counted in wg.
+func (w *workload) starter(ctx context.Context, wg *sync.WaitGroup) func(name string, fn func(*worker, context.Context)) {
+	return func(name string, fn func(*worker, context.Context)) {
 		k := w.worker(name)
 		wg.Add(1)
 		go func() {
@@ -77,6 +77,12 @@ func (w *workload) run(ctx context.Context, child bool) {
 			}
 		}()
 	}
+}
+
+// run starts every worker and waits for them to stop at ctx's end.
+func (w *workload) run(ctx context.Context, child bool) {
+	var wg sync.WaitGroup
+	start := w.starter(ctx, &wg)
 	for i := range 3 {
 		start(fmt.Sprint("producer", i), (*worker).produce)
 	}
@@ -444,16 +450,7 @@ func (w *workload) drain(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	defer cancel()
 	var wg sync.WaitGroup
-	start := func(name string, fn func(*worker, context.Context)) {
-		k := w.worker(name)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for ctx.Err() == nil {
-				fn(k, ctx)
-			}
-		}()
-	}
+	start := w.starter(ctx, &wg)
 	start("drain-pop", func(k *worker, ctx context.Context) { k.pop(ctx, gPop, normal, false, 1) })
 	start("drain-ordered-pop", func(k *worker, ctx context.Context) { k.pop(ctx, gOrd, ordered, true, 1) })
 	start("drain-tag-pop", func(k *worker, ctx context.Context) { k.pop(ctx, gTag, normal, false, 1) })
