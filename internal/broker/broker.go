@@ -193,6 +193,9 @@ type Broker struct {
 	// syncSlots bounds the batches applied but not yet durable.
 	syncSlots  chan struct{}
 	publishers sync.WaitGroup // publishes between the closed check and their send
+	// calls are the calls that use the store outside b.mu (consumption, lookups,
+	// housekeeping); Close waits for them before it closes the store.
+	calls sync.WaitGroup
 	// background loops (timers) that feed the writer; stopped through quit before
 	// the writer is.
 	background sync.WaitGroup
@@ -297,11 +300,28 @@ func (b *Broker) Close() error {
 	}
 	close(b.quit)
 	b.background.Wait()
+	// Long polls were woken above and end with ErrClosed; the rest finish what
+	// they do, publishing through the writer, which still runs.
+	b.calls.Wait()
 	b.publishers.Wait()
 	close(b.appendCh)
 	b.loops.Wait()
 	return b.store.close()
 }
+
+// enter admits a call that uses the store outside b.mu, or refuses it once the
+// broker is closing; the call must leave when done.
+func (b *Broker) enter() error {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	if b.closed {
+		return ErrClosed
+	}
+	b.calls.Add(1)
+	return nil
+}
+
+func (b *Broker) leave() { b.calls.Done() }
 
 // EnsureInstance creates the instance or brings an existing one to cfg. It is
 // idempotent. An instance held by another owner is refused with a *ConflictError, and

@@ -1,9 +1,12 @@
 package broker
 
 import (
+	"context"
 	"errors"
 	"slices"
+	"sync"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 )
@@ -154,5 +157,57 @@ func TestInstanceOwnership(t *testing.T) {
 	}
 	if _, _, ok := b.LookupAccessKey("k1"); ok {
 		t.Fatal("the previous owner's key still authenticates")
+	}
+}
+
+// Close waits for the calls that use the store: consumers in flight, long polls
+// among them, end with ErrClosed instead of reading a closed store.
+func TestCloseUnderConsumersInFlight(t *testing.T) {
+	b := New(t)
+	if err := b.EnsureInstance(InstanceConfig{ID: "MQ_INST_a", Owner: "o"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.EnsureTopic("MQ_INST_a", TopicConfig{Name: "t", Queues: 4, Owner: "o"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range []GroupConfig{{ID: "GID_http", Protocol: HTTP, Owner: "o"}, {ID: "GID_tcp", Protocol: TCP, Owner: "o"}} {
+		if _, err := b.EnsureGroup("MQ_INST_a", g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	errs := make(chan error, 64)
+	var wg sync.WaitGroup
+	for i := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				var err error
+				if i%2 == 0 {
+					_, err = b.Pop(context.Background(), "MQ_INST_a", "t", PopRequest{Group: "GID_http", Max: 16, Wait: time.Second})
+				} else {
+					_, err = b.Pull(context.Background(), "MQ_INST_a", "GID_tcp", "t", i%4, 0, 32, TagFilter{}, time.Second)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	for range 100 {
+		if _, err := b.Publish(context.Background(), "MQ_INST_a", "t", Message{Body: []byte("x"), Queue: AnyQueue}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if !errors.Is(err, ErrClosed) {
+			t.Fatalf("a consumer ended with %v, want ErrClosed", err)
+		}
 	}
 }

@@ -100,6 +100,10 @@ func (b *Broker) deadLetter(ctx context.Context, g *group, m StoredMessage, time
 // goes to the dead letters once it was consumed again maxReconsumeTimes times (0:
 // the group's max redeliveries) or when delayLevel is negative.
 func (b *Broker) SendBack(ctx context.Context, instanceID, groupID string, seq uint64, delayLevel, maxReconsumeTimes int) error {
+	if err := b.enter(); err != nil {
+		return err
+	}
+	defer b.leave()
 	b.mu.RLock()
 	g, err := b.groupLocked(instanceID, groupID)
 	b.mu.RUnlock()
@@ -159,6 +163,10 @@ func (b *Broker) deliveredTo(g *group, m StoredMessage) error {
 // DeadLetters lists up to max of the group's dead letters from offset on, and the
 // offset to continue from.
 func (b *Broker) DeadLetters(instanceID, groupID string, offset int64, max int) ([]StoredMessage, int64, error) {
+	if err := b.enter(); err != nil {
+		return nil, 0, err
+	}
+	defer b.leave()
 	b.mu.RLock()
 	t, err := b.topicLocked(instanceID, DLQTopic(groupID))
 	b.mu.RUnlock()
@@ -174,6 +182,10 @@ func (b *Broker) DeadLetters(instanceID, groupID string, offset int64, max int) 
 // letters. It returns how many it re-drove; ids not among the dead letters are
 // skipped.
 func (b *Broker) Redrive(ctx context.Context, instanceID, groupID string, ids []string) (int, error) {
+	if err := b.enter(); err != nil {
+		return 0, err
+	}
+	defer b.leave()
 	b.mu.RLock()
 	dlq, err := b.topicLocked(instanceID, DLQTopic(groupID))
 	b.mu.RUnlock()

@@ -292,6 +292,10 @@ type GroupStats struct {
 
 // GroupStats reports a group's backlog per topic, in-flight and dead-letter counts.
 func (b *Broker) GroupStats(instanceID, groupID string) (GroupStats, error) {
+	if err := b.enter(); err != nil {
+		return GroupStats{}, err
+	}
+	defer b.leave()
 	b.mu.RLock()
 	g, err := b.groupLocked(instanceID, groupID)
 	if err != nil {

@@ -9,6 +9,10 @@ import (
 // MessageByID returns the instance's message with id, for diagnosis, whether or not
 // it was consumed, as long as retention has not reclaimed it.
 func (b *Broker) MessageByID(instanceID, id string) (StoredMessage, error) {
+	if err := b.enter(); err != nil {
+		return StoredMessage{}, err
+	}
+	defer b.leave()
 	seq, ok := parseMessageID(id)
 	if !ok {
 		return StoredMessage{}, fmt.Errorf("%w: %q is not a message id", ErrInvalidArgument, id)
@@ -19,6 +23,10 @@ func (b *Broker) MessageByID(instanceID, id string) (StoredMessage, error) {
 // MessagesByKey returns up to max messages of the topic published with key, oldest
 // first, for diagnosis.
 func (b *Broker) MessagesByKey(instanceID, topicName, key string, max int) ([]StoredMessage, error) {
+	if err := b.enter(); err != nil {
+		return nil, err
+	}
+	defer b.leave()
 	b.mu.RLock()
 	t, err := b.topicLocked(instanceID, topicName)
 	b.mu.RUnlock()

@@ -13,6 +13,10 @@ import (
 // ConsumerOffset returns the group's committed offset on a queue; found is false if
 // the group never committed one.
 func (b *Broker) ConsumerOffset(instanceID, groupID, topicName string, queueID int) (offset int64, found bool, err error) {
+	if err := b.enter(); err != nil {
+		return 0, false, err
+	}
+	defer b.leave()
 	q, g, err := b.consumerQueue(instanceID, groupID, topicName, queueID, TCP)
 	if err != nil {
 		return 0, false, err
@@ -33,6 +37,10 @@ func (b *Broker) ConsumerOffset(instanceID, groupID, topicName string, queueID i
 // It is written without waiting for the disk; losing it in a machine crash only
 // means redelivery.
 func (b *Broker) CommitOffset(instanceID, groupID, topicName string, queueID int, offset int64) error {
+	if err := b.enter(); err != nil {
+		return err
+	}
+	defer b.leave()
 	q, g, err := b.consumerQueue(instanceID, groupID, topicName, queueID, TCP)
 	if err != nil {
 		return err
@@ -58,6 +66,10 @@ func (b *Broker) QueueOffsets(instanceID, topicName string, queueID int) (min, m
 // OffsetAt returns the first offset of the queue whose message was stored at or
 // after ts; the queue's bounds when ts is before its first or after its last.
 func (b *Broker) OffsetAt(instanceID, topicName string, queueID int, ts time.Time) (int64, error) {
+	if err := b.enter(); err != nil {
+		return 0, err
+	}
+	defer b.leave()
 	q, err := b.queue(instanceID, topicName, queueID)
 	if err != nil {
 		return 0, err

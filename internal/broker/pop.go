@@ -105,6 +105,10 @@ type delivery struct {
 // a message published meanwhile is handed over at once. It returns no messages and
 // no error when none arrived in time.
 func (b *Broker) Pop(ctx context.Context, instanceID, topicName string, req PopRequest) ([]Delivery, error) {
+	if err := b.enter(); err != nil {
+		return nil, err
+	}
+	defer b.leave()
 	if req.Max < 1 || req.Max > MaxPopMessages {
 		return nil, fmt.Errorf("%w: batch of %d messages; 1 to %d", ErrInvalidArgument, req.Max, MaxPopMessages)
 	}
@@ -444,6 +448,10 @@ func (pq *popQueue) hand(q *queue, d *delivery, m StoredMessage, now, visibleAt 
 // next-consume time (or already acknowledged), ErrInvalidHandle for one that is not
 // a handle of this topic. The error it returns itself concerns the whole request.
 func (b *Broker) Ack(instanceID, topicName, groupID string, handles []string) ([]error, error) {
+	if err := b.enter(); err != nil {
+		return nil, err
+	}
+	defer b.leave()
 	t, g, err := b.consumerTarget(instanceID, topicName, groupID, HTTP)
 	if err != nil {
 		return nil, err

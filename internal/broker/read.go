@@ -262,6 +262,10 @@ type PullResult struct {
 // message to return it waits up to wait for one to arrive. An offset outside the
 // queue is answered with no messages and NextOffset at the nearest valid offset.
 func (b *Broker) Pull(ctx context.Context, instanceID, groupID, topicName string, queueID int, offset int64, max int, filter TagFilter, wait time.Duration) (PullResult, error) {
+	if err := b.enter(); err != nil {
+		return PullResult{}, err
+	}
+	defer b.leave()
 	q, _, err := b.consumerQueue(instanceID, groupID, topicName, queueID, TCP)
 	if err != nil {
 		return PullResult{}, err

@@ -43,6 +43,10 @@ func (b *Broker) retentionLoop() {
 // so one topic's retention keeps nothing of another's. The loop calls it
 // periodically; tests call it directly.
 func (b *Broker) Reclaim() error {
+	if err := b.enter(); err != nil {
+		return err
+	}
+	defer b.leave()
 	now := b.now()
 	b.mu.RLock()
 	var queues []*queue

@@ -173,6 +173,10 @@ func decodeTxnHandle(s string) (txnHandle, bool) {
 // ErrHandleExpired for a handle past its period or a message already resolved, and
 // ErrInvalidHandle for anything else that is not a current handle of this topic.
 func (b *Broker) EndTransaction(instanceID, topicName, handle string, commit bool) error {
+	if err := b.enter(); err != nil {
+		return err
+	}
+	defer b.leave()
 	b.mu.RLock()
 	t, err := b.topicLocked(instanceID, topicName)
 	b.mu.RUnlock()
@@ -206,6 +210,10 @@ func (b *Broker) EndTransaction(instanceID, topicName, handle string, commit boo
 // resolved is not an error: the TCP client sends its decision one way and never
 // reads an answer.
 func (b *Broker) ResolveTransaction(instanceID string, seq uint64, producerGroup string, commit bool) error {
+	if err := b.enter(); err != nil {
+		return err
+	}
+	defer b.leave()
 	b.txns.mu.Lock()
 	half := b.txns.halves[seq]
 	if half == nil || half.resolving {
@@ -267,6 +275,10 @@ func (b *Broker) resolveHalf(half *halfState, commit bool) error {
 // published by TCP producers of another group are left to them. It waits up to wait
 // for one to come due.
 func (b *Broker) PopHalf(ctx context.Context, instanceID, topicName, groupID string, max int, wait time.Duration) ([]Delivery, error) {
+	if err := b.enter(); err != nil {
+		return nil, err
+	}
+	defer b.leave()
 	if max < 1 || max > MaxPopMessages {
 		return nil, fmt.Errorf("%w: batch of %d messages; 1 to %d", ErrInvalidArgument, max, MaxPopMessages)
 	}
@@ -293,6 +305,10 @@ func (b *Broker) PopHalf(ctx context.Context, instanceID, topicName, groupID str
 // check-back is due and whose producer group is group, and schedules their next
 // check-back: the TCP server sends each to a connected producer of the group.
 func (b *Broker) TakeTransactionChecks(instanceID, producerGroup string, max int) ([]Delivery, error) {
+	if err := b.enter(); err != nil {
+		return nil, err
+	}
+	defer b.leave()
 	out, _, err := b.takeChecks(func(h *halfState) bool {
 		if h.producerGroup != producerGroup {
 			return false
