@@ -342,6 +342,12 @@ func (r *MessageConsumerReconciler) podFor(mc *mqv1alpha1.MessageConsumer, deps 
 	}
 	spec := &pod.Spec
 	spec.RestartPolicy = corev1.RestartPolicyNever
+	// A pod runs as a ServiceAccount only if the template names it. Otherwise the
+	// apiserver would fall back to the namespace's "default" ServiceAccount and mount
+	// its token: credentials that whoever wrote the template was never given.
+	if spec.ServiceAccountName == "" && spec.DeprecatedServiceAccount == "" {
+		spec.AutomountServiceAccountToken = ptr.To(false)
+	}
 	if spec.SecurityContext == nil {
 		spec.SecurityContext = &corev1.PodSecurityContext{}
 	}
