@@ -8,6 +8,8 @@ import (
 	"hash/fnv"
 	"slices"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -18,11 +20,15 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/selection"
+	"k8s.io/pod-security-admission/api"
+	"k8s.io/pod-security-admission/policy"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	mqv1alpha1 "github.com/orderly-dev/orderly/api/v1alpha1"
@@ -69,6 +75,7 @@ type ConsumerBroker interface {
 // +kubebuilder:rbac:groups=mq.orderly.dev,resources=messageconsumers/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=mq.orderly.dev,resources=messageconsumers/finalizers,verbs=update
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",resources=namespaces,verbs=get;list;watch
 
 // MessageConsumerReconciler runs MessageConsumers' pods.
 type MessageConsumerReconciler struct {
@@ -158,12 +165,22 @@ func (r *MessageConsumerReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	if err != nil || !ok {
 		return ctrl.Result{}, err
 	}
+	// A template the namespace does not allow creates no pods, and it does not roll
+	// over the pods of an older one either: they keep working until it is fixed.
+	hash := templateHash(mc)
+	refused, err := r.admit(ctx, mc, deps, hash)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
 	mc.Status.EffectiveParallelism = effectiveParallelism(mc, deps.topic)
-	if mc.Status.EffectiveParallelism < ptr.Deref(mc.Spec.Parallelism, 1) {
+	switch {
+	case refused != nil:
+		r.refuse(mc, refused)
+	case mc.Status.EffectiveParallelism < ptr.Deref(mc.Spec.Parallelism, 1):
 		r.setCondition(mc, mqv1alpha1.ConditionReady, metav1.ConditionTrue, "ParallelismCapped",
 			fmt.Sprintf("Topic %s is ordered with %d queues: no two pods hold one queue, so at most %d of the %d pods can work",
 				deps.topic.Name, deps.topic.Status.Queues, mc.Status.EffectiveParallelism, ptr.Deref(mc.Spec.Parallelism, 1)))
-	} else {
+	default:
 		r.setCondition(mc, mqv1alpha1.ConditionReady, metav1.ConditionTrue, mqv1alpha1.ReasonReconciled, "Instance, Topic and ConsumerGroup are Ready")
 	}
 
@@ -196,13 +213,12 @@ func (r *MessageConsumerReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	}
 
 	// Pods of another template roll over: each finishes its message in hand.
-	hash := templateHash(mc)
 	mc.Status.TemplateHash = hash
 	var active []*corev1.Pod
 	for _, p := range pods {
 		switch {
 		case isTerminal(p):
-		case p.DeletionTimestamp.IsZero() && p.Labels[TemplateHashLabel] != hash:
+		case refused == nil && p.DeletionTimestamp.IsZero() && p.Labels[TemplateHashLabel] != hash:
 			if err := r.deletePod(ctx, p); err != nil {
 				return ctrl.Result{}, err
 			}
@@ -221,8 +237,10 @@ func (r *MessageConsumerReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	if done {
 		return r.finish(ctx, mc, pods, mqv1alpha1.ConditionComplete, reason, msg)
 	}
-	if err := r.startPods(ctx, mc, deps, active, hash); err != nil {
-		return ctrl.Result{}, err
+	if refused == nil {
+		if err := r.startPods(ctx, mc, deps, active, hash); err != nil {
+			return ctrl.Result{}, err
+		}
 	}
 	// Drain completion is decided on the broker's counts, which no watch reports.
 	if mc.Spec.CompletionPolicy.Mode == mqv1alpha1.CompletionDrain || mc.Spec.CompletionPolicy.Mode == "" {
@@ -354,12 +372,25 @@ func (r *MessageConsumerReconciler) podFor(mc *mqv1alpha1.MessageConsumer, deps 
 	if spec.SecurityContext.RunAsNonRoot == nil {
 		spec.SecurityContext.RunAsNonRoot = ptr.To(true)
 	}
+	if spec.SecurityContext.SeccompProfile == nil {
+		spec.SecurityContext.SeccompProfile = &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}
+	}
 	spec.Volumes = append(spec.Volumes, corev1.Volume{Name: RuntimeVolume, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}})
+	// The init container meets the restricted level on its own, whatever the
+	// template's pod-level settings: it only copies a file. It runs as the pod's user
+	// (the operator image's non-root user when the template names none, so that a
+	// platform assigning users, as OpenShift does, still can), and it is non-root
+	// unless the template runs the whole pod as root, which only a baseline or
+	// privileged namespace allows: the kubelet would refuse to start it otherwise.
+	runtimeSC := &corev1.SecurityContext{SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}}
+	if ptr.Deref(spec.SecurityContext.RunAsUser, -1) != 0 {
+		runtimeSC.RunAsNonRoot = ptr.To(true)
+	}
 	spec.InitContainers = append([]corev1.Container{{
 		Name: "install-orderly-runtime", Image: r.RuntimeImage,
 		Command:         []string{"/orderly", "install-runtime", RuntimePath},
 		VolumeMounts:    []corev1.VolumeMount{{Name: RuntimeVolume, MountPath: RuntimeDir}},
-		SecurityContext: restrictedContainer(nil),
+		SecurityContext: restrictedContainer(runtimeSC),
 	}}, spec.InitContainers...)
 
 	c := &spec.Containers[0]
@@ -419,6 +450,112 @@ func restrictedContainer(sc *corev1.SecurityContext) *corev1.SecurityContext {
 		sc.Capabilities = &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}
 	}
 	return sc
+}
+
+// podSecurity evaluates pods with the checks the apiserver's PodSecurity admission
+// runs by default. It is built once and only read after that.
+var podSecurity = sync.OnceValues(func() (policy.Evaluator, error) {
+	e, err := policy.NewEvaluator(policy.DefaultChecks(), nil)
+	if err != nil {
+		return nil, fmt.Errorf("failed to build the Pod Security evaluator: %w", err)
+	}
+	return e, nil
+})
+
+// refusal is why the controller creates none of a MessageConsumer's pods.
+type refusal struct {
+	reason, message string
+}
+
+// admit builds a pod exactly as startPods would create it and checks it; it
+// returns nil if the pod may be created. The pods differ only in their budget
+// annotation and variable, which no check reads.
+func (r *MessageConsumerReconciler) admit(ctx context.Context, mc *mqv1alpha1.MessageConsumer, deps dependencies, hash string) (*refusal, error) {
+	pod, err := r.podFor(mc, deps, hash, 0)
+	if err != nil {
+		return nil, err
+	}
+	// The namespace's labels come from the manager's metadata-only cache of
+	// Namespaces, which the controller watches for relabelling.
+	ns := &metav1.PartialObjectMetadata{}
+	ns.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Namespace"))
+	if err := r.Get(ctx, client.ObjectKey{Name: mc.Namespace}, ns); err != nil {
+		return nil, fmt.Errorf("failed to read namespace %s: %w", mc.Namespace, err)
+	}
+	return checkPod(ns.Name, ns.Labels, pod)
+}
+
+// checkPod checks a pod the controller would create in a namespace with these
+// labels: against the namespace's Pod Security level, as the apiserver's PodSecurity
+// admission would, and for a ServiceAccount token that the template mounts without
+// naming the ServiceAccount. It returns nil if the pod may be created.
+func checkPod(namespace string, nsLabels map[string]string, pod *corev1.Pod) (*refusal, error) {
+	if pod.Spec.ServiceAccountName == "" && pod.Spec.DeprecatedServiceAccount == "" {
+		for _, v := range pod.Spec.Volumes {
+			if v.Projected == nil {
+				continue
+			}
+			for _, src := range v.Projected.Sources {
+				if src.ServiceAccountToken != nil {
+					return &refusal{mqv1alpha1.ReasonServiceAccountNotNamed, fmt.Sprintf(
+						"Volume %q projects a ServiceAccount token, but the template names no serviceAccountName: name the ServiceAccount the pods are to run as", v.Name)}, nil
+				}
+			}
+		}
+	}
+	lv, note := podSecurityLevel(nsLabels)
+	e, err := podSecurity()
+	if err != nil {
+		return nil, err
+	}
+	res := policy.AggregateCheckResults(e.EvaluatePod(lv, &pod.ObjectMeta, &pod.Spec))
+	if res.Allowed {
+		return nil, nil
+	}
+	// The checks' details name containers, volumes, ports, capabilities and
+	// profiles, never an environment variable's value.
+	return &refusal{mqv1alpha1.ReasonPodSecurityViolation, fmt.Sprintf(
+		"Pods would violate PodSecurity %q of namespace %s%s: %s. No pods are created until the template conforms or the namespace's %s label allows them",
+		lv.String(), namespace, note, res.ForbiddenDetail(), api.EnforceLevelLabel)}, nil
+}
+
+// podSecurityLevel is the Pod Security level and version a namespace enforces: its
+// pod-security.kubernetes.io/enforce and enforce-version labels, restricted and
+// latest when unset. A value that does not parse counts as restricted or latest, as
+// it does for the apiserver's admission; the note says so.
+func podSecurityLevel(nsLabels map[string]string) (api.LevelVersion, string) {
+	lv := api.LevelVersion{Level: api.LevelRestricted, Version: api.LatestVersion()}
+	var notes []string
+	if v, ok := nsLabels[api.EnforceLevelLabel]; ok {
+		level, err := api.ParseLevel(v)
+		if err != nil {
+			notes = append(notes, fmt.Sprintf("%s=%q %v", api.EnforceLevelLabel, v, err))
+		}
+		lv.Level = level
+	}
+	if v, ok := nsLabels[api.EnforceVersionLabel]; ok {
+		version, err := api.ParseVersion(v)
+		if err != nil {
+			notes = append(notes, fmt.Sprintf("%s=%q %v", api.EnforceVersionLabel, v, err))
+		}
+		lv.Version = version
+	}
+	if len(notes) == 0 {
+		if _, ok := nsLabels[api.EnforceLevelLabel]; !ok {
+			return lv, " (no " + api.EnforceLevelLabel + " label: restricted applies)"
+		}
+		return lv, ""
+	}
+	return lv, " (invalid labels: " + strings.Join(notes, "; ") + ")"
+}
+
+// refuse records a refusal in the Ready condition, and in an Event when it is new.
+func (r *MessageConsumerReconciler) refuse(mc *mqv1alpha1.MessageConsumer, why *refusal) {
+	prev := meta.FindStatusCondition(mc.Status.Conditions, mqv1alpha1.ConditionReady)
+	if prev == nil || prev.Status != metav1.ConditionFalse || prev.Reason != why.reason || prev.Message != why.message || prev.ObservedGeneration != mc.Generation {
+		r.Recorder.Eventf(mc, nil, corev1.EventTypeWarning, why.reason, "Reconcile", "%s", why.message)
+	}
+	r.setCondition(mc, mqv1alpha1.ConditionReady, metav1.ConditionFalse, why.reason, why.message)
 }
 
 // dependencies resolves the Instance, Topic and ConsumerGroup, and says in the
@@ -684,12 +821,13 @@ func shorter(a, b time.Duration) time.Duration {
 	return a
 }
 
-// SetupWithManager registers the controller: its pods, and the Instances, Topics
-// and ConsumerGroups its consumers wait for.
+// SetupWithManager registers the controller: its pods, the Instances, Topics and
+// ConsumerGroups its consumers wait for, and the labels of Namespaces, whose Pod
+// Security level decides which pods it may create.
 func (r *MessageConsumerReconciler) SetupWithManager(mgr ctrl.Manager) error {
-	dependents := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+	consumersIn := func(ctx context.Context, namespace string) []reconcile.Request {
 		var list mqv1alpha1.MessageConsumerList
-		if err := r.List(ctx, &list, client.InNamespace(o.GetNamespace())); err != nil {
+		if err := r.List(ctx, &list, client.InNamespace(namespace)); err != nil {
 			return nil
 		}
 		var reqs []reconcile.Request
@@ -697,6 +835,12 @@ func (r *MessageConsumerReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
 		}
 		return reqs
+	}
+	dependents := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+		return consumersIn(ctx, o.GetNamespace())
+	})
+	namespaced := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+		return consumersIn(ctx, o.GetName())
 	})
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&mqv1alpha1.MessageConsumer{}).
@@ -704,6 +848,7 @@ func (r *MessageConsumerReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&mqv1alpha1.Instance{}, dependents).
 		Watches(&mqv1alpha1.Topic{}, dependents).
 		Watches(&mqv1alpha1.ConsumerGroup{}, dependents).
+		Watches(&corev1.Namespace{}, namespaced, builder.OnlyMetadata, builder.WithPredicates(predicate.LabelChangedPredicate{})).
 		Named("messageconsumer").
 		Complete(r)
 }

@@ -12,9 +12,11 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -369,5 +371,190 @@ var _ = Describe("MessageConsumer", func() {
 		err := k8sClient.Create(ctx, bad)
 		Expect(apierrors.IsInvalid(err)).To(BeTrue(), "%v", err)
 		Expect(err.Error()).To(ContainSubstring("command is required"))
+	})
+})
+
+// labelNamespace sets the namespace's Pod Security enforce level; "" removes the
+// label. The suite's apiserver runs PodSecurity admission too, so a pod the
+// controller wrongly thought conforming would be rejected there.
+func labelNamespace(ctx context.Context, ns, level string) {
+	GinkgoHelper()
+	Eventually(func(g Gomega) {
+		n := &corev1.Namespace{}
+		g.Expect(k8sClient.Get(ctx, client.ObjectKey{Name: ns}, n)).To(Succeed())
+		if n.Labels == nil {
+			n.Labels = map[string]string{}
+		}
+		if level == "" {
+			delete(n.Labels, "pod-security.kubernetes.io/enforce")
+		} else {
+			n.Labels["pod-security.kubernetes.io/enforce"] = level
+		}
+		g.Expect(k8sClient.Update(ctx, n)).To(Succeed())
+	}).Should(Succeed())
+}
+
+// expectRefused waits for Ready=False with the reason, a message containing each
+// of want, and a Warning Event saying the same; and checks that no pod is created.
+func expectRefused(ctx context.Context, mc *mqv1alpha1.MessageConsumer, reason string, want ...string) {
+	GinkgoHelper()
+	Eventually(func(g Gomega) {
+		g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(mc), mc)).To(Succeed())
+		c := meta.FindStatusCondition(mc.Status.Conditions, mqv1alpha1.ConditionReady)
+		g.Expect(c).NotTo(BeNil())
+		g.Expect(c.Status).To(Equal(metav1.ConditionFalse), "%s: %s", c.Reason, c.Message)
+		g.Expect(c.Reason).To(Equal(reason), c.Message)
+		g.Expect(c.ObservedGeneration).To(Equal(mc.Generation))
+		for _, w := range want {
+			g.Expect(c.Message).To(ContainSubstring(w))
+		}
+		g.Expect(mc.Status.State).To(Equal(mqv1alpha1.ConsumerWaiting))
+	}).Should(Succeed())
+	Eventually(func(g Gomega) {
+		var evs eventsv1.EventList
+		g.Expect(k8sClient.List(ctx, &evs, client.InNamespace(mc.Namespace))).To(Succeed())
+		var notes []string
+		for _, ev := range evs.Items {
+			if ev.Regarding.Name == mc.Name && ev.Reason == reason && ev.Type == corev1.EventTypeWarning {
+				notes = append(notes, ev.Note)
+			}
+		}
+		g.Expect(notes).NotTo(BeEmpty())
+		for _, w := range want {
+			g.Expect(notes).To(ContainElement(ContainSubstring(w)))
+		}
+	}).Should(Succeed())
+	Consistently(func() []corev1.Pod { return consumerPods(ctx, mc) }, "1s").Should(BeEmpty())
+}
+
+// expectPods waits for the MessageConsumer to be Ready with n pods.
+func expectPods(ctx context.Context, mc *mqv1alpha1.MessageConsumer, n int) []corev1.Pod {
+	GinkgoHelper()
+	expectConsumerCondition(ctx, mc, mqv1alpha1.ConditionReady, mqv1alpha1.ReasonReconciled)
+	Eventually(func() []corev1.Pod { return consumerPods(ctx, mc) }).Should(HaveLen(n))
+	return consumerPods(ctx, mc)
+}
+
+var _ = Describe("MessageConsumer Pod Security", func() {
+	hostPath := func(s *corev1.PodSpec) {
+		s.Volumes = append(s.Volumes, corev1.Volume{Name: "host-etc", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/etc"}}})
+	}
+
+	It("refuses a privileged template in a namespace without a label, naming the checks, and proceeds once the template is fixed", func(ctx SpecContext) {
+		e := newConsumerEnv(ctx, "Normal", 1, 16)
+		mc := e.messageConsumer("privileged", 1, mqv1alpha1.CompletionForever)
+		mc.Spec.Template.Spec.HostPID = true
+		mc.Spec.Template.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{Privileged: ptr.To(true)}
+		Expect(k8sClient.Create(ctx, mc)).To(Succeed())
+		expectRefused(ctx, mc, mqv1alpha1.ReasonPodSecurityViolation,
+			`PodSecurity "restricted:latest"`, "no pod-security.kubernetes.io/enforce label",
+			"host namespaces (hostPID=true)", `privileged (container "handler" must not set securityContext.privileged=true)`)
+
+		// A new generation with the template fixed proceeds.
+		Eventually(func(g Gomega) {
+			g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(mc), mc)).To(Succeed())
+			mc.Spec.Template.Spec.HostPID = false
+			mc.Spec.Template.Spec.Containers[0].SecurityContext = nil
+			g.Expect(k8sClient.Update(ctx, mc)).To(Succeed())
+		}).Should(Succeed())
+		pod := expectPods(ctx, mc, 1)[0]
+		Expect(pod.Spec.HostPID).To(BeFalse())
+		Expect(k8sClient.Delete(ctx, mc)).To(Succeed())
+	})
+
+	It("refuses hostPath and hostNetwork under restricted, and runs what baseline allows once the namespace is labelled baseline", func(ctx SpecContext) {
+		e := newConsumerEnv(ctx, "Normal", 1, 16)
+		labelNamespace(ctx, e.ns, "restricted")
+		withHostPath := e.messageConsumer("host-path", 1, mqv1alpha1.CompletionForever)
+		hostPath(&withHostPath.Spec.Template.Spec)
+		withHostNetwork := e.messageConsumer("host-network", 1, mqv1alpha1.CompletionForever)
+		withHostNetwork.Spec.Template.Spec.HostNetwork = true
+		// Privilege escalation and a default capability: baseline allows both,
+		// restricted neither.
+		escalating := e.messageConsumer("escalating", 1, mqv1alpha1.CompletionForever)
+		escalating.Spec.Template.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{
+			AllowPrivilegeEscalation: ptr.To(true), Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"CHOWN"}}}
+		for _, mc := range []*mqv1alpha1.MessageConsumer{withHostPath, withHostNetwork, escalating} {
+			Expect(k8sClient.Create(ctx, mc)).To(Succeed())
+		}
+		expectRefused(ctx, withHostPath, mqv1alpha1.ReasonPodSecurityViolation, `"restricted:latest"`, `volume "host-etc" uses restricted volume type "hostPath"`)
+		expectRefused(ctx, withHostNetwork, mqv1alpha1.ReasonPodSecurityViolation, `"restricted:latest"`, "host namespaces (hostNetwork=true)")
+		expectRefused(ctx, escalating, mqv1alpha1.ReasonPodSecurityViolation, `"restricted:latest"`,
+			`allowPrivilegeEscalation != false (container "handler"`, `unrestricted capabilities (container "handler"`)
+
+		// Relabelling the namespace wakes the consumers; baseline still refuses host
+		// paths and namespaces.
+		labelNamespace(ctx, e.ns, "baseline")
+		pod := expectPods(ctx, escalating, 1)[0]
+		Expect(*pod.Spec.Containers[0].SecurityContext.AllowPrivilegeEscalation).To(BeTrue())
+		expectRefused(ctx, withHostPath, mqv1alpha1.ReasonPodSecurityViolation, `"baseline:latest"`, `hostPath volumes (volume "host-etc")`)
+		expectRefused(ctx, withHostNetwork, mqv1alpha1.ReasonPodSecurityViolation, `"baseline:latest"`, "host namespaces (hostNetwork=true)")
+		for _, mc := range []*mqv1alpha1.MessageConsumer{withHostPath, withHostNetwork, escalating} {
+			Expect(k8sClient.Delete(ctx, mc)).To(Succeed())
+		}
+	})
+
+	It("runs anything in a namespace labelled privileged", func(ctx SpecContext) {
+		e := newConsumerEnv(ctx, "Normal", 1, 16)
+		labelNamespace(ctx, e.ns, "privileged")
+		mc := e.messageConsumer("anything", 1, mqv1alpha1.CompletionForever)
+		spec := &mc.Spec.Template.Spec
+		spec.HostNetwork, spec.HostPID, spec.HostIPC = true, true, true
+		hostPath(spec)
+		spec.SecurityContext = &corev1.PodSecurityContext{RunAsUser: ptr.To[int64](0), RunAsNonRoot: ptr.To(false),
+			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeUnconfined}}
+		spec.Containers[0].SecurityContext = &corev1.SecurityContext{Privileged: ptr.To(true), AllowPrivilegeEscalation: ptr.To(true),
+			Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"SYS_ADMIN"}}}
+		Expect(k8sClient.Create(ctx, mc)).To(Succeed())
+		pod := expectPods(ctx, mc, 1)[0]
+		Expect(pod.Spec.HostNetwork).To(BeTrue())
+		Expect(*pod.Spec.Containers[0].SecurityContext.Privileged).To(BeTrue())
+		Expect(k8sClient.Delete(ctx, mc)).To(Succeed())
+	})
+
+	It("runs the sample MessageConsumer in a restricted namespace, without a ServiceAccount token", func(ctx SpecContext) {
+		e := newConsumerEnv(ctx, "Ordered", 4, 16)
+		labelNamespace(ctx, e.ns, "restricted")
+		b, err := os.ReadFile(filepath.Join("..", "config", "samples", "mq_v1alpha1_messageconsumer.yaml"))
+		Expect(err).NotTo(HaveOccurred())
+		mc := &mqv1alpha1.MessageConsumer{}
+		Expect(utilyaml.Unmarshal(b, mc)).To(Succeed())
+		// The sample's template as it is, pointed at this spec's objects.
+		mc.Namespace = e.ns
+		mc.Spec.InstanceRef.Name, mc.Spec.Topic, mc.Spec.ConsumerGroupRef.Name = e.inst.Name, e.topic.Name, e.group.Name
+		e.publish(ctx, 8, 4)
+		Expect(k8sClient.Create(ctx, mc)).To(Succeed())
+		Eventually(func() []corev1.Pod { return consumerPods(ctx, mc) }).ShouldNot(BeEmpty())
+		pod := consumerPods(ctx, mc)[0]
+		Expect(pod.Spec.AutomountServiceAccountToken).To(HaveValue(BeFalse()))
+		Expect(pod.Spec.ServiceAccountName).To(BeEmpty())
+		Expect(pod.Spec.SecurityContext.SeccompProfile.Type).To(Equal(corev1.SeccompProfileTypeRuntimeDefault))
+		init := pod.Spec.InitContainers[0].SecurityContext
+		Expect(*init.RunAsNonRoot).To(BeTrue())
+		Expect(*init.AllowPrivilegeEscalation).To(BeFalse())
+		Expect(init.Capabilities.Drop).To(ConsistOf(corev1.Capability("ALL")))
+		Expect(init.SeccompProfile.Type).To(Equal(corev1.SeccompProfileTypeRuntimeDefault))
+		expectConsumerCondition(ctx, mc, mqv1alpha1.ConditionComplete, mqv1alpha1.ReasonDrained)
+		Eventually(func(g Gomega) {
+			g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(mc), mc)).To(Succeed())
+			g.Expect(mc.Status.MessagesHandled).To(BeEquivalentTo(8))
+		}).Should(Succeed())
+	})
+
+	It("uses a ServiceAccount only when the template names it", func(ctx SpecContext) {
+		e := newConsumerEnv(ctx, "Normal", 1, 16)
+		named := e.messageConsumer("named", 1, mqv1alpha1.CompletionForever)
+		named.Spec.Template.Spec.ServiceAccountName = "reader"
+		projected := e.messageConsumer("projected", 1, mqv1alpha1.CompletionForever)
+		projected.Spec.Template.Spec.Volumes = []corev1.Volume{{Name: "token", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+			Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Path: "token"}}}}}}}
+		Expect(k8sClient.Create(ctx, named)).To(Succeed())
+		Expect(k8sClient.Create(ctx, projected)).To(Succeed())
+		pod := expectPods(ctx, named, 1)[0]
+		Expect(pod.Spec.ServiceAccountName).To(Equal("reader"))
+		Expect(pod.Spec.AutomountServiceAccountToken).To(BeNil(), "the ServiceAccount's own setting applies")
+		expectRefused(ctx, projected, mqv1alpha1.ReasonServiceAccountNotNamed, `Volume "token" projects a ServiceAccount token`)
+		Expect(k8sClient.Delete(ctx, named)).To(Succeed())
+		Expect(k8sClient.Delete(ctx, projected)).To(Succeed())
 	})
 })

@@ -27,6 +27,12 @@ const (
 	ReasonWaitingForDependencies = "WaitingForDependencies"
 	// ReasonProtocolNotSupported means the group's protocol cannot run consumers yet.
 	ReasonProtocolNotSupported = "ProtocolNotSupported"
+	// ReasonPodSecurityViolation means the pods the template makes would violate the
+	// Pod Security level the namespace enforces; none are created.
+	ReasonPodSecurityViolation = "PodSecurityViolation"
+	// ReasonServiceAccountNotNamed means the template mounts a ServiceAccount token
+	// without naming the ServiceAccount; none are created.
+	ReasonServiceAccountNotNamed = "ServiceAccountNotNamed"
 )
 
 // CompletionMode says when a MessageConsumer's work is done.
@@ -95,7 +101,10 @@ type MessageConsumerSpec struct {
 	// once per message with the body on stdin and the metadata in ORDERLY_*
 	// environment variables; exit code 0 acknowledges the message, anything else
 	// leaves it for redelivery. restartPolicy is always Never: failed pods are
-	// replaced, within backoffLimit.
+	// replaced, within backoffLimit. The pods must meet the Pod Security level the
+	// namespace enforces (label pod-security.kubernetes.io/enforce, restricted when
+	// unset), and they get a ServiceAccount token only when serviceAccountName names
+	// the ServiceAccount.
 	// +required
 	Template corev1.PodTemplateSpec `json:"template"`
 
@@ -202,7 +211,8 @@ type MessageConsumerStatus struct {
 	// templateHash identifies the pod template the active pods should run.
 	// +optional
 	TemplateHash string `json:"templateHash,omitempty"`
-	// conditions: Complete, Failed, Suspended, Ready (the dependencies are usable).
+	// conditions: Complete, Failed, Suspended, Ready (the dependencies are usable
+	// and the namespace's Pod Security level allows the pods).
 	// +optional
 	// +listType=map
 	// +listMapKey=type
