@@ -66,6 +66,8 @@ func (c *Command) IsResponse() bool { return c.Flag&flagResponse != 0 }
 func (c *Command) IsOneway() bool { return c.Flag&flagOneway != 0 }
 
 // ErrFrame is a frame that cannot be decoded; the connection it came on is closed.
+// A frame cut short (the connection ended, or its deadline passed) is not one: its
+// error wraps the I/O error.
 var ErrFrame = errors.New("malformed remoting frame")
 
 // RequestError is a frame read whole whose header names a request, its opaque at
@@ -88,31 +90,84 @@ func (e *RequestError) Error() string {
 // ReadCommand reads one frame. A frame that cannot be read is an error wrapping
 // ErrFrame; one that can be read but not served as sent is a *RequestError.
 func ReadCommand(r *bufio.Reader) (*Command, error) {
+	cmd, _, err := readChunked(r, nil)
+	return cmd, err
+}
+
+// smallFrame is the size up to which a frame's buffer is allocated at once: what
+// the connection's reader buffers anyway. Larger frames grow as their bytes arrive,
+// and their growth is taken from the memory budgets.
+const smallFrame = 4 << 10
+
+// readChunked reads one frame. Its buffer starts at what has arrived (at least
+// smallFrame, at most the frame) and doubles each time it fills, so it never holds
+// more than twice what the client sent: a length prefix announcing 16 MiB costs
+// 4 KiB until the bytes come. Before each growth past smallFrame, take (if not nil)
+// is asked for the bytes added (and told what the frame holds already) and may
+// refuse them with an error, which readChunked returns. charged is what take
+// granted, to be given back by the caller once the frame is served (or at once,
+// with an error).
+//
+//	+--------------+-----------+------------------+--------+------+
+//	| length int32 | type int8 | header len int24 | header | body |
+//	+--------------+-----------+------------------+--------+------+
+//	  length counts what follows it: 4 + header len + body
+func readChunked(r *bufio.Reader, take func(n, held int) error) (cmd *Command, charged int, err error) {
 	var prefix [8]byte
 	if _, err := io.ReadFull(r, prefix[:4]); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	length := binary.BigEndian.Uint32(prefix[:4])
 	if length < 4 || length > maxFrame {
-		return nil, fmt.Errorf("%w: frame length %d outside 4..%d", ErrFrame, length, maxFrame)
+		return nil, 0, fmt.Errorf("%w: frame length %d outside 4..%d", ErrFrame, length, maxFrame)
 	}
 	if _, err := io.ReadFull(r, prefix[4:]); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrFrame, err)
+		return nil, 0, fmt.Errorf("frame cut short in its prefix: %w", err)
 	}
 	mark := binary.BigEndian.Uint32(prefix[4:])
 	serType, headerLen := byte(mark>>24), mark&0xFFFFFF
 	if serType != SerializeJSON && serType != SerializeRocketMQ {
-		return nil, fmt.Errorf("%w: serialize type %d is neither JSON (0) nor ROCKETMQ (1)", ErrFrame, serType)
+		return nil, 0, fmt.Errorf("%w: serialize type %d is neither JSON (0) nor ROCKETMQ (1)", ErrFrame, serType)
 	}
 	if headerLen > length-4 || headerLen > maxHeader {
-		return nil, fmt.Errorf("%w: header length %d in a frame of %d", ErrFrame, headerLen, length)
+		return nil, 0, fmt.Errorf("%w: header length %d in a frame of %d", ErrFrame, headerLen, length)
 	}
-	buf := make([]byte, length-4)
-	if _, err := io.ReadFull(r, buf); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrFrame, err)
+	need := int(length - 4)
+	size := min(need, max(smallFrame, r.Buffered()))
+	if size > smallFrame && take != nil {
+		if err := take(size, 0); err != nil {
+			return nil, 0, err
+		}
+		charged = size
 	}
-	cmd := &Command{}
-	var err error
+	buf := make([]byte, size)
+	got := 0
+	for {
+		// A bufio.Reader reads a chunk larger than its buffer straight into it.
+		n, err := io.ReadFull(r, buf[got:])
+		got += n
+		if err != nil {
+			return nil, charged, fmt.Errorf("frame cut short after %d of %d bytes: %w", got, need, err)
+		}
+		if got == need {
+			break
+		}
+		next := min(need, 2*len(buf))
+		if take != nil {
+			add := next
+			if len(buf) > smallFrame {
+				add = next - len(buf)
+			}
+			if err := take(add, charged); err != nil {
+				return nil, charged, fmt.Errorf("frame of %d bytes, %d read: %w", need, got, err)
+			}
+			charged += add
+		}
+		grown := make([]byte, next)
+		copy(grown, buf[:got])
+		buf = grown
+	}
+	cmd = &Command{}
 	if serType == SerializeRocketMQ {
 		err = decodeBinaryHeader(buf[:headerLen], cmd)
 	} else {
@@ -125,11 +180,11 @@ func ReadCommand(r *bufio.Reader) (*Command, error) {
 	var unusable *fieldError
 	switch {
 	case errors.As(err, &unusable):
-		return nil, &RequestError{Request: cmd, Code: codeNotSupported, Remark: unusable.Error()}
+		return nil, charged, &RequestError{Request: cmd, Code: codeNotSupported, Remark: unusable.Error()}
 	case err != nil:
-		return nil, fmt.Errorf("%w: header: %v", ErrFrame, err)
+		return nil, charged, fmt.Errorf("%w: header: %v", ErrFrame, err)
 	}
-	return cmd, nil
+	return cmd, charged, nil
 }
 
 // AppendFrame appends c's frame to b, its header in c's serialize type. A JSON
@@ -163,6 +218,7 @@ func AppendFrame(b []byte, c *Command) ([]byte, error) {
 const (
 	codeSuccess             = 0
 	codeSystemError         = 1
+	codeSystemBusy          = 2
 	codeNotSupported        = 3
 	codeMessageIllegal      = 13
 	codeNoPermission        = 16
