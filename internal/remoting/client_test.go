@@ -42,6 +42,13 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
+	return newEnvWith(t, broker.Limits{}, nil)
+}
+
+// newEnvWith starts an env whose instance has the tenant limits; configure, if not
+// nil, sets the server up before it starts.
+func newEnvWith(t *testing.T, tenant broker.Limits, configure func(*Server)) *env {
+	t.Helper()
 	// Delay levels in milliseconds, so that retries come back within a test.
 	levels := make([]time.Duration, 18)
 	for i := range levels {
@@ -59,13 +66,16 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = b.Close() })
-	if err := b.EnsureInstance(broker.InstanceConfig{ID: testInstance, Owner: "o",
+	if err := b.EnsureInstance(broker.InstanceConfig{ID: testInstance, Owner: "o", Limits: tenant,
 		Credentials: []broker.Credential{{AccessKeyID: testAK, AccessKeySecret: testSK}}}); err != nil {
 		t.Fatal(err)
 	}
 	srv := NewServer("127.0.0.1:0", "", b, testr.NewWithOptions(t, testr.Options{Verbosity: 0}))
 	srv.CheckEvery = 100 * time.Millisecond
 	srv.Listener = ln
+	if configure != nil {
+		configure(srv)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Start(ctx) }()

@@ -112,9 +112,8 @@ func FuzzHandle(f *testing.F) {
 	if _, err := b.EnsureGroup(testInstance, broker.GroupConfig{ID: "G", Protocol: broker.TCP, Owner: "o"}); err != nil {
 		f.Fatal(err)
 	}
-	s := &Server{Broker: b, Log: logr.Discard(), Clock: clock.Real{}, Advertise: "127.0.0.1:9876"}
-	s.clients = newRegistry(s)
-	s.store = parseHostPort(s.Advertise)
+	s := &Server{Broker: b, Log: logr.Discard(), Clock: clock.Real{}, Advertise: "127.0.0.1:9876", StoreAddr: "127.0.0.1:9876"}
+	s.setup()
 	c := newConn(s, discardConn{})
 
 	for _, seed := range []struct {
@@ -141,7 +140,7 @@ func FuzzHandle(f *testing.F) {
 		Sign(req, testAK, testSK)
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		res := s.handle(ctx, c, req)
+		res := s.handle(ctx, c, req, nil)
 		if res != nil {
 			if _, err := AppendFrame(nil, res); err != nil {
 				t.Fatalf("answer to code %d cannot be encoded: %v", code, err)

@@ -1,11 +1,10 @@
 package remoting
 
 import (
-	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -15,6 +14,8 @@ import (
 
 	"github.com/orderly-dev/orderly/internal/broker"
 	"github.com/orderly-dev/orderly/internal/clock"
+	"github.com/orderly-dev/orderly/internal/connlimit"
+	"github.com/orderly-dev/orderly/internal/wiretls"
 )
 
 // BrokerName is the one broker name routes, queues and locks carry (2.2): the
@@ -32,10 +33,6 @@ const (
 	// maxPullHold bounds how long an empty pull is held: the client's own timeout is
 	// 30 s and it asks for 20 s (3.4).
 	maxPullHold = 20 * time.Second
-	// maxInFlight bounds the requests one connection may have in progress.
-	maxInFlight = 1024
-	// writeTimeout bounds writing one frame.
-	writeTimeout = 30 * time.Second
 )
 
 // Server serves the name server and the broker on one address. It is a
@@ -57,11 +54,25 @@ type Server struct {
 	// Listener, when set, is served instead of listening on Addr: a caller that
 	// needs the port before the broker opens (message ids carry it) listens first.
 	Listener net.Listener
+	// Limits bound connections and what they hold; zero fields take the defaults.
+	Limits Limits
+	// TLS, when set, serves TLS; PlainText then says which client addresses may
+	// still speak plain text on the same port (nil: none), told apart by their
+	// first byte (internal/wiretls).
+	TLS       *tls.Config
+	PlainText func(net.Addr) bool
 
 	ready   chan net.Addr
 	opaque  atomic.Int32
 	clients *registry
 	store   hostPort
+	lim     Limits
+	// memory holds the frames larger than smallFrame of every connection, being
+	// read or being served.
+	memory *budget
+
+	connsMu sync.Mutex
+	conns   map[*conn]struct{}
 }
 
 // NewServer returns a server of b on addr, advertising advertise.
@@ -77,12 +88,6 @@ func (s *Server) Listening() <-chan net.Addr { return s.ready }
 
 // Start listens and serves until ctx ends.
 func (s *Server) Start(ctx context.Context) error {
-	if s.Clock == nil {
-		s.Clock = clock.Real{}
-	}
-	if s.CheckEvery <= 0 {
-		s.CheckEvery = time.Second
-	}
 	ln := s.Listener
 	if ln == nil {
 		var err error
@@ -96,8 +101,9 @@ func (s *Server) Start(ctx context.Context) error {
 	if s.StoreAddr == "" {
 		s.StoreAddr = s.Advertise
 	}
-	s.store = parseHostPort(s.StoreAddr)
-	s.clients = newRegistry(s)
+	s.setup()
+	refusals := newRefusalLog(s.Log)
+	ln = wiretls.Listen(connlimit.Wrap(ln, s.lim.MaxConns, s.lim.MaxConnsPerHost, refusals.refuse), s.TLS, s.PlainText)
 	s.ready <- ln.Addr()
 	s.Log.Info("Serving RocketMQ remoting (name server and broker)", "address", ln.Addr().String(), "advertise", s.Advertise)
 
@@ -105,16 +111,14 @@ func (s *Server) Start(ctx context.Context) error {
 	defer cancel()
 	var wg sync.WaitGroup
 	wg.Go(func() { s.housekeep(ctx) })
-	conns := map[*conn]struct{}{}
-	var mu sync.Mutex
 	go func() {
 		<-ctx.Done()
 		_ = ln.Close()
-		mu.Lock()
-		for c := range conns {
+		s.connsMu.Lock()
+		for c := range s.conns {
 			c.close()
 		}
-		mu.Unlock()
+		s.connsMu.Unlock()
 	}()
 	for {
 		nc, err := ln.Accept()
@@ -130,18 +134,33 @@ func (s *Server) Start(ctx context.Context) error {
 			return fmt.Errorf("remoting accept failed: %w", err)
 		}
 		c := newConn(s, nc)
-		mu.Lock()
-		conns[c] = struct{}{}
-		mu.Unlock()
+		s.connsMu.Lock()
+		s.conns[c] = struct{}{}
+		s.connsMu.Unlock()
 		wg.Go(func() {
 			c.serve(ctx)
-			mu.Lock()
-			delete(conns, c)
-			mu.Unlock()
+			s.connsMu.Lock()
+			delete(s.conns, c)
+			s.connsMu.Unlock()
 		})
 	}
 	wg.Wait()
 	return nil
+}
+
+// setup fills the defaults and makes what serving needs.
+func (s *Server) setup() {
+	if s.Clock == nil {
+		s.Clock = clock.Real{}
+	}
+	if s.CheckEvery <= 0 {
+		s.CheckEvery = time.Second
+	}
+	s.store = parseHostPort(s.StoreAddr)
+	s.lim = s.Limits.withDefaults()
+	s.memory = newBudget(s.lim.Memory)
+	s.clients = newRegistry(s)
+	s.conns = map[*conn]struct{}{}
 }
 
 // housekeep expires silent clients and sends due transaction check-backs.
@@ -159,146 +178,24 @@ func (s *Server) housekeep(ctx context.Context) {
 	}
 }
 
-// conn is one client connection. Requests on it are served concurrently, since one
-// connection carries held pulls, sends and heartbeats at once (1.4); frames are
-// written whole, one at a time.
-type conn struct {
-	s        *Server
-	nc       net.Conn
-	remote   string
-	out      chan []byte
-	inFlight chan struct{}
-	closed   chan struct{}
-	once     sync.Once
-}
-
-func newConn(s *Server, nc net.Conn) *conn {
-	c := &conn{s: s, nc: nc, remote: nc.RemoteAddr().String(), out: make(chan []byte, maxInFlight),
-		inFlight: make(chan struct{}, maxInFlight), closed: make(chan struct{})}
-	go c.writeLoop()
-	return c
-}
-
-// writeLoop writes queued frames, as many as are waiting in one system call: under
-// load, answers to many concurrent requests leave together.
-func (c *conn) writeLoop() {
-	var bufs net.Buffers
-	for {
-		select {
-		case <-c.closed:
-			return
-		case f := <-c.out:
-			bufs = append(bufs[:0], f)
-		}
-	more:
-		for len(bufs) < 64 {
-			select {
-			case f := <-c.out:
-				bufs = append(bufs, f)
-			default:
-				break more
-			}
-		}
-		_ = c.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
-		if _, err := bufs.WriteTo(c.nc); err != nil {
-			c.close()
-			return
-		}
-	}
-}
-
-func (c *conn) close() {
-	c.once.Do(func() {
-		close(c.closed)
-		_ = c.nc.Close()
-	})
-}
-
-func (c *conn) serve(ctx context.Context) {
-	log := c.s.Log.WithValues("client", c.remote)
-	ctx, cancel := context.WithCancel(ctx)
-	var handlers sync.WaitGroup
-	defer func() {
-		cancel()
-		c.close()
-		handlers.Wait()
-		c.s.clients.dropConn(c)
-	}()
-	r := bufio.NewReaderSize(c.nc, 64<<10)
-	for {
-		cmd, err := ReadCommand(r)
-		var unusable *RequestError
-		switch {
-		case errors.As(err, &unusable):
-			// Read whole but not servable as sent: answered, so that the client
-			// gets a reason instead of a closed connection to reconnect to.
-			log.V(1).Info("Refusing a request", "reason", unusable.Remark)
-			req := unusable.Request
-			if !req.IsResponse() {
-				c.answer(req, response(req, unusable.Code, unusable.Remark))
-			}
-			continue
-		case err != nil:
-			if errors.Is(err, ErrFrame) {
-				log.Info("Closing the connection: bad frame", "reason", err.Error())
-			} else if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
-				log.V(1).Info("Connection ended", "reason", err.Error())
-			}
-			return
-		}
-		if cmd.IsResponse() {
-			continue // clients never answer the oneway requests this server sends
-		}
-		select {
-		case c.inFlight <- struct{}{}:
-		case <-ctx.Done():
-			return
-		}
-		handlers.Go(func() {
-			defer func() { <-c.inFlight }()
-			if res := c.s.handle(ctx, c, cmd); res != nil {
-				c.answer(cmd, res)
-			}
-		})
-	}
-}
-
-// answer sends res as the answer to req, in req's serialize type, unless req is
-// one way: RocketMQ's broker serves those and answers none (1.4).
-func (c *conn) answer(req, res *Command) {
-	if req.IsOneway() {
-		return
-	}
-	res.Opaque, res.Flag, res.Serialize = req.Opaque, flagResponse, req.Serialize
-	if err := c.write(res); err != nil {
-		c.close()
-	}
-}
-
-// write queues one frame for the connection's writer.
-func (c *conn) write(cmd *Command) error {
-	frame, err := AppendFrame(nil, cmd)
-	if err != nil {
-		return err
-	}
-	select {
-	case c.out <- frame:
-		return nil
-	case <-c.closed:
-		return net.ErrClosed
-	}
-}
-
-// request sends a server-to-client request, oneway: the client answers none (1.4).
-func (c *conn) request(code int16, ext map[string]string, body []byte) error {
-	return c.write(&Command{Code: code, Opaque: c.s.opaque.Add(1), Flag: flagOneway, ExtFields: ext, Body: body})
-}
-
-// handle serves one request and returns its answer; nil for none.
-func (s *Server) handle(ctx context.Context, c *conn, req *Command) *Command {
+// handle serves one request and returns its answer; nil for none. mem is the
+// memory its frame holds, given back as soon as the signature over the body is
+// checked if the request does not use its body: a held pull carrying 16 MiB it has
+// no use for holds none of it for 20 s.
+func (s *Server) handle(ctx context.Context, c *conn, req *Command, mem *frameMemory) *Command {
 	rc, res := s.authenticate(req)
 	if res != nil {
 		return res
+	}
+	switch req.Code {
+	case reqSendMessage, reqSendMessageV2, reqSendBatchMessage, reqHeartbeat, reqLockBatchMQ, reqUnlockBatchMQ:
+	default:
+		req.Body = nil
+		mem.give()
+	}
+	if err := c.admit(rc.instance); err != nil {
+		c.refuseTenant(req, rc.instance, err)
+		return nil
 	}
 	switch req.Code {
 	case reqGetRouteInfo:

@@ -1,0 +1,245 @@
+package remoting
+
+import (
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-logr/logr"
+)
+
+// Limits bound what connections, and what a client sends on them, may make the
+// server hold (docs/remoting.md, "Limits"). Zero fields take the defaults.
+type Limits struct {
+	// IdleTimeout closes a connection that sends no frame for this long (default
+	// 120 s: the clients heartbeat every 30 s).
+	IdleTimeout time.Duration
+	// FrameTimeout bounds reading one frame once its first byte has arrived, memory
+	// waited for included (default 30 s, 16 MiB at 560 KiB/s).
+	FrameTimeout time.Duration
+	// WriteTimeout bounds writing what is queued for a connection; a client that
+	// reads nothing for this long loses its connection (default 30 s).
+	WriteTimeout time.Duration
+	// MaxConns and MaxConnsPerHost cap concurrent connections in total and per
+	// client address (defaults: connlimit's).
+	MaxConns, MaxConnsPerHost int
+	// Memory bounds the bytes of request frames larger than 4 KiB that all
+	// connections together hold, being read or being served (default 256 MiB);
+	// ConnMemory bounds one connection's (default 32 MiB, two of the largest frames).
+	// A frame's buffer grows as its bytes arrive, so a length prefix costs nothing
+	// until the bytes it announces come; a frame that cannot get memory within its
+	// FrameTimeout closes its connection.
+	Memory, ConnMemory int
+	// OutboundBytes bounds the frames queued for one connection's writer (default
+	// 8 MiB; a larger frame is queued alone). Past it an answer waits for the writer,
+	// and a request the server sends (a check-back, a rebalance notice) is dropped.
+	OutboundBytes int
+}
+
+// Defaults of Limits.
+const (
+	DefaultIdleTimeout   = 120 * time.Second
+	DefaultFrameTimeout  = 30 * time.Second
+	DefaultWriteTimeout  = 30 * time.Second
+	DefaultMemory        = 256 << 20
+	DefaultConnMemory    = 2 * maxFrame
+	DefaultOutboundBytes = 8 << 20
+)
+
+func (l Limits) withDefaults() Limits {
+	for _, d := range []struct {
+		v   *time.Duration
+		def time.Duration
+	}{{&l.IdleTimeout, DefaultIdleTimeout}, {&l.FrameTimeout, DefaultFrameTimeout}, {&l.WriteTimeout, DefaultWriteTimeout}} {
+		if *d.v <= 0 {
+			*d.v = d.def
+		}
+	}
+	for _, d := range []struct {
+		v   *int
+		def int
+	}{
+		{&l.Memory, DefaultMemory}, {&l.ConnMemory, DefaultConnMemory}, {&l.OutboundBytes, DefaultOutboundBytes},
+	} {
+		if *d.v <= 0 {
+			*d.v = d.def
+		}
+	}
+	return l
+}
+
+// Bounds on what one client registers, so that neither the registry nor the
+// housekeeping that walks it grows with what a client makes up.
+const (
+	// maxHeartbeatBody bounds a heartbeat's JSON, checked before it is parsed.
+	maxHeartbeatBody = 4 << 20
+	// maxProducerGroupsPerHeartbeat, maxProducerGroupsPerConn and
+	// maxProducerGroupsPerInstance bound the producer groups registered for
+	// check-backs: each costs the housekeeping a walk over the half messages.
+	maxProducerGroupsPerHeartbeat = 64
+	maxProducerGroupsPerConn      = 64
+	maxProducerGroupsPerInstance  = 256
+	// maxClientIDsPerConn bounds the client ids one connection's heartbeats may
+	// register as consumers; a client has one per connection.
+	maxClientIDsPerConn = 8
+	// maxWireProperties bounds a message's properties string before it is parsed:
+	// the broker's MaxPropertiesSize, plus the names the protocol adds (TAGS, KEYS,
+	// SHARDING_KEY, DELAY), which the broker does not count.
+	maxWireProperties = 16<<10 + 1<<10
+)
+
+// budget bounds bytes held at once. Taking is lock-free when the bytes are there; a
+// taker that has to wait is woken by each give.
+type budget struct {
+	limit   int64
+	used    atomic.Int64
+	waiting atomic.Int32
+
+	mu    sync.Mutex
+	freed chan struct{} // closed by a give while someone waits; nil when none does
+}
+
+func newBudget(limit int) *budget { return &budget{limit: int64(limit)} }
+
+// tryTake takes n bytes for a taker that holds held of them already, if they are
+// there, or if the taker holds everything taken: a frame larger than the limit can
+// still be read alone, and a frame never waits on itself.
+func (b *budget) tryTake(n, held int64) bool {
+	for {
+		u := b.used.Load()
+		if u+n > b.limit && u > held {
+			return false
+		}
+		if b.used.CompareAndSwap(u, u+n) {
+			return true
+		}
+	}
+}
+
+// take takes n bytes for a taker holding held, waiting for them until deadline or
+// until done is closed.
+func (b *budget) take(n, held int, deadline time.Time, done <-chan struct{}) bool {
+	if b.tryTake(int64(n), int64(held)) {
+		return true
+	}
+	// Registered as waiting before looking again, so that a give between the look
+	// and the wait sees the waiter and wakes it.
+	b.waiting.Add(1)
+	defer b.waiting.Add(-1)
+	var timer *time.Timer
+	for {
+		b.mu.Lock()
+		if b.freed == nil {
+			b.freed = make(chan struct{})
+		}
+		freed := b.freed
+		b.mu.Unlock()
+		if b.tryTake(int64(n), int64(held)) {
+			return true
+		}
+		if timer == nil {
+			timer = time.NewTimer(time.Until(deadline))
+			defer timer.Stop()
+		}
+		select {
+		case <-freed:
+		case <-timer.C:
+			return false
+		case <-done:
+			return false
+		}
+	}
+}
+
+// give returns n bytes.
+func (b *budget) give(n int) {
+	if n == 0 {
+		return
+	}
+	b.used.Add(-int64(n))
+	if b.waiting.Load() > 0 {
+		b.mu.Lock()
+		if b.freed != nil {
+			close(b.freed)
+			b.freed = nil
+		}
+		b.mu.Unlock()
+	}
+}
+
+// inUse returns the bytes held.
+func (b *budget) inUse() int { return int(b.used.Load()) }
+
+// refusalLog logs connections turned away past the connection caps: remoting has no
+// message a server sends before a request, so closing is the refusal, and the log
+// is where an operator sees it. It logs an address at most once a refusalLogEvery,
+// with the count of refusals since, so that a client retrying in a loop does not
+// flood the log.
+type refusalLog struct {
+	log logr.Logger
+	now func() time.Time
+
+	mu     sync.Mutex
+	byHost map[string]*refusals
+}
+
+type refusals struct {
+	logged time.Time
+	count  int
+}
+
+const (
+	refusalLogEvery = time.Minute
+	// maxRefusalHosts bounds the addresses remembered; past it the ones not logged
+	// within refusalLogEvery are forgotten.
+	maxRefusalHosts = 4096
+)
+
+func newRefusalLog(log logr.Logger) *refusalLog {
+	return &refusalLog{log: log, now: time.Now, byHost: map[string]*refusals{}}
+}
+
+// refuse is connlimit's refusal: it writes nothing, and logs.
+func (l *refusalLog) refuse(c net.Conn, reason string) {
+	host := hostOf(c.RemoteAddr())
+	now := l.now()
+	l.mu.Lock()
+	r := l.byHost[host]
+	if r == nil {
+		if len(l.byHost) >= maxRefusalHosts {
+			for h, old := range l.byHost {
+				if now.Sub(old.logged) >= refusalLogEvery {
+					delete(l.byHost, h)
+				}
+			}
+		}
+		if len(l.byHost) >= maxRefusalHosts {
+			host = "(other addresses)" // counted together
+		}
+		if r = l.byHost[host]; r == nil {
+			r = &refusals{}
+			l.byHost[host] = r
+		}
+	}
+	r.count++
+	if !r.logged.IsZero() && now.Sub(r.logged) < refusalLogEvery {
+		l.mu.Unlock()
+		return
+	}
+	count := r.count
+	r.logged, r.count = now, 0
+	l.mu.Unlock()
+	l.log.Info("Refusing connections past the connection caps", "address", host, "reason", reason, "refused", count)
+}
+
+func hostOf(a net.Addr) string {
+	if tcp, ok := a.(*net.TCPAddr); ok {
+		return tcp.IP.String()
+	}
+	host, _, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	return host
+}
