@@ -113,9 +113,17 @@ func wireProperties(m *broker.StoredMessage, names namer) map[string]string {
 	return props
 }
 
-// decodeBatch splits a SEND_BATCH_MESSAGE body into its messages (3.1.2).
+// decodeBatch splits a SEND_BATCH_MESSAGE body into its messages (3.1.2). The
+// broker's bounds on a batch (broker.MaxBatchMessages, broker.MaxBatchBytes of
+// bodies) and on properties are checked item by item as the body is walked, before
+// anything is copied or parsed, so a frame of tiny items costs no more than its size.
+//
+//	item: total int32 | magic int32 | crc int32 | flag int32 | bodyLen int32 | body |
+//	      propsLen int16 | properties
 func decodeBatch(body []byte) ([]broker.Message, error) {
-	var msgs []broker.Message
+	type span struct{ item, body, props []byte }
+	var spans []span
+	bodies := 0
 	for len(body) > 0 {
 		if len(body) < 20 {
 			return nil, fmt.Errorf("truncated batch item of %d bytes", len(body))
@@ -126,22 +134,32 @@ func decodeBatch(body []byte) ([]broker.Message, error) {
 		}
 		item := body[:total]
 		body = body[total:]
-		flag := int32(binary.BigEndian.Uint32(item[12:]))
 		bodyLen := int(binary.BigEndian.Uint32(item[16:]))
 		if bodyLen < 0 || 20+bodyLen+2 > total {
 			return nil, fmt.Errorf("batch item body length %d in an item of %d", bodyLen, total)
 		}
-		b := item[20 : 20+bodyLen]
 		propsLen := int(binary.BigEndian.Uint16(item[20+bodyLen:]))
 		if 22+bodyLen+propsLen != total {
 			return nil, fmt.Errorf("batch item properties length %d in an item of %d", propsLen, total)
 		}
-		m := messageFromWire(slices.Clone(b), string(item[22+bodyLen:total]))
-		m.Flag = flag
-		msgs = append(msgs, m)
+		if propsLen > maxWireProperties {
+			return nil, fmt.Errorf("batch item %d has properties of %d bytes; at most %d", len(spans), propsLen, maxWireProperties)
+		}
+		if len(spans) == broker.MaxBatchMessages {
+			return nil, fmt.Errorf("a batch of more than %d messages", broker.MaxBatchMessages)
+		}
+		if bodies += bodyLen; bodies > broker.MaxBatchBytes {
+			return nil, fmt.Errorf("a batch of more than %d bytes of bodies", broker.MaxBatchBytes)
+		}
+		spans = append(spans, span{item: item, body: item[20 : 20+bodyLen], props: item[22+bodyLen : total]})
 	}
-	if len(msgs) == 0 {
+	if len(spans) == 0 {
 		return nil, fmt.Errorf("empty batch")
+	}
+	msgs := make([]broker.Message, len(spans))
+	for i, sp := range spans {
+		msgs[i] = messageFromWire(slices.Clone(sp.body), string(sp.props))
+		msgs[i].Flag = int32(binary.BigEndian.Uint32(sp.item[12:]))
 	}
 	return msgs, nil
 }
