@@ -1,6 +1,7 @@
 package remoting
 
 import (
+	"fmt"
 	"maps"
 	"slices"
 	"sync"
@@ -34,10 +35,30 @@ type registry struct {
 	s         *Server
 	mu        sync.Mutex
 	consumers map[groupKey]map[string]*member // by client id
-	producers map[groupKey]map[*conn]producerConn
+	producers map[groupKey]*producerGroup
+	// producerGroups counts the producer groups of each instance.
+	producerGroups map[string]int
 	// pending are groups with a rebalance request scheduled.
 	pending map[groupKey]bool
 }
+
+// producerGroup is a producer group's connections and when its check-backs are
+// next looked for.
+type producerGroup struct {
+	conns map[*conn]producerConn
+	// nextCheck is when the housekeeping next asks the broker for the group's due
+	// check-backs; idle is the wait after a look that found none, doubled each
+	// time up to maxIdleCheck, so that groups without half messages (most) cost the
+	// broker's walk over the half messages rarely.
+	nextCheck time.Time
+	idle      time.Duration
+}
+
+// maxIdleCheck bounds the wait between looks at a group without due check-backs.
+// A half message sent here makes its group looked at in the next round; one left
+// from before a restart is checked back at most this much late (RocketMQ's broker
+// looks once a minute).
+const maxIdleCheck = 10 * time.Second
 
 type producerConn struct {
 	names    namer
@@ -45,8 +66,26 @@ type producerConn struct {
 }
 
 func newRegistry(s *Server) *registry {
-	return &registry{s: s, consumers: map[groupKey]map[string]*member{}, producers: map[groupKey]map[*conn]producerConn{},
-		pending: map[groupKey]bool{}}
+	return &registry{s: s, consumers: map[groupKey]map[string]*member{}, producers: map[groupKey]*producerGroup{},
+		producerGroups: map[string]int{}, pending: map[groupKey]bool{}}
+}
+
+// addClientID records that c's heartbeats speak for a consumer client id, within
+// maxClientIDsPerConn.
+func (r *registry) addClientID(c *conn, clientID string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if c.clientIDs[clientID] {
+		return nil
+	}
+	if len(c.clientIDs) >= maxClientIDsPerConn {
+		return fmt.Errorf("client %q not registered: one connection registers at most %d consumer client ids", clientID, maxClientIDsPerConn)
+	}
+	if c.clientIDs == nil {
+		c.clientIDs = map[string]bool{}
+	}
+	c.clientIDs[clientID] = true
+	return nil
 }
 
 // joinConsumer records a heartbeat of clientID in group. It reports whether the
@@ -93,16 +132,35 @@ func (r *registry) leaveOtherGroups(instance, clientID string, listed map[string
 	}
 }
 
-// joinProducer records a connection of a producer group.
-func (r *registry) joinProducer(key groupKey, c *conn, names namer) {
+// joinProducer records a connection of a producer group, within the bounds on
+// producer groups per connection and per instance. half says that the connection
+// just sent a half message of the group, whose check-backs are then looked for in
+// the next round.
+func (r *registry) joinProducer(key groupKey, c *conn, names namer, half bool) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	conns := r.producers[key]
-	if conns == nil {
-		conns = map[*conn]producerConn{}
-		r.producers[key] = conns
+	g := r.producers[key]
+	if !c.producerGroups[key] && len(c.producerGroups) >= maxProducerGroupsPerConn {
+		return fmt.Errorf("producer group %q not registered: one connection registers at most %d producer groups", key.group, maxProducerGroupsPerConn)
 	}
-	conns[c] = producerConn{names: names, lastSeen: r.s.Clock.Now()}
+	if g == nil {
+		if r.producerGroups[key.instance] >= maxProducerGroupsPerInstance {
+			return fmt.Errorf("producer group %q not registered: instance %q has %d producer groups connected, the most it may", key.group, key.instance, maxProducerGroupsPerInstance)
+		}
+		g = &producerGroup{conns: map[*conn]producerConn{}}
+		r.producers[key] = g
+		r.producerGroups[key.instance]++
+	}
+	if c.producerGroups == nil {
+		c.producerGroups = map[groupKey]bool{}
+	}
+	c.producerGroups[key] = true
+	now := r.s.Clock.Now()
+	g.conns[c] = producerConn{names: names, lastSeen: now}
+	if half {
+		g.nextCheck, g.idle = time.Time{}, 0
+	}
+	return nil
 }
 
 // members returns the client ids of a group, sorted.
@@ -134,23 +192,47 @@ func (r *registry) subscription(key groupKey, c *conn, topic string) (broker.Tag
 	return found.filter, true
 }
 
-// producerConns returns the live connections of the producer groups, by group.
-func (r *registry) producerConns() map[groupKey][]*conn {
+// dueProducers returns the live connections of the producer groups whose
+// check-backs are to be looked for now, by group.
+func (r *registry) dueProducers(now time.Time) map[groupKey][]*conn {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	out := map[groupKey][]*conn{}
-	for key, conns := range r.producers {
-		for c := range conns {
+	for key, g := range r.producers {
+		if g.nextCheck.After(now) {
+			continue
+		}
+		for c := range g.conns {
 			out[key] = append(out[key], c)
 		}
 	}
 	return out
 }
 
+// checked records a look at a group's check-backs: one that found some looks
+// again next round; one that found none waits longer each time.
+func (r *registry) checked(key groupKey, found bool, now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	g := r.producers[key]
+	if g == nil {
+		return
+	}
+	if found {
+		g.nextCheck, g.idle = now, 0
+		return
+	}
+	g.idle = min(max(2*g.idle, r.s.CheckEvery), maxIdleCheck)
+	g.nextCheck = now.Add(g.idle)
+}
+
 func (r *registry) producerNames(key groupKey, c *conn) namer {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.producers[key][c].names
+	if g := r.producers[key]; g != nil {
+		return g.conns[c].names
+	}
+	return namer{}
 }
 
 // unregister drops a client from every group of the instance.
@@ -188,14 +270,18 @@ func (r *registry) drop(consumer func(*member) bool, producer func(*conn, produc
 			delete(r.consumers, key)
 		}
 	}
-	for key, conns := range r.producers {
-		for c, p := range conns {
+	for key, g := range r.producers {
+		for c, p := range g.conns {
 			if producer(c, p) {
-				delete(conns, c)
+				delete(g.conns, c)
+				delete(c.producerGroups, key)
 			}
 		}
-		if len(conns) == 0 {
+		if len(g.conns) == 0 {
 			delete(r.producers, key)
+			if r.producerGroups[key.instance]--; r.producerGroups[key.instance] <= 0 {
+				delete(r.producerGroups, key.instance)
+			}
 		}
 	}
 	r.mu.Unlock()

@@ -29,6 +29,9 @@ func (s *Server) heartbeat(rc reqContext, c *conn, req *Command) *Command {
 			} `json:"subscriptionDataSet"`
 		} `json:"consumerDataSet"`
 	}
+	if len(req.Body) > maxHeartbeatBody {
+		return response(req, codeSystemError, fmt.Sprintf("a heartbeat of %d bytes; at most %d", len(req.Body), maxHeartbeatBody))
+	}
 	if err := json.Unmarshal(req.Body, &hb); err != nil {
 		return response(req, codeSystemError, "malformed heartbeat: "+err.Error())
 	}
@@ -36,15 +39,41 @@ func (s *Server) heartbeat(rc reqContext, c *conn, req *Command) *Command {
 		hb.ClientID = c.remote
 	}
 	now := s.Clock.Now()
+	var refusals []string
+	// Producer groups are registered for check-backs, each costing the housekeeping
+	// a look at the half messages: a heartbeat registers a bounded number.
+	registered := map[string]bool{}
+	var unregistered int
+	var reason string
 	for _, p := range hb.ProducerData {
 		// Producer groups are not namespaced on the wire (3.15).
 		names, group, err := rc.resolveName(p.GroupName)
-		if err == nil {
-			s.clients.joinProducer(groupKey{rc.instance, group}, c, names)
+		if err != nil || registered[group] {
+			continue
+		}
+		if len(registered) >= maxProducerGroupsPerHeartbeat {
+			err = fmt.Errorf("producer group %q not registered: a heartbeat registers at most %d producer groups", group, maxProducerGroupsPerHeartbeat)
+		} else {
+			err = s.clients.joinProducer(groupKey{rc.instance, group}, c, names, false)
+		}
+		if err != nil {
+			if unregistered++; reason == "" {
+				reason = err.Error()
+			}
+			continue
+		}
+		registered[group] = true
+	}
+	if unregistered > 0 {
+		refusals = append(refusals, fmt.Sprintf("%d producer groups not registered (%s)", unregistered, reason))
+	}
+	if len(hb.ConsumerData) > 0 {
+		if err := s.clients.addClientID(c, hb.ClientID); err != nil {
+			s.Log.Info("Heartbeat refused", "client", hb.ClientID, "reason", err.Error())
+			return response(req, codeSubscriptionMissing, err.Error())
 		}
 	}
 	listed := map[string]bool{}
-	var refusals []string
 	for _, cd := range hb.ConsumerData {
 		names, group, err := rc.resolveName(cd.GroupName)
 		if err != nil {
@@ -78,17 +107,27 @@ func (s *Server) heartbeat(rc reqContext, c *conn, req *Command) *Command {
 	}
 	s.clients.leaveOtherGroups(rc.instance, hb.ClientID, listed)
 	if len(refusals) > 0 {
+		if len(refusals) > maxRefusals {
+			// A heartbeat may list thousands of made-up names: the answer and the log
+			// name the first few.
+			refusals = append(refusals[:maxRefusals], fmt.Sprintf("and %d more", len(refusals)-maxRefusals))
+		}
 		s.Log.Info("Heartbeat refused in part", "client", hb.ClientID, "reasons", refusals)
 		return response(req, codeSubscriptionMissing, fmt.Sprint(refusals))
 	}
 	return response(req, codeSuccess, "")
 }
 
+// maxRefusals bounds the reasons a heartbeat's answer lists.
+const maxRefusals = 8
+
 // checkGroup says why a group cannot be consumed over TCP, if it cannot. A group
 // that does not exist is created if the instance creates groups on first use.
 func (s *Server) checkGroup(instance, group string) error {
 	info, err := s.Broker.AutoCreateGroup(instance, group, broker.TCP)
 	switch {
+	case errors.Is(err, broker.ErrQuotaExceeded):
+		return fmt.Errorf("consumer group %q was not created on first use: %w", group, err)
 	case err != nil:
 		return fmt.Errorf("consumer group %q does not exist in instance %q: declare it with a ConsumerGroup (or let the Instance create groups on first use)", group, instance)
 	case info.Protocol != broker.TCP:

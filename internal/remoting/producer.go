@@ -24,6 +24,14 @@ func brokerError(req *Command, err error) *Command {
 		code = codeNoPermission
 	case errors.Is(err, broker.ErrMessageType), errors.Is(err, broker.ErrInvalidArgument):
 		code = codeMessageIllegal
+	case errors.Is(err, broker.ErrThrottled):
+		// Flow control: the clients back off on SYSTEM_BUSY, where they would
+		// retry SYSTEM_ERROR at once.
+		code = codeSystemBusy
+	case errors.Is(err, broker.ErrQuotaExceeded):
+		// A count the instance may not pass (topics, groups created on first use):
+		// not transient, so not SYSTEM_BUSY.
+		code = codeNoPermission
 	}
 	return response(req, code, err.Error())
 }
@@ -113,6 +121,9 @@ func (s *Server) send(ctx context.Context, rc reqContext, c *conn, req *Command,
 	}
 
 	var msgs []broker.Message
+	if len(h["properties"]) > maxWireProperties {
+		return response(req, codeMessageIllegal, fmt.Sprintf("properties of %d bytes; at most %d", len(h["properties"]), maxWireProperties))
+	}
 	if batch {
 		if msgs, err = decodeBatch(req.Body); err != nil {
 			return response(req, codeMessageIllegal, err.Error())
@@ -130,7 +141,11 @@ func (s *Server) send(ctx context.Context, rc reqContext, c *conn, req *Command,
 			}
 			// The connection that sent a half message is a check-back target even
 			// before its producer's first heartbeat (3.5, 7.24).
-			s.clients.joinProducer(groupKey{rc.instance, m.ProducerGroup}, c, names)
+			if err := s.clients.joinProducer(groupKey{rc.instance, m.ProducerGroup}, c, names, true); err != nil {
+				// Stored all the same: the producer ends the transaction itself, and
+				// a check-back goes to a connection that registered the group.
+				s.Log.V(1).Info("Not registering a producer group for check-backs", "client", c.remote, "reason", err.Error())
+			}
 		}
 		msgs = []broker.Message{m}
 	}
@@ -143,8 +158,12 @@ func (s *Server) send(ctx context.Context, rc reqContext, c *conn, req *Command,
 		// Created on first use where the instance allows it, with the queues the
 		// client asks for, as RocketMQ's broker does from TBW102.
 		queues, _ := strconv.Atoi(h["defaultTopicQueueNums"])
-		if _, cerr := s.Broker.AutoCreateTopic(rc.instance, broker.TopicConfig{Name: topic, Queues: max(queues, 0)}); cerr == nil {
+		_, cerr := s.Broker.AutoCreateTopic(rc.instance, broker.TopicConfig{Name: topic, Queues: max(queues, 0)})
+		switch {
+		case cerr == nil:
 			results, err = s.publish(ctx, rc.instance, topic, msgs)
+		case errors.Is(cerr, broker.ErrQuotaExceeded):
+			err = fmt.Errorf("topic %q was not created on first use: %w", topic, cerr)
 		}
 	}
 	if err != nil {
@@ -199,35 +218,49 @@ func (s *Server) endTransaction(rc reqContext, req *Command) *Command {
 }
 
 // sendCheckBacks asks a connected producer of each group about its half messages
-// whose check-back is due (3.12).
+// whose check-back is due (3.12). It never waits on a client: a check-back goes to
+// the first connection of the group, in turn, whose outbound queue has room, and is
+// dropped if none has (the broker asks again after broker.CheckInterval).
 func (s *Server) sendCheckBacks(ctx context.Context) {
-	for key, conns := range s.clients.producerConns() {
+	now := s.Clock.Now()
+	for key, conns := range s.clients.dueProducers(now) {
 		if ctx.Err() != nil {
 			return
 		}
 		due, err := s.Broker.TakeTransactionChecks(key.instance, key.group, 64)
+		s.clients.checked(key, err == nil && len(due) > 0, now)
 		if err != nil || len(due) == 0 {
 			continue
 		}
 		for i, d := range due {
-			c := conns[i%len(conns)]
-			names := s.clients.producerNames(key, c)
-			props := wireProperties(&d.StoredMessage, names)
-			props[propProducer] = key.group
-			props[propTranMsg] = "true"
-			body, err := appendRecord(nil, &d.StoredMessage, names.topic(d.Topic), d.Queue, props, s.store)
-			if err != nil {
-				s.Log.Error(err, "Cannot encode a check-back", "id", d.ID)
-				continue
-			}
 			uniq := d.Properties[propUniqKey]
 			if uniq == "" {
 				uniq = d.ID
 			}
-			_ = c.request(reqCheckTransaction, map[string]string{
+			ext := map[string]string{
 				"tranStateTableOffset": "0", "commitLogOffset": strconv.FormatUint(d.Seq, 10),
 				"msgId": uniq, "transactionId": uniq, "offsetMsgId": d.ID,
-			}, body)
+			}
+			sent := false
+			for j := range conns {
+				c := conns[(i+j)%len(conns)]
+				names := s.clients.producerNames(key, c)
+				props := wireProperties(&d.StoredMessage, names)
+				props[propProducer] = key.group
+				props[propTranMsg] = "true"
+				body, err := appendRecord(nil, &d.StoredMessage, names.topic(d.Topic), d.Queue, props, s.store)
+				if err != nil {
+					s.Log.Error(err, "Cannot encode a check-back", "id", d.ID)
+					break
+				}
+				if c.request(reqCheckTransaction, ext, body) == nil {
+					sent = true
+					break
+				}
+			}
+			if !sent {
+				s.Log.V(1).Info("Dropping a check-back: no connection of its producer group takes it now", "producerGroup", key.group, "id", d.ID)
+			}
 		}
 	}
 }
