@@ -16,7 +16,7 @@ type Limits struct {
 	// 120 s: the clients heartbeat every 30 s).
 	IdleTimeout time.Duration
 	// FrameTimeout bounds reading one frame once its first byte has arrived, memory
-	// waited for included (default 30 s, 16 MiB at 560 KiB/s).
+	// waited for included (default 30 s: 16 MiB needs 550 KiB/s).
 	FrameTimeout time.Duration
 	// WriteTimeout bounds writing what is queued for a connection; a client that
 	// reads nothing for this long loses its connection (default 30 s).
