@@ -53,7 +53,7 @@ envtest: ## Build etcd and kube-apiserver from Go modules into bin/k8s/ and prin
 # it: internal/remoting and controllers drive the real rocketmq-client-go v2.1.2,
 # which has data races of its own (in its producer shutdown and push consumer)
 # that the detector reports inside the client, not in our code.
-RACE_PKGS = ./internal/broker ./internal/mqhttp ./internal/consistency ./internal/torture ./internal/clock ./internal/fsyncfloor
+RACE_PKGS = ./internal/broker ./internal/mqhttp ./internal/consistency ./internal/torture ./internal/clock ./internal/fsyncfloor ./internal/connlimit ./internal/wiretls
 # How long `make torture` runs the consistency check under faults.
 TORTURE_TIME ?= 10m
 

@@ -261,6 +261,7 @@ func run(ctx context.Context, cfg *rest.Config, o options) error {
 	// Records carry an IPv4 store host that orderly consumers dial back.
 	host := storeHost(o.advertiseHost)
 	tcpServer.StoreAddr = net.JoinHostPort(netip.AddrFrom4(host).String(), port(o.tcpAddr))
+	tcpServer.TLS, tcpServer.PlainText = tlsConfig, plain
 	if err := mgr.Add(tcpServer); err != nil {
 		return err
 	}

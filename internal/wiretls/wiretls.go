@@ -188,7 +188,7 @@ func (c *sniffConn) decide() {
 				return
 			}
 			c.restoreDeadline()
-			c.use = tc
+			c.setUse(tc)
 			return
 		}
 		if c.l.plain == nil || !c.l.plain(c.Conn.RemoteAddr()) {
@@ -196,7 +196,7 @@ func (c *sniffConn) decide() {
 			return
 		}
 		c.restoreDeadline()
-		c.use = buffered
+		c.setUse(buffered)
 	})
 }
 
@@ -220,9 +220,20 @@ func (c *sniffConn) Write(p []byte) (int, error) {
 	return c.use.Write(p)
 }
 
+// setUse records the connection decided on; Close may read it from another
+// goroutine while a first read decides.
+func (c *sniffConn) setUse(u net.Conn) {
+	c.mu.Lock()
+	c.use = u
+	c.mu.Unlock()
+}
+
 func (c *sniffConn) Close() error {
-	if c.use != nil {
-		return c.use.Close()
+	c.mu.Lock()
+	u := c.use
+	c.mu.Unlock()
+	if u != nil {
+		return u.Close()
 	}
 	return c.Conn.Close()
 }
@@ -233,6 +244,8 @@ func IsTLS(c net.Conn) bool {
 	if !ok {
 		return false
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	_, tlsConn := s.use.(*tls.Conn)
 	return tlsConn
 }
