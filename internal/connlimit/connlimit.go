@@ -53,7 +53,7 @@ func (l *Listener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		host := hostOf(c.RemoteAddr())
+		host := HostOf(c.RemoteAddr())
 		if reason := l.admit(host); reason != "" {
 			go l.turnAway(c, reason)
 			continue
@@ -101,7 +101,8 @@ func (l *Listener) turnAway(c net.Conn, reason string) {
 	}
 }
 
-func hostOf(a net.Addr) string {
+// HostOf is the client address a connection counts against: its IP.
+func HostOf(a net.Addr) string {
 	if tcp, ok := a.(*net.TCPAddr); ok {
 		return tcp.IP.String()
 	}

@@ -12,6 +12,8 @@ package consistency
 
 import (
 	"fmt"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -197,4 +199,18 @@ func (e Event) String() string {
 		fmt.Fprintf(&b, " at=%s", e.At.UTC().Format("15:04:05.000"))
 	}
 	return b.String()
+}
+
+// Seed returns the seed a run replays, from the environment variable env, or a
+// fresh one when it is unset. Every workload prints the seed it ran with.
+func Seed(env string) (uint64, error) {
+	s := os.Getenv(env)
+	if s == "" {
+		return uint64(time.Now().UnixNano()), nil
+	}
+	seed, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", env, err)
+	}
+	return seed, nil
 }

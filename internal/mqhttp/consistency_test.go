@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -243,12 +242,9 @@ drain:
 // consistencySeed is CONSISTENCY_SEED, or a fresh seed, logged.
 func consistencySeed(t *testing.T) uint64 {
 	t.Helper()
-	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv("CONSISTENCY_SEED"); s != "" {
-		var err error
-		if seed, err = strconv.ParseUint(s, 10, 64); err != nil {
-			t.Fatalf("CONSISTENCY_SEED: %v", err)
-		}
+	seed, err := consistency.Seed("CONSISTENCY_SEED")
+	if err != nil {
+		t.Fatal(err)
 	}
 	t.Logf("seed %d", seed)
 	return seed

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -306,12 +305,9 @@ func clientSendOutcome(err error) consistency.Kind {
 // consistencySeed is CONSISTENCY_SEED, or a fresh seed, logged.
 func consistencySeed(t *testing.T) uint64 {
 	t.Helper()
-	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv("CONSISTENCY_SEED"); s != "" {
-		var err error
-		if seed, err = strconv.ParseUint(s, 10, 64); err != nil {
-			t.Fatalf("CONSISTENCY_SEED: %v", err)
-		}
+	seed, err := consistency.Seed("CONSISTENCY_SEED")
+	if err != nil {
+		t.Fatal(err)
 	}
 	t.Logf("seed %d", seed)
 	return seed

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+
+	"github.com/orderly-dev/orderly/internal/connlimit"
 )
 
 // Limits bound what connections, and what a client sends on them, may make the
@@ -202,7 +204,7 @@ func newRefusalLog(log logr.Logger) *refusalLog {
 
 // refuse is connlimit's refusal: it writes nothing, and logs.
 func (l *refusalLog) refuse(c net.Conn, reason string) {
-	host := hostOf(c.RemoteAddr())
+	host := connlimit.HostOf(c.RemoteAddr())
 	now := l.now()
 	l.mu.Lock()
 	r := l.byHost[host]
@@ -231,15 +233,4 @@ func (l *refusalLog) refuse(c net.Conn, reason string) {
 	r.logged, r.count = now, 0
 	l.mu.Unlock()
 	l.log.Info("Refusing connections past the connection caps", "address", host, "reason", reason, "refused", count)
-}
-
-func hostOf(a net.Addr) string {
-	if tcp, ok := a.(*net.TCPAddr); ok {
-		return tcp.IP.String()
-	}
-	host, _, err := net.SplitHostPort(a.String())
-	if err != nil {
-		return a.String()
-	}
-	return host
 }

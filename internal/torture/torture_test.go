@@ -4,11 +4,12 @@ import (
 	"context"
 	"flag"
 	"os"
-	"strconv"
 	"testing"
 	"time"
 
 	"github.com/go-logr/logr/testr"
+
+	"github.com/orderly-dev/orderly/internal/consistency"
 )
 
 func TestMain(m *testing.M) {
@@ -21,18 +22,19 @@ var (
 	tortureSeed = flag.Uint64("torture.seed", 0, "replay a run's seed (0: a new one)")
 )
 
-func seed() uint64 {
+func seed(t *testing.T) uint64 {
 	if *tortureSeed != 0 {
 		return *tortureSeed
 	}
-	if s, err := strconv.ParseUint(os.Getenv("TORTURE_SEED"), 10, 64); err == nil {
-		return s
+	s, err := consistency.Seed("TORTURE_SEED")
+	if err != nil {
+		t.Fatal(err)
 	}
-	return uint64(time.Now().UnixNano())
+	return s
 }
 
 func runTorture(t *testing.T, cfg Config) {
-	cfg.Seed = seed()
+	cfg.Seed = seed(t)
 	cfg.Dir = t.TempDir()
 	cfg.Log = testr.New(t)
 	t.Logf("seed %d (replay with -torture.seed=%d or TORTURE_SEED=%d)", cfg.Seed, cfg.Seed, cfg.Seed)
