@@ -260,7 +260,7 @@ func Open(opts Options) (*Broker, error) {
 		syncSlots:  make(chan struct{}, syncSlots),
 		quit:       make(chan struct{}),
 		reapKick:   make(chan struct{}, 1),
-		txns:       txnRegistry{halves: map[uint64]*halfState{}},
+		txns:       newTxnRegistry(),
 		timers:     timers{kick: make(chan struct{}, 1)},
 		locks:      locks{owner: map[lockKey]lease{}},
 	}

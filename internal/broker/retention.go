@@ -211,26 +211,10 @@ func (b *Broker) deleteRecordNow(w writeBatch, seq uint64) error {
 // expireHalves rolls back every half message unresolved past its deadline, whether
 // or not a producer polls for its check-backs.
 func (b *Broker) expireHalves(now int64) error {
-	var expired []*halfState
 	b.txns.mu.Lock()
-	for _, h := range b.txns.halves {
-		if !h.resolving && now >= h.deadline {
-			h.resolving = true
-			expired = append(expired, h)
-		}
-	}
+	expired := b.txns.takeExpired(now)
 	b.txns.mu.Unlock()
-	for i, h := range expired {
-		if err := b.resolveHalf(h, false); err != nil {
-			b.txns.mu.Lock()
-			for _, rest := range expired[i+1:] {
-				rest.resolving = false
-			}
-			b.txns.mu.Unlock()
-			return err
-		}
-	}
-	return nil
+	return b.rollBackExpired(expired)
 }
 
 // reapingMeta marks a deleted topic whose keys are still being removed.
@@ -308,17 +292,28 @@ func (b *Broker) reapTopic(id uint32, queues int) error {
 	// Half messages of the topic.
 	var halves []*halfState
 	b.txns.mu.Lock()
-	for _, h := range b.txns.halves {
-		if h.topic == id && !h.resolving {
-			h.resolving = true
-			halves = append(halves, h)
+	for k, q := range b.txns.checks {
+		if k.topic == id {
+			halves = append(halves, q.items...)
 		}
 	}
+	for _, h := range halves {
+		b.txns.begin(h)
+	}
 	b.txns.mu.Unlock()
+	// A failure puts them back, for the next round to find again.
+	abort := func(err error) error {
+		b.txns.mu.Lock()
+		defer b.txns.mu.Unlock()
+		for _, h := range halves {
+			b.txns.abort(h)
+		}
+		return err
+	}
 	for _, h := range halves {
 		w.delete(halfKey(h.seq))
 		if err := b.deleteRecordNow(w, h.seq); err != nil {
-			return err
+			return abort(err)
 		}
 	}
 	for _, kind := range []byte{kindKey, kindQueueMin, kindBytes, kindQueue} {
@@ -327,11 +322,11 @@ func (b *Broker) reapTopic(id uint32, queues int) error {
 	}
 	w.delete(metaKey(metaReaping, topicIDString(id)))
 	if err := b.store.commitNoSync(w); err != nil {
-		return err
+		return abort(err)
 	}
 	b.txns.mu.Lock()
 	for _, h := range halves {
-		delete(b.txns.halves, h.seq)
+		b.txns.finish(h)
 	}
 	b.txns.mu.Unlock()
 	return nil

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -37,7 +36,12 @@ type halfState struct {
 	deadline      int64  // ms: rolled back if still unresolved
 	checks        int32
 	token         uint64 // the current handle's token
-	resolving     bool   // in memory only: a commit or rollback is under way
+
+	// In memory only.
+	resolving   bool   // a commit or rollback is under way
+	instance    string // the topic's instance ("" for a topic being reaped)
+	checkIdx    int    // index in its check queue, -1 when out of it
+	deadlineIdx int    // index in the deadline queue, -1 when out of it
 }
 
 // Layout: seq(8) topic(4) queue(4) tagHash(4) store(8) dueAt(8) checkAt(8)
@@ -80,25 +84,6 @@ func decodeHalfState(v []byte) (*halfState, bool) {
 	}, true
 }
 
-// txnRegistry holds the unresolved half messages in memory; each is also stored
-// under its 'h' key, from which it is recovered.
-type txnRegistry struct {
-	mu     sync.Mutex
-	halves map[uint64]*halfState
-}
-
-// register adds half messages that just became durable.
-func (r *txnRegistry) register(hs []*halfState) {
-	if len(hs) == 0 {
-		return
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, h := range hs {
-		r.halves[h.seq] = h
-	}
-}
-
 func (b *Broker) recoverHalves() error {
 	it, err := b.store.iter([]byte{kindHalf}, []byte{kindHalf + 1})
 	if err != nil {
@@ -110,7 +95,10 @@ func (b *Broker) recoverHalves() error {
 		if !valid {
 			return fmt.Errorf("corrupt half message %x", it.key())
 		}
-		b.txns.halves[h.seq] = h
+		if t, ok := b.topicsByID[h.topic]; ok {
+			h.instance = t.instance
+		}
+		b.txns.add(h)
 	}
 	return nil
 }
@@ -127,7 +115,7 @@ func (b *Broker) newHalf(m *Message, q *queue, tagHash, size uint32, now time.Ti
 	return &halfState{
 		topic: q.topic.id, queue: q.id, tagHash: tagHash, size: size, store: now.UnixMilli(), dueAt: millis(m.DeliverAt),
 		producerGroup: m.ProducerGroup, checkAt: now.Add(immunity).UnixMilli(),
-		deadline: now.Add(TransactionTimeout).UnixMilli(), token: randomToken(),
+		deadline: now.Add(TransactionTimeout).UnixMilli(), token: randomToken(), instance: q.topic.instance,
 	}, nil
 }
 
@@ -200,7 +188,7 @@ func (b *Broker) EndTransaction(instanceID, topicName, handle string, commit boo
 		b.txns.mu.Unlock()
 		return ErrInvalidHandle
 	}
-	half.resolving = true
+	b.txns.begin(half)
 	b.txns.mu.Unlock()
 	return b.resolveHalf(half, commit)
 }
@@ -231,7 +219,7 @@ func (b *Broker) ResolveTransaction(instanceID string, seq uint64, producerGroup
 		b.txns.mu.Unlock()
 		return fmt.Errorf("%w: half message %d belongs to producer group %q", ErrInvalidArgument, seq, half.producerGroup)
 	}
-	half.resolving = true
+	b.txns.begin(half)
 	b.txns.mu.Unlock()
 	return b.resolveHalf(half, commit)
 }
@@ -262,10 +250,10 @@ func (b *Broker) resolveHalf(half *halfState, commit bool) error {
 	b.txns.mu.Lock()
 	defer b.txns.mu.Unlock()
 	if err != nil {
-		half.resolving = false
+		b.txns.abort(half)
 		return err
 	}
-	delete(b.txns.halves, half.seq)
+	b.txns.finish(half)
 	return nil
 }
 
@@ -293,9 +281,11 @@ func (b *Broker) PopHalf(ctx context.Context, instanceID, topicName, groupID str
 	err = b.longPoll(ctx, t, b.clock.Now().Add(wait), func() (bool, bool, time.Time, error) {
 		var next int64
 		var err error
-		out, next, err = b.takeChecks(func(h *halfState) bool {
-			return h.topic == t.id && (h.producerGroup == "" || h.producerGroup == groupID)
-		}, max)
+		keys := []checkKey{{t.id, ""}}
+		if groupID != "" {
+			keys = append(keys, checkKey{t.id, groupID})
+		}
+		out, next, err = b.takeChecks(func() []checkKey { return keys }, max)
 		return len(out) > 0, false, fromMillis(next), err
 	})
 	return out, err
@@ -309,42 +299,42 @@ func (b *Broker) TakeTransactionChecks(instanceID, producerGroup string, max int
 		return nil, err
 	}
 	defer b.leave()
-	out, _, err := b.takeChecks(func(h *halfState) bool {
-		if h.producerGroup != producerGroup {
-			return false
+	if instanceID == "" {
+		return nil, nil // the instance of a topic being reaped: nobody's
+	}
+	out, _, err := b.takeChecks(func() []checkKey {
+		var keys []checkKey
+		for topic := range b.txns.topics[groupRef{instanceID, producerGroup}] {
+			keys = append(keys, checkKey{topic, producerGroup})
 		}
-		b.mu.RLock()
-		t, ok := b.topicsByID[h.topic]
-		b.mu.RUnlock()
-		return ok && t.instance == instanceID
+		return keys
 	}, max)
 	return out, err
 }
 
-// takeChecks hands out due check-backs of half messages that match, rolling back the
-// ones past their deadline, and returns the next due time (ms) when it found none.
-func (b *Broker) takeChecks(match func(*halfState) bool, max int) ([]Delivery, int64, error) {
-	now := b.now().UnixMilli()
-	var due, expired []*halfState
-	var next int64
-	b.txns.mu.Lock()
-	for _, h := range b.txns.halves {
-		if h.resolving || !match(h) {
-			continue
-		}
-		switch {
-		case now >= h.deadline:
-			h.resolving = true
-			expired = append(expired, h)
-		case h.checkAt <= now && len(due) < max:
-			h.checks++
-			h.token = randomToken()
-			h.checkAt = now + CheckInterval.Milliseconds()
-			due = append(due, h)
-		case h.checkAt > now:
-			next = minNonZero(next, h.checkAt)
+// rollBackExpired rolls back half messages taken past their deadline; after a
+// failure, the ones not yet rolled back are put back for a later round.
+func (b *Broker) rollBackExpired(expired []*halfState) error {
+	for i, h := range expired {
+		if err := b.resolveHalf(h, false); err != nil {
+			b.txns.mu.Lock()
+			for _, rest := range expired[i+1:] {
+				b.txns.abort(rest)
+			}
+			b.txns.mu.Unlock()
+			return err
 		}
 	}
+	return nil
+}
+
+// takeChecks hands out due check-backs of the half messages in the check queues
+// keys names (called with the registry locked), rolling back the ones past their
+// deadline, and returns the next due time (ms) when it found none.
+func (b *Broker) takeChecks(keys func() []checkKey, max int) ([]Delivery, int64, error) {
+	now := b.now().UnixMilli()
+	b.txns.mu.Lock()
+	due, expired, next := b.txns.takeDue(keys(), now, max)
 	// Snapshot what the deliveries need while the lock is held.
 	type snap struct {
 		h       *halfState
@@ -360,10 +350,8 @@ func (b *Broker) takeChecks(match func(*halfState) bool, max int) ([]Delivery, i
 	}
 	b.txns.mu.Unlock()
 
-	for _, h := range expired {
-		if err := b.resolveHalf(h, false); err != nil {
-			return nil, 0, err
-		}
+	if err := b.rollBackExpired(expired); err != nil {
+		return nil, 0, err
 	}
 	if len(due) == 0 {
 		w.b.Close()
