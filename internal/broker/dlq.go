@@ -173,7 +173,7 @@ func (b *Broker) DeadLetters(instanceID, groupID string, offset int64, max int) 
 	if err != nil {
 		return nil, 0, fmt.Errorf("%w: %q", ErrGroupNotFound, groupID)
 	}
-	res, err := b.pullOnce(t.queues[0], offset, max, TagFilter{})
+	res, _, err := b.pullOnce(t.queues[0], offset, max, TagFilter{})
 	return res.Messages, res.NextOffset, err
 }
 

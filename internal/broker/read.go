@@ -274,27 +274,71 @@ func (b *Broker) Pull(ctx context.Context, instanceID, groupID, topicName string
 		return PullResult{}, fmt.Errorf("%w: pull of %d messages; 1 to 1024", ErrInvalidArgument, max)
 	}
 	var res PullResult
+	rb, _ := ctx.Value(readBudgetKey{}).(ReadBudget)
 	err = b.longPoll(ctx, q.topic, b.clock.Now().Add(wait), func() (bool, bool, time.Time, error) {
+		if rb != nil {
+			if err := rb.Take(ctx, MaxReadBytes); err != nil {
+				return false, false, time.Time{}, err
+			}
+		}
 		var err error
-		res, err = b.pullOnce(q, offset, max, filter)
+		var used int
+		res, used, err = b.pullOnce(q, offset, max, filter)
+		if rb != nil {
+			switch {
+			case err != nil || len(res.Messages) == 0:
+				rb.Give(MaxReadBytes)
+			case used < MaxReadBytes:
+				rb.Give(MaxReadBytes - used)
+			case used > MaxReadBytes: // one message larger than the bound, alone
+				if err := rb.Take(ctx, used-MaxReadBytes); err != nil {
+					rb.Give(MaxReadBytes)
+					return false, false, time.Time{}, err
+				}
+			}
+		}
 		return len(res.Messages) > 0 || res.NextOffset != offset, false, time.Time{}, err
 	})
 	return res, err
 }
 
-func (b *Broker) pullOnce(q *queue, offset int64, max int, filter TagFilter) (PullResult, error) {
+// ReadBudget is memory a server holds the answers of reads in, until they are
+// written: a read takes what it may return before it reads (MaxReadBytes), and
+// gives back what it did not use. What the answer holds stays taken, and the
+// server gives it back once the answer is written. A connection that reads its
+// answers slowly, or not at all, then makes its own reads wait, not the process
+// run out of memory. The server passes one to Pull with WithReadBudget.
+type ReadBudget interface {
+	// Take takes n bytes, waiting for them until ctx ends.
+	Take(ctx context.Context, n int) error
+	// Give gives n bytes back.
+	Give(n int)
+}
+
+type readBudgetKey struct{}
+
+// WithReadBudget makes the reads of Pull calls with the returned context take
+// what their answers hold from rb. The context carries it because the budget
+// belongs to the request (its connection's), not to the broker.
+func WithReadBudget(ctx context.Context, rb ReadBudget) context.Context {
+	return context.WithValue(ctx, readBudgetKey{}, rb)
+}
+
+// pullOnce reads up to max messages from offset, and returns with them the
+// bytes of their records.
+func (b *Broker) pullOnce(q *queue, offset int64, max int, filter TagFilter) (PullResult, int, error) {
 	res := PullResult{MinOffset: int64(q.min.Load()), MaxOffset: int64(q.durable.Load())}
 	switch {
 	case offset < res.MinOffset:
 		res.NextOffset = res.MinOffset
-		return res, nil
+		return res, 0, nil
 	case offset > res.MaxOffset:
 		res.NextOffset = res.MaxOffset
-		return res, nil
+		return res, 0, nil
 	}
 	v, err := b.openView(q)
 	if err != nil {
-		return res, err
+		return res, 0, err
 	}
 	defer v.close()
 	budget := MaxReadBytes
@@ -303,7 +347,7 @@ func (b *Broker) pullOnce(q *queue, offset int64, max int, filter TagFilter) (Pu
 		return len(res.Messages) < max
 	})
 	res.NextOffset = int64(next)
-	return res, err
+	return res, MaxReadBytes - budget, err
 }
 
 // longPoll runs try until it finds something or time is up. Between tries it

@@ -53,7 +53,7 @@ type conn struct {
 	once   sync.Once
 
 	outMu    sync.Mutex
-	out      [][]byte // frames queued for the writer, from outHead on
+	out      []outFrame // frames queued for the writer, from outHead on
 	outHead  int
 	outBytes int
 	writing  bool          // a writer runs
@@ -238,24 +238,71 @@ func (c *conn) releaseTenants() {
 	c.tenants = nil
 }
 
+// outFrame is a frame queued for the writer, with the memory its answer holds in
+// the connection's budget, given back once it is written.
+type outFrame struct {
+	b    []byte
+	held int
+}
+
 // answer sends res as the answer to req, in req's serialize type, unless req is
 // one way: RocketMQ's broker serves those and answers none (1.4).
-func (c *conn) answer(req, res *Command) {
+func (c *conn) answer(req, res *Command) { c.answerHolding(req, res, &answerMemory{c: c}) }
+
+// answerHolding is answer for an answer whose records hold mem, which is given
+// back once the answer is written (or dropped).
+func (c *conn) answerHolding(req, res *Command, mem *answerMemory) {
 	if req.IsOneway() {
+		mem.give()
 		return
 	}
 	res.Opaque, res.Flag, res.Serialize = req.Opaque, flagResponse, req.Serialize
 	frame, err := AppendFrame(nil, res)
 	if err != nil {
+		mem.give()
 		c.close()
 		return
 	}
 	// An answer waits for room: the writer either makes some within its write
 	// timeout or closes the connection.
-	if err := c.enqueue(frame, true); err != nil {
+	if err := c.enqueue(outFrame{frame, mem.held}, true); err != nil {
+		mem.give()
 		c.close()
 	}
 }
+
+// answerMemory is what one answer's records hold, taken from the connection's
+// budget and the server's (the ones frames being read take from): a Pull takes
+// it before it reads (broker.ReadBudget), and it is given back once the answer
+// is written. A client that sends pulls and does not read their answers makes
+// its own pulls wait once its budget is taken; the writer's timeout then closes
+// the connection, and with it everything it held.
+type answerMemory struct {
+	c    *conn
+	held int
+}
+
+// Take waits for n bytes until the connection closes or the frame timeout ends.
+func (a *answerMemory) Take(ctx context.Context, n int) error {
+	deadline := time.Now().Add(a.c.s.lim.FrameTimeout)
+	if !a.c.memory.take(n, a.held, deadline, a.c.closed) {
+		return fmt.Errorf("%w: the connection holds %d bytes of frames and answers", errNoMemory, a.c.memory.inUse())
+	}
+	if !a.c.s.memory.take(n, a.held, deadline, a.c.closed) {
+		a.c.memory.give(n)
+		return fmt.Errorf("%w: the server holds %d bytes of frames and answers", errNoMemory, a.c.s.memory.inUse())
+	}
+	a.held += n
+	return ctx.Err()
+}
+
+func (a *answerMemory) Give(n int) {
+	a.c.give(n)
+	a.held -= n
+}
+
+// give gives back everything held.
+func (a *answerMemory) give() { a.Give(a.held) }
 
 // request sends a server-to-client request, oneway: the client answers none (1.4).
 // It never waits: with the connection's outbound queue full it fails with
@@ -265,12 +312,12 @@ func (c *conn) request(code int16, ext map[string]string, body []byte) error {
 	if err != nil {
 		return err
 	}
-	return c.enqueue(frame, false)
+	return c.enqueue(outFrame{b: frame}, false)
 }
 
 // enqueue queues a frame for the writer, starting it if none runs. With the queue
 // past OutboundBytes it waits for room if wait is set, and fails otherwise.
-func (c *conn) enqueue(frame []byte, wait bool) error {
+func (c *conn) enqueue(frame outFrame, wait bool) error {
 	for {
 		c.outMu.Lock()
 		select {
@@ -279,9 +326,9 @@ func (c *conn) enqueue(frame []byte, wait bool) error {
 			return net.ErrClosed
 		default:
 		}
-		if c.outBytes == 0 || c.outBytes+len(frame) <= c.s.lim.OutboundBytes {
+		if c.outBytes == 0 || c.outBytes+len(frame.b) <= c.s.lim.OutboundBytes {
 			c.out = append(c.out, frame)
-			c.outBytes += len(frame)
+			c.outBytes += len(frame.b)
 			start := !c.writing
 			c.writing = true
 			c.outMu.Unlock()
@@ -312,7 +359,8 @@ func (c *conn) enqueue(frame []byte, wait bool) error {
 // together; it ends when the queue is empty. A write that does not complete within
 // WriteTimeout closes the connection.
 func (c *conn) writeLoop() {
-	var batch [maxWriteBatch][]byte
+	var batch [maxWriteBatch]outFrame
+	var bufs [maxWriteBatch][]byte
 	for {
 		c.outMu.Lock()
 		if c.outHead == len(c.out) {
@@ -334,14 +382,18 @@ func (c *conn) writeLoop() {
 			c.out, c.outHead = c.out[:rest], 0
 		}
 		c.outMu.Unlock()
-		size := 0
-		for _, f := range batch[:n] {
-			size += len(f)
+		size, held := 0, 0
+		for i, f := range batch[:n] {
+			size += len(f.b)
+			held += f.held
+			bufs[i] = f.b
 		}
 		_ = c.nc.SetWriteDeadline(time.Now().Add(c.s.lim.WriteTimeout))
-		bufs := net.Buffers(batch[:n])
-		_, err := bufs.WriteTo(c.nc)
+		nb := net.Buffers(bufs[:n])
+		_, err := nb.WriteTo(c.nc)
 		clear(batch[:n])
+		clear(bufs[:n])
+		c.give(held)
 		c.outMu.Lock()
 		c.outBytes -= size
 		if c.space != nil {
@@ -349,6 +401,13 @@ func (c *conn) writeLoop() {
 			c.space = nil
 		}
 		if err != nil {
+			// What is still queued is never written: its memory goes back now.
+			for _, f := range c.out[c.outHead:] {
+				c.give(f.held)
+				c.outBytes -= len(f.b)
+			}
+			clear(c.out)
+			c.out, c.outHead = c.out[:0], 0
 			c.writing = false
 			c.outMu.Unlock()
 			c.close()

@@ -276,10 +276,17 @@ func (s *Server) pull(ctx context.Context, rc reqContext, c *conn, req *Command)
 		suspend, _ := strconv.ParseInt(h["suspendTimeoutMillis"], 10, 64)
 		wait = min(time.Duration(suspend)*time.Millisecond, maxPullHold)
 	}
-	res, err := s.Broker.Pull(ctx, rc.instance, group, topic, queue, offset, maxMsgs, filter, wait)
+	// The records the answer holds are taken from the connection's memory until
+	// the answer is written (answerMemory).
+	mem := &answerMemory{c: c}
+	res, err := s.Broker.Pull(broker.WithReadBudget(ctx, mem), rc.instance, group, topic, queue, offset, maxMsgs, filter, wait)
 	if err != nil {
-		if errors.Is(err, context.Canceled) {
+		mem.give()
+		switch {
+		case errors.Is(err, context.Canceled):
 			return nil
+		case errors.Is(err, errNoMemory):
+			return response(req, codeSystemBusy, err.Error())
 		}
 		return brokerError(req, err)
 	}
@@ -303,12 +310,14 @@ func (s *Server) pull(ctx context.Context, rc reqContext, c *conn, req *Command)
 			m := &res.Messages[i]
 			body, err = appendRecord(body, m, names.topic(m.Topic), m.Queue, wireProperties(m, names), s.store)
 			if err != nil {
+				mem.give()
 				return response(req, codeSystemError, err.Error())
 			}
 		}
 		out.Body = body
 	}
-	return out
+	c.answerHolding(req, out, mem)
+	return nil
 }
 
 // mqWire is a message queue as LOCK_BATCH_MQ carries it; echoed exactly (3.9).

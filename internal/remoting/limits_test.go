@@ -394,3 +394,73 @@ func TestAnInstancesConnectionQuota(t *testing.T) {
 }
 
 func bufioReader(c net.Conn) *bufio.Reader { return bufio.NewReaderSize(c, 64<<10) }
+
+// TestPullAnswersAClientDoesNotReadAreBudgeted sends 200 pulls, each answered
+// with 1 MiB of records, on a connection that never reads. The answers take the
+// connection's memory until written: once it is taken, the next pulls wait
+// instead of reading, the process's heap holds about the budget, not 200 MiB,
+// and the writer's timeout closes the connection and gives everything back.
+// Another connection's pulls are served meanwhile.
+func TestPullAnswersAClientDoesNotReadAreBudgeted(t *testing.T) {
+	const connMemory = 4 << 20
+	e := newEnvWith(t, broker.Limits{}, func(s *Server) {
+		s.Limits.ConnMemory = connMemory
+		s.Limits.WriteTimeout = 3 * time.Second
+	})
+	e.topic("TopicA", broker.Normal, 1)
+	e.group("GID_raw", broker.TCP, 16)
+	for range 8 { // 256 KiB each: a pull of 32 returns three (1 MiB bounds it)
+		if _, err := e.broker.Publish(t.Context(), testInstance, "TopicA", broker.Message{Body: make([]byte, 256<<10), Queue: 0}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	subscribe := func(c *rawClient, id string) {
+		hb := `{"clientID":"` + id + `","consumerDataSet":[{"groupName":"GID_raw","subscriptionDataSet":[{"topic":"TopicA","subString":"*"}]}]}`
+		if res := c.call(reqHeartbeat, nil, []byte(hb), testAK, testSK); res.Code != codeSuccess {
+			t.Fatalf("heartbeat: %d %s", res.Code, res.Remark)
+		}
+	}
+	pull := func(opaque int32) []byte {
+		return signedFrame(t, reqPullMessage, opaque, map[string]string{"consumerGroup": "GID_raw", "topic": "TopicA",
+			"queueId": "0", "queueOffset": "0", "maxMsgNums": "32", "sysFlag": "0"}, nil)
+	}
+	hog := e.raw()
+	subscribe(hog, "hog@1")
+	var before, during runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	var frames []byte
+	for i := range 200 {
+		frames = append(frames, pull(int32(1000+i))...)
+	}
+	if _, err := hog.conn.Write(frames); err != nil {
+		t.Fatal(err)
+	}
+	mem := e.server.memory
+	eventually(t, 10*time.Second, "the connection's budget taken by answers", func() bool { return mem.inUse() >= connMemory-(1<<20) })
+	// A neighbour's pull is served while the hog's wait.
+	good := e.raw()
+	subscribe(good, "good@1")
+	res := good.call(reqPullMessage, map[string]string{"consumerGroup": "GID_raw", "topic": "TopicA",
+		"queueId": "0", "queueOffset": "0", "maxMsgNums": "32", "sysFlag": "0"}, nil, testAK, testSK)
+	if res.Code != codeSuccess || len(res.Body) < 512<<10 {
+		t.Fatalf("the neighbour's pull: code %d, %d bytes", res.Code, len(res.Body))
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&during)
+	heap := int64(during.HeapAlloc) - int64(before.HeapAlloc)
+	t.Logf("200 unread pull answers of 1 MiB: heap +%d MiB, budget in use %d MiB", heap>>20, mem.inUse()>>20)
+	if used := mem.inUse(); used > connMemory+(1<<20) {
+		t.Errorf("the hog's answers hold %d bytes, past its %d", used, connMemory)
+	}
+	if heap > 48<<20 {
+		t.Errorf("the heap grew by %d MiB for answers nobody reads", heap>>20)
+	}
+	// The writer gives up on the hog (which reads nothing, even now); everything
+	// it held comes back.
+	eventually(t, 30*time.Second, "the hog closed and its budget given back", func() bool {
+		e.server.connsMu.Lock()
+		defer e.server.connsMu.Unlock()
+		return len(e.server.conns) == 1 && mem.inUse() == 0
+	})
+}
