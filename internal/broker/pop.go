@@ -135,8 +135,12 @@ func (b *Broker) Pop(ctx context.Context, instanceID, topicName string, req PopR
 		// go on at once rather than wait for a message that may never come.
 		var wake time.Time
 		var more bool
-		var err error
-		out, wake, more, err = b.popOnce(ctx, g, t, req)
+		err := readWithin(ctx, func() (int, int, error) {
+			var used int
+			var err error
+			out, wake, more, used, err = b.popOnce(ctx, g, t, req)
+			return len(out), used, err
+		})
 		return len(out) > 0, more, wake, err
 	})
 	return out, err
@@ -144,8 +148,9 @@ func (b *Broker) Pop(ctx context.Context, instanceID, topicName string, req PopR
 
 // popOnce collects what is ready now across the topic's queues, and when nothing is,
 // the earliest time an in-flight message becomes visible again (zero if none); more
-// says a queue has entries left that its bounded scan did not reach.
-func (b *Broker) popOnce(ctx context.Context, g *group, t *topic, req PopRequest) (_ []Delivery, _ time.Time, more bool, _ error) {
+// says a queue has entries left that its bounded scan did not reach. used is the
+// bytes of the records it returns.
+func (b *Broker) popOnce(ctx context.Context, g *group, t *topic, req PopRequest) (_ []Delivery, _ time.Time, more bool, used int, _ error) {
 	b.mu.RLock()
 	queues := t.queues
 	b.mu.RUnlock()
@@ -160,14 +165,14 @@ func (b *Broker) popOnce(ctx context.Context, g *group, t *topic, req PopRequest
 		q := queues[(start+i)%len(queues)]
 		pq, err := b.popState(g, q)
 		if err != nil {
-			return nil, time.Time{}, false, err
+			return nil, time.Time{}, false, 0, err
 		}
 		r, err := b.popQueue(pq, q, req, now, req.Max-len(out), 1+g.maxRedeliveries, &budget)
 		if err == nil && len(r.dead) > 0 {
 			err = b.buryAll(ctx, g, pq, q, r.dead)
 		}
 		if err != nil {
-			return nil, time.Time{}, false, err
+			return nil, time.Time{}, false, 0, err
 		}
 		out = append(out, r.out...)
 		more = more || r.more
@@ -179,10 +184,10 @@ func (b *Broker) popOnce(ctx context.Context, g *group, t *topic, req PopRequest
 	if len(out) > 0 {
 		wake = 0
 	} else if throttled && !more {
-		return nil, time.Time{}, false, fmt.Errorf("%w: group %q holds %d or more unacknowledged messages on a queue of %q; acknowledge some first",
+		return nil, time.Time{}, false, 0, fmt.Errorf("%w: group %q holds %d or more unacknowledged messages on a queue of %q; acknowledge some first",
 			ErrThrottled, g.name, MaxPendingPerQueue, t.name)
 	}
-	return out, fromMillis(wake), more, nil
+	return out, fromMillis(wake), more, MaxReadBytes - budget, nil
 }
 
 // popped is what one pop took from one queue.

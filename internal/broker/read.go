@@ -274,54 +274,65 @@ func (b *Broker) Pull(ctx context.Context, instanceID, groupID, topicName string
 		return PullResult{}, fmt.Errorf("%w: pull of %d messages; 1 to 1024", ErrInvalidArgument, max)
 	}
 	var res PullResult
-	rb, _ := ctx.Value(readBudgetKey{}).(ReadBudget)
 	err = b.longPoll(ctx, q.topic, b.clock.Now().Add(wait), func() (bool, bool, time.Time, error) {
-		if rb != nil {
-			if err := rb.Take(ctx, MaxReadBytes); err != nil {
-				return false, false, time.Time{}, err
-			}
-		}
-		var err error
-		var used int
-		res, used, err = b.pullOnce(q, offset, max, filter)
-		if rb != nil {
-			switch {
-			case err != nil || len(res.Messages) == 0:
-				rb.Give(MaxReadBytes)
-			case used < MaxReadBytes:
-				rb.Give(MaxReadBytes - used)
-			case used > MaxReadBytes: // one message larger than the bound, alone
-				if err := rb.Take(ctx, used-MaxReadBytes); err != nil {
-					rb.Give(MaxReadBytes)
-					return false, false, time.Time{}, err
-				}
-			}
-		}
+		err := readWithin(ctx, func() (int, int, error) {
+			var used int
+			var err error
+			res, used, err = b.pullOnce(q, offset, max, filter)
+			return len(res.Messages), used, err
+		})
 		return len(res.Messages) > 0 || res.NextOffset != offset, false, time.Time{}, err
 	})
 	return res, err
 }
 
 // ReadBudget is memory a server holds the answers of reads in, until they are
-// written: a read takes what it may return before it reads (MaxReadBytes), and
-// gives back what it did not use. What the answer holds stays taken, and the
-// server gives it back once the answer is written. A connection that reads its
-// answers slowly, or not at all, then makes its own reads wait, not the process
-// run out of memory. The server passes one to Pull with WithReadBudget.
+// written: a read takes what it may return (MaxReadBytes) before it reads, and
+// gives back what its records did not use. What the answer holds stays taken,
+// and the server gives it back once the answer is written. A client that reads
+// its answers slowly, or not at all, then makes its own reads wait, not the
+// process run out of memory. A server passes one to Pull, Pop and PopHalf with
+// WithReadBudget.
 type ReadBudget interface {
 	// Take takes n bytes, waiting for them until ctx ends.
 	Take(ctx context.Context, n int) error
+	// Charge takes n bytes at once, past the budget if need be: a read always
+	// returns one message, even one larger than MaxReadBytes.
+	Charge(n int)
 	// Give gives n bytes back.
 	Give(n int)
 }
 
 type readBudgetKey struct{}
 
-// WithReadBudget makes the reads of Pull calls with the returned context take
-// what their answers hold from rb. The context carries it because the budget
-// belongs to the request (its connection's), not to the broker.
+// WithReadBudget makes the reads of calls with the returned context take what
+// their answers hold from rb. The context carries it because the budget belongs
+// to the request (to its connection, or its tenant), not to the broker.
 func WithReadBudget(ctx context.Context, rb ReadBudget) context.Context {
 	return context.WithValue(ctx, readBudgetKey{}, rb)
+}
+
+// readWithin runs read, which returns how many messages it found and the bytes
+// of their records, under ctx's read budget if it has one.
+func readWithin(ctx context.Context, read func() (found, used int, err error)) error {
+	rb, _ := ctx.Value(readBudgetKey{}).(ReadBudget)
+	if rb == nil {
+		_, _, err := read()
+		return err
+	}
+	if err := rb.Take(ctx, MaxReadBytes); err != nil {
+		return err
+	}
+	n, used, err := read()
+	switch {
+	case err != nil || n == 0:
+		rb.Give(MaxReadBytes)
+	case used < MaxReadBytes:
+		rb.Give(MaxReadBytes - used)
+	case used > MaxReadBytes:
+		rb.Charge(used - MaxReadBytes)
+	}
+	return err
 }
 
 // pullOnce reads up to max messages from offset, and returns with them the

@@ -277,15 +277,19 @@ func (b *Broker) PopHalf(ctx context.Context, instanceID, topicName, groupID str
 	if t.typ != Transactional {
 		return nil, fmt.Errorf("%w: %q is not a transactional topic", ErrMessageType, topicName)
 	}
+	keys := []checkKey{{t.id, ""}}
+	if groupID != "" {
+		keys = append(keys, checkKey{t.id, groupID})
+	}
 	var out []Delivery
 	err = b.longPoll(ctx, t, b.clock.Now().Add(wait), func() (bool, bool, time.Time, error) {
 		var next int64
-		var err error
-		keys := []checkKey{{t.id, ""}}
-		if groupID != "" {
-			keys = append(keys, checkKey{t.id, groupID})
-		}
-		out, next, err = b.takeChecks(func() []checkKey { return keys }, max)
+		err := readWithin(ctx, func() (int, int, error) {
+			var used int
+			var err error
+			out, next, used, err = b.takeChecks(func() []checkKey { return keys }, max)
+			return len(out), used, err
+		})
 		return len(out) > 0, false, fromMillis(next), err
 	})
 	return out, err
@@ -302,7 +306,7 @@ func (b *Broker) TakeTransactionChecks(instanceID, producerGroup string, max int
 	if instanceID == "" {
 		return nil, nil // the instance of a topic being reaped: nobody's
 	}
-	out, _, err := b.takeChecks(func() []checkKey {
+	out, _, _, err := b.takeChecks(func() []checkKey {
 		var keys []checkKey
 		for topic := range b.txns.topics[groupRef{instanceID, producerGroup}] {
 			keys = append(keys, checkKey{topic, producerGroup})
@@ -329,12 +333,13 @@ func (b *Broker) rollBackExpired(expired []*halfState) error {
 }
 
 // takeChecks hands out due check-backs of the half messages in the check queues
-// keys names (called with the registry locked), rolling back the ones past their
-// deadline, and returns the next due time (ms) when it found none.
-func (b *Broker) takeChecks(keys func() []checkKey, max int) ([]Delivery, int64, error) {
+// keys names (called with the registry locked), at most MaxReadBytes of records
+// (at least one), rolling back the ones past their deadline, and returns the next
+// due time (ms) when it found none, and the bytes of the records handed out.
+func (b *Broker) takeChecks(keys func() []checkKey, max int) ([]Delivery, int64, int, error) {
 	now := b.now().UnixMilli()
 	b.txns.mu.Lock()
-	due, expired, next := b.txns.takeDue(keys(), now, max)
+	due, expired, next, used := b.txns.takeDue(keys(), now, max, MaxReadBytes)
 	// Snapshot what the deliveries need while the lock is held.
 	type snap struct {
 		h       *halfState
@@ -351,15 +356,15 @@ func (b *Broker) takeChecks(keys func() []checkKey, max int) ([]Delivery, int64,
 	b.txns.mu.Unlock()
 
 	if err := b.rollBackExpired(expired); err != nil {
-		return nil, 0, err
+		return nil, 0, 0, err
 	}
 	if len(due) == 0 {
 		w.b.Close()
-		return nil, next, nil
+		return nil, next, 0, nil
 	}
 	// The new check time need not survive a crash: the worst is an early check-back.
 	if err := b.store.commitNoSync(w); err != nil {
-		return nil, 0, err
+		return nil, 0, 0, err
 	}
 	out := make([]Delivery, 0, len(due))
 	for _, s := range snaps {
@@ -377,10 +382,10 @@ func (b *Broker) takeChecks(keys func() []checkKey, max int) ([]Delivery, int64,
 			if !pending {
 				continue
 			}
-			return nil, 0, fmt.Errorf("%w: half message %d has no record", errCorruptRecord, s.h.seq)
+			return nil, 0, 0, fmt.Errorf("%w: half message %d has no record", errCorruptRecord, s.h.seq)
 		}
 		if err != nil {
-			return nil, 0, err
+			return nil, 0, 0, err
 		}
 		out = append(out, Delivery{
 			StoredMessage:    m,
@@ -390,5 +395,5 @@ func (b *Broker) takeChecks(keys func() []checkKey, max int) ([]Delivery, int64,
 			NextConsumeTime:  fromMillis(s.checkAt),
 		})
 	}
-	return out, 0, nil
+	return out, 0, used, nil
 }

@@ -120,16 +120,20 @@ func (r *txnRegistry) rescheduled(h *halfState) {
 }
 
 // takeDue begins the resolution of the half messages in the queues of keys whose
-// deadline has passed, and hands out up to max whose check-back is due, moving
-// each to its next check. It returns the earliest time (ms) something else comes
-// due in those queues, 0 when nothing does. r.mu is held.
-func (r *txnRegistry) takeDue(keys []checkKey, now int64, max int) (due, expired []*halfState, next int64) {
+// deadline has passed, and hands out up to max whose check-back is due, with at
+// most maxBytes of records (at least one), moving each to its next check. It
+// returns the earliest time (ms) something else comes due in those queues, 0
+// when nothing does, and the bytes of the records handed out. r.mu is held.
+func (r *txnRegistry) takeDue(keys []checkKey, now int64, max, maxBytes int) (due, expired []*halfState, next int64, bytes int) {
 	for _, k := range keys {
 		q := r.checks[k]
 		for q != nil && q.Len() > 0 && len(due) < max {
 			h := q.items[0]
 			if h.nextEvent() > now {
 				break
+			}
+			if now < h.deadline && len(due) > 0 && bytes+int(h.size) > maxBytes {
+				return due, expired, 0, bytes
 			}
 			if now >= h.deadline {
 				r.begin(h)
@@ -142,12 +146,13 @@ func (r *txnRegistry) takeDue(keys []checkKey, now int64, max int) (due, expired
 			h.checkAt = now + CheckInterval.Milliseconds()
 			r.rescheduled(h)
 			due = append(due, h)
+			bytes += int(h.size)
 		}
 		if q != nil && q.Len() > 0 {
 			next = minNonZero(next, q.items[0].nextEvent())
 		}
 	}
-	return due, expired, next
+	return due, expired, next, bytes
 }
 
 // takeExpired begins the resolution of every half message past its deadline.

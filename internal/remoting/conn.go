@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/orderly-dev/orderly/internal/broker"
+	"github.com/orderly-dev/orderly/internal/membudget"
 )
 
 const (
@@ -48,7 +49,7 @@ type conn struct {
 	inFlight chan struct{}
 	// memory holds this connection's frames larger than smallFrame, being read or
 	// being served.
-	memory *budget
+	memory *membudget.Budget
 	closed chan struct{}
 	once   sync.Once
 
@@ -73,7 +74,7 @@ type conn struct {
 
 func newConn(s *Server, nc net.Conn) *conn {
 	return &conn{s: s, nc: nc, remote: nc.RemoteAddr().String(), inFlight: make(chan struct{}, maxInFlight),
-		memory: newBudget(s.lim.ConnMemory), closed: make(chan struct{})}
+		memory: membudget.New(s.lim.ConnMemory), closed: make(chan struct{})}
 }
 
 func (c *conn) close() {
@@ -167,12 +168,12 @@ func (c *conn) next(r *bufio.Reader) (*Command, int, error) {
 		_ = c.nc.SetReadDeadline(deadline)
 	}
 	return readChunked(r, func(n, held int) error {
-		if !c.memory.take(n, held, deadline, c.closed) {
-			return fmt.Errorf("%w: the connection holds %d bytes of frames", errNoMemory, c.memory.inUse())
+		if !c.memory.Take(n, held, deadline, c.closed) {
+			return fmt.Errorf("%w: the connection holds %d bytes of frames", errNoMemory, c.memory.InUse())
 		}
-		if !c.s.memory.take(n, held, deadline, c.closed) {
-			c.memory.give(n)
-			return fmt.Errorf("%w: the server holds %d bytes of frames", errNoMemory, c.s.memory.inUse())
+		if !c.s.memory.Take(n, held, deadline, c.closed) {
+			c.memory.Give(n)
+			return fmt.Errorf("%w: the server holds %d bytes of frames", errNoMemory, c.s.memory.InUse())
 		}
 		return nil
 	})
@@ -205,8 +206,8 @@ func (m *frameMemory) give() {
 // give returns the memory a frame was charged.
 func (c *conn) give(charged int) {
 	if charged > 0 {
-		c.memory.give(charged)
-		c.s.memory.give(charged)
+		c.memory.Give(charged)
+		c.s.memory.Give(charged)
 	}
 }
 
@@ -285,15 +286,21 @@ type answerMemory struct {
 // Take waits for n bytes until the connection closes or the frame timeout ends.
 func (a *answerMemory) Take(ctx context.Context, n int) error {
 	deadline := time.Now().Add(a.c.s.lim.FrameTimeout)
-	if !a.c.memory.take(n, a.held, deadline, a.c.closed) {
-		return fmt.Errorf("%w: the connection holds %d bytes of frames and answers", errNoMemory, a.c.memory.inUse())
+	if !a.c.memory.Take(n, a.held, deadline, a.c.closed) {
+		return fmt.Errorf("%w: the connection holds %d bytes of frames and answers", errNoMemory, a.c.memory.InUse())
 	}
-	if !a.c.s.memory.take(n, a.held, deadline, a.c.closed) {
-		a.c.memory.give(n)
-		return fmt.Errorf("%w: the server holds %d bytes of frames and answers", errNoMemory, a.c.s.memory.inUse())
+	if !a.c.s.memory.Take(n, a.held, deadline, a.c.closed) {
+		a.c.memory.Give(n)
+		return fmt.Errorf("%w: the server holds %d bytes of frames and answers", errNoMemory, a.c.s.memory.InUse())
 	}
 	a.held += n
 	return ctx.Err()
+}
+
+func (a *answerMemory) Charge(n int) {
+	a.c.memory.Force(n)
+	a.c.s.memory.Force(n)
+	a.held += n
 }
 
 func (a *answerMemory) Give(n int) {

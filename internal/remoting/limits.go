@@ -3,7 +3,6 @@ package remoting
 import (
 	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -90,88 +89,6 @@ const (
 	// SHARDING_KEY, DELAY), which the broker does not count.
 	maxWireProperties = 16<<10 + 1<<10
 )
-
-// budget bounds bytes held at once. Taking is lock-free when the bytes are there; a
-// taker that has to wait is woken by each give.
-type budget struct {
-	limit   int64
-	used    atomic.Int64
-	waiting atomic.Int32
-
-	mu    sync.Mutex
-	freed chan struct{} // closed by a give while someone waits; nil when none does
-}
-
-func newBudget(limit int) *budget { return &budget{limit: int64(limit)} }
-
-// tryTake takes n bytes for a taker that holds held of them already, if they are
-// there, or if the taker holds everything taken: a frame larger than the limit can
-// still be read alone, and a frame never waits on itself.
-func (b *budget) tryTake(n, held int64) bool {
-	for {
-		u := b.used.Load()
-		if u+n > b.limit && u > held {
-			return false
-		}
-		if b.used.CompareAndSwap(u, u+n) {
-			return true
-		}
-	}
-}
-
-// take takes n bytes for a taker holding held, waiting for them until deadline or
-// until done is closed.
-func (b *budget) take(n, held int, deadline time.Time, done <-chan struct{}) bool {
-	if b.tryTake(int64(n), int64(held)) {
-		return true
-	}
-	// Registered as waiting before looking again, so that a give between the look
-	// and the wait sees the waiter and wakes it.
-	b.waiting.Add(1)
-	defer b.waiting.Add(-1)
-	var timer *time.Timer
-	for {
-		b.mu.Lock()
-		if b.freed == nil {
-			b.freed = make(chan struct{})
-		}
-		freed := b.freed
-		b.mu.Unlock()
-		if b.tryTake(int64(n), int64(held)) {
-			return true
-		}
-		if timer == nil {
-			timer = time.NewTimer(time.Until(deadline))
-			defer timer.Stop()
-		}
-		select {
-		case <-freed:
-		case <-timer.C:
-			return false
-		case <-done:
-			return false
-		}
-	}
-}
-
-// give returns n bytes.
-func (b *budget) give(n int) {
-	if n == 0 {
-		return
-	}
-	b.used.Add(-int64(n))
-	if b.waiting.Load() > 0 {
-		b.mu.Lock()
-		if b.freed != nil {
-			close(b.freed)
-			b.freed = nil
-		}
-		b.mu.Unlock()
-	}
-}
-
-// inUse returns the bytes held.
-func (b *budget) inUse() int { return int(b.used.Load()) }
 
 // refusalLog logs connections turned away past the connection caps: remoting has no
 // message a server sends before a request, so closing is the refusal, and the log

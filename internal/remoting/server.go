@@ -13,6 +13,7 @@ import (
 	"github.com/go-logr/logr"
 
 	"github.com/orderly-dev/orderly/internal/broker"
+	"github.com/orderly-dev/orderly/internal/membudget"
 	"github.com/orderly-dev/orderly/internal/clock"
 	"github.com/orderly-dev/orderly/internal/connlimit"
 	"github.com/orderly-dev/orderly/internal/wiretls"
@@ -69,7 +70,7 @@ type Server struct {
 	lim     Limits
 	// memory holds the frames larger than smallFrame of every connection, being
 	// read or being served.
-	memory *budget
+	memory *membudget.Budget
 
 	connsMu sync.Mutex
 	conns   map[*conn]struct{}
@@ -158,7 +159,7 @@ func (s *Server) setup() {
 	}
 	s.store = parseHostPort(s.StoreAddr)
 	s.lim = s.Limits.withDefaults()
-	s.memory = newBudget(s.lim.Memory)
+	s.memory = membudget.New(s.lim.Memory)
 	s.clients = newRegistry(s)
 	s.conns = map[*conn]struct{}{}
 }
