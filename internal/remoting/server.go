@@ -13,9 +13,9 @@ import (
 	"github.com/go-logr/logr"
 
 	"github.com/orderly-dev/orderly/internal/broker"
-	"github.com/orderly-dev/orderly/internal/membudget"
 	"github.com/orderly-dev/orderly/internal/clock"
 	"github.com/orderly-dev/orderly/internal/connlimit"
+	"github.com/orderly-dev/orderly/internal/membudget"
 	"github.com/orderly-dev/orderly/internal/wiretls"
 )
 
