@@ -48,7 +48,7 @@ func signedRequest(method, target string, body []byte, date time.Time) *http.Req
 // for an error, a well-formed XML <Error> with a Code.
 func FuzzServe(f *testing.F) {
 	b := fuzzBroker(f)
-	h := &handler{broker: b, now: time.Now}
+	h := newHandler(b, time.Now, Limits{}.withDefaults())
 	f.Add("POST", "/topics/T/messages", []byte(`<Message><MessageBody>hi</MessageBody><MessageTag>A</MessageTag><Properties>a:1|KEYS:k|</Properties></Message>`))
 	f.Add("POST", "/topics/T/messages?ns=MQ_INST_f", []byte(`<?xml version="1.0"?><Message xmlns="http://mq.aliyuncs.com/doc/v1/"><Properties><![CDATA[__TransCheckT:10]]></Properties><MessageBody><![CDATA[x<y]]></MessageBody></Message>`))
 	f.Add("GET", "/topics/T/messages?consumer=G&numOfMessages=3&tag=A%7C%7CB", []byte(nil))
@@ -74,7 +74,7 @@ func FuzzServe(f *testing.F) {
 // FuzzHeaders keeps a valid request but fuzzes the authentication headers.
 func FuzzHeaders(f *testing.F) {
 	b := fuzzBroker(f)
-	h := &handler{broker: b, now: time.Now}
+	h := newHandler(b, time.Now, Limits{}.withDefaults())
 	f.Add("MQ ak:abc=", "Sat, 21 Nov 2026 09:44:30 GMT", "ZDQxZDhjZDk4ZjAwYjIwNGU5ODAwOTk4ZWNmODQyN2U=")
 	f.Add("", "", "")
 	f.Add("MQ :", "not a date", "%%%")

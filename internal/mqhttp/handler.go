@@ -39,6 +39,16 @@ type Broker interface {
 type handler struct {
 	broker Broker
 	now    func() time.Time
+	// memory bounds what requests hold; memoryWait bounds how long one waits for
+	// it, leaving the rest of the write timeout for its answer.
+	memory     *budgets
+	memoryWait time.Duration
+}
+
+// newHandler returns the handler of a server with limits lim (defaults applied).
+func newHandler(b Broker, now func() time.Time, lim Limits) *handler {
+	return &handler{broker: b, now: now, memory: newBudgets(lim.Memory, lim.InstanceMemory),
+		memoryWait: min(10*time.Second, lim.WriteTimeout/4)}
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -77,6 +87,14 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		fail(&Error{http.StatusLengthRequired, "MissingContentLength", "A request body needs a Content-Length."})
 		return
 	}
+	// The body's memory is the instance's and the server's before it is
+	// allocated, and goes back when the request ends, its answer written.
+	mem := h.memory.request(instanceID, time.Now().Add(h.memoryWait), r.Context().Done())
+	defer mem.release()
+	if err := mem.Take(r.Context(), int(r.ContentLength)); err != nil {
+		fail(brokerError(err))
+		return
+	}
 	body := make([]byte, r.ContentLength)
 	if _, err := io.ReadFull(r.Body, body); err != nil {
 		fail(&Error{http.StatusBadRequest, "InvalidArgument", "The request body could not be read."})
@@ -97,7 +115,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		fail(&Error{http.StatusForbidden, "AccessDenied", fmt.Sprintf("The AccessKey does not belong to instance %q.", ns)})
 		return
 	}
-	req := request{w: w, r: r, id: requestID, instance: instanceID, topic: topic, query: query, body: body}
+	req := request{w: w, r: r, id: requestID, instance: instanceID, topic: topic, query: query, body: body, mem: mem}
 	switch trans := query.Get("trans"); {
 	case r.Method == http.MethodPost && trans == "":
 		h.publish(&req)
@@ -119,6 +137,7 @@ type request struct {
 	topic    string
 	query    url.Values
 	body     []byte
+	mem      *requestMemory
 }
 
 func (q *request) fail(e *Error) { writeError(q.w, q.r, q.id, e) }
@@ -180,15 +199,17 @@ func (h *handler) consume(q *request, trans string) {
 		invisible = time.Duration(s) * time.Second
 	}
 	var ds []broker.Delivery
+	// The records read are the request's memory until the answer is written.
+	ctx := broker.WithReadBudget(q.r.Context(), q.mem)
 	if trans == "pop" {
-		ds, err = h.broker.PopHalf(q.r.Context(), q.instance, q.topic, group, n, wait)
+		ds, err = h.broker.PopHalf(ctx, q.instance, q.topic, group, n, wait)
 	} else {
 		filter, ferr := broker.ParseTagFilter(q.query.Get("tag"))
 		if ferr != nil {
 			q.fail(brokerError(ferr))
 			return
 		}
-		ds, err = h.broker.Pop(q.r.Context(), q.instance, q.topic, broker.PopRequest{
+		ds, err = h.broker.Pop(ctx, q.instance, q.topic, broker.PopRequest{
 			Group: group, Max: n, Wait: wait, Filter: filter, Orderly: trans == "order", Invisibility: invisible,
 		})
 	}
@@ -199,7 +220,14 @@ func (h *handler) consume(q *request, trans string) {
 		// "Nothing to consume" is an error, never an empty 200: Node cannot parse one.
 		q.fail(&Error{http.StatusNotFound, "MessageNotExist", "Message not exist."})
 	default:
-		q.reply(http.StatusOK, appendMessages(make([]byte, 0, 1024*len(ds)), ds))
+		// From here the answer is what the request holds, in place of the
+		// records (no longer referenced): accounted for, so that the instance's
+		// next reads wait while it is written.
+		answer := appendMessages(make([]byte, 0, 1024*len(ds)), ds)
+		ds = nil
+		q.mem.Give(q.mem.held)
+		q.mem.Charge(len(answer))
+		q.reply(http.StatusOK, answer)
 	}
 }
 
@@ -275,6 +303,8 @@ func brokerError(err error) *Error {
 		return &Error{http.StatusNotFound, "InstanceNotExist", "The instance you provided does not exist."}
 	case errors.Is(err, broker.ErrWrongProtocol), errors.Is(err, broker.ErrMessageType), errors.Is(err, broker.ErrInvalidArgument):
 		return invalidArgument(err.Error())
+	case errors.Is(err, errNoMemory):
+		return &Error{http.StatusServiceUnavailable, "Throttling", err.Error()}
 	case errors.Is(err, broker.ErrThrottled):
 		// 503: the Java SDK retries it with backoff; the others surface the
 		// code. The SDKs single out no throttling code of their own.

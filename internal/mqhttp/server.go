@@ -33,6 +33,9 @@ type Limits struct {
 	// MaxConns and MaxConnsPerHost cap concurrent connections in total and per
 	// client address (defaults: connlimit's).
 	MaxConns, MaxConnsPerHost int
+	// Memory bounds the bodies and answers all requests in progress hold at once
+	// (default 256 MiB), InstanceMemory one instance's (default 64 MiB).
+	Memory, InstanceMemory int
 }
 
 func (l Limits) withDefaults() Limits {
@@ -44,6 +47,12 @@ func (l Limits) withDefaults() Limits {
 		if *d.v <= 0 {
 			*d.v = d.def
 		}
+	}
+	if l.Memory <= 0 {
+		l.Memory = DefaultMemory
+	}
+	if l.InstanceMemory <= 0 {
+		l.InstanceMemory = DefaultInstanceMemory
 	}
 	return l
 }
@@ -74,6 +83,8 @@ type Server struct {
 	PlainText func(net.Addr) bool
 
 	ready chan net.Addr
+	// memory is what requests hold, set by Start.
+	memory *budgets
 }
 
 // NewServer returns a server for b on addr.
@@ -98,9 +109,11 @@ func (s *Server) Start(ctx context.Context) error {
 	baseCtx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	lim := s.Limits.withDefaults()
+	h := newHandler(s.Broker, s.Now, lim)
+	s.memory = h.memory
 	ln = wiretls.Listen(connlimit.Wrap(ln, lim.MaxConns, lim.MaxConnsPerHost, refuseConnection), s.TLS, s.PlainText)
 	srv := &http.Server{
-		Handler:     &handler{broker: s.Broker, now: s.Now},
+		Handler:     h,
 		BaseContext: func(net.Listener) context.Context { return baseCtx },
 		// Every phase of a request has a deadline, so a client that sends its
 		// request slowly, or never its last byte, gives its connection up.

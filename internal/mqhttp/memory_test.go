@@ -1,0 +1,142 @@
+package mqhttp
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/orderly-dev/orderly/internal/broker"
+)
+
+// memoryServer runs the endpoint with small memory budgets and a second
+// instance, "other", with its own key and topic "t".
+func memoryServer(t *testing.T, lim Limits) (addr string, srv *Server, b *broker.Broker) {
+	t.Helper()
+	addr, b = startServer(t, broker.Limits{}, func(s *Server) { s.Limits = lim; srv = s })
+	if err := b.EnsureInstance(broker.InstanceConfig{ID: "MQ_INST_other", Owner: "o",
+		Credentials: []broker.Credential{{AccessKeyID: "AK_other", AccessKeySecret: "SK_other"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.EnsureTopic("MQ_INST_other", broker.TopicConfig{Name: "t", Owner: "o"}); err != nil {
+		t.Fatal(err)
+	}
+	return addr, srv, b
+}
+
+// holdBodies opens n connections, each sending a signed publish that declares
+// size bytes of body and sends none of it. It returns the connections.
+func holdBodies(t *testing.T, addr string, n, size int) []net.Conn {
+	t.Helper()
+	conns := make([]net.Conn, n)
+	for i := range conns {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		if _, err := io.WriteString(c, signedHead(t, addr, size, "")); err != nil {
+			t.Fatal(err)
+		}
+		conns[i] = c
+	}
+	return conns
+}
+
+// TestATenantsBodiesAreBudgeted has one tenant send 20 signed publishes that each
+// declare 4 MiB and hold the body back. The bodies take the tenant's memory
+// before they are allocated: two fit its 8 MiB, the rest wait and are answered
+// 503 Throttling at their deadline, the heap holds about the budget (not 80
+// MiB), and another tenant publishes as before. When the connections end,
+// everything comes back.
+func TestATenantsBodiesAreBudgeted(t *testing.T) {
+	const perInstance, body = 8 << 20, 4 << 20
+	addr, srv, _ := memoryServer(t, Limits{InstanceMemory: perInstance, WriteTimeout: 8 * time.Second, ReadTimeout: 5 * time.Second})
+	var before, during runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	conns := holdBodies(t, addr, 20, body)
+	mine := srv.memory.instance(testInstance)
+	eventually(t, 10*time.Second, "the tenant's budget taken, the rest waiting", func() bool {
+		return mine.InUse() == perInstance && mine.Waiting() == 18
+	})
+	runtime.GC()
+	runtime.ReadMemStats(&during)
+	heap := int64(during.HeapAlloc) - int64(before.HeapAlloc)
+	t.Logf("20 held 4 MiB bodies: heap +%d MiB, the tenant's budget %d MiB", heap>>20, mine.InUse()>>20)
+	if heap > 24<<20 {
+		t.Errorf("the heap grew by %d MiB for bodies nobody sent", heap>>20)
+	}
+	// The neighbour is served meanwhile.
+	other := &Client{Endpoint: "http://" + addr, AccessKeyID: "AK_other", AccessKeySecret: "SK_other"}
+	if _, err := other.Publish(context.Background(), "t", "hello", "", ""); err != nil {
+		t.Fatalf("the other tenant's publish: %v", err)
+	}
+	// The waiting ones are refused in the protocol's terms at their deadline.
+	throttled := 0
+	for _, c := range conns {
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		buf := make([]byte, 4096)
+		n, _ := c.Read(buf)
+		if strings.HasPrefix(string(buf[:n]), "HTTP/1.1 503") && strings.Contains(string(buf[:n]), "<Code>Throttling</Code>") {
+			throttled++
+		}
+	}
+	if throttled != 18 {
+		t.Errorf("%d of the 18 waiting requests were answered 503 Throttling", throttled)
+	}
+	for _, c := range conns {
+		_ = c.Close()
+	}
+	eventually(t, 10*time.Second, "every budget given back", func() bool { return mine.InUse() == 0 && srv.memory.all.InUse() == 0 })
+}
+
+// TestAPopWaitsOnItsTenantsMemory: while a tenant's budget is taken by held
+// bodies, its pop cannot read (and is answered Throttling at its deadline),
+// and another tenant's pop reads as before.
+func TestAPopWaitsOnItsTenantsMemory(t *testing.T) {
+	const perInstance = 4 << 20
+	addr, srv, b := memoryServer(t, Limits{InstanceMemory: perInstance, WriteTimeout: 8 * time.Second, ReadTimeout: 5 * time.Second})
+	for _, inst := range []string{testInstance, "MQ_INST_other"} {
+		if _, err := b.Publish(context.Background(), inst, "t", broker.Message{Body: []byte("m"), Queue: broker.AnyQueue}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := b.EnsureGroup("MQ_INST_other", broker.GroupConfig{ID: "GID_http", Protocol: broker.HTTP, Owner: "o"}); err != nil {
+		t.Fatal(err)
+	}
+	holdBodies(t, addr, 1, perInstance)
+	mine := srv.memory.instance(testInstance)
+	eventually(t, 10*time.Second, "the tenant's budget taken", func() bool { return mine.InUse() == perInstance })
+	const pop = "/topics/t/messages?consumer=GID_http&numOfMessages=16"
+	me := &Client{Endpoint: "http://" + addr, AccessKeyID: testAK, AccessKeySecret: testSK}
+	status, body, err := me.Do(context.Background(), http.MethodGet, pop, nil, nil)
+	if err != nil || status != http.StatusServiceUnavailable || !strings.Contains(string(body), "Throttling") {
+		t.Fatalf("a pop with its tenant's memory taken: %d %s %v", status, body, err)
+	}
+	other := &Client{Endpoint: "http://" + addr, AccessKeyID: "AK_other", AccessKeySecret: "SK_other"}
+	status, body, err = other.Do(context.Background(), http.MethodGet, pop, nil, nil)
+	if err != nil || status != http.StatusOK {
+		t.Fatalf("the other tenant's pop: %d %s %v", status, body, err)
+	}
+	// Nothing was taken from the queue for the refused pop: the message is there.
+	eventually(t, 10*time.Second, "the held body's deadline", func() bool { return mine.InUse() == 0 })
+	status, body, err = me.Do(context.Background(), http.MethodGet, pop, nil, nil)
+	if err != nil || status != http.StatusOK || !strings.Contains(string(body), "<MessageBody>m</MessageBody>") {
+		t.Fatalf("the pop once the memory came back: %d %s %v", status, body, err)
+	}
+}
+
+// eventually polls cond until it holds, failing after limit.
+func eventually(t testing.TB, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(limit); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, limit)
+		}
+	}
+}
