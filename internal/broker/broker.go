@@ -239,7 +239,7 @@ func Open(opts Options) (*Broker, error) {
 		opts.LockLease = LockLease
 	}
 	if len(opts.DelayLevels) == 0 {
-		opts.DelayLevels = DefaultDelayLevels
+		opts.DelayLevels = DefaultDelayLevels()
 	}
 	st, err := openStore(opts.Dir, !opts.RelaxedFlush)
 	if err != nil {
@@ -367,7 +367,7 @@ func (b *Broker) EnsureInstance(cfg InstanceConfig) error {
 	w := b.store.newBatch()
 	if !ok || inst.owner != cfg.Owner || inst.declarer != declarer {
 		if err := b.setMeta(w, metaInstance, cfg.ID, instanceMeta{Owner: cfg.Owner, Declarer: declarer}); err != nil {
-			w.b.Close()
+			w.discard()
 			return err
 		}
 	}
@@ -383,7 +383,7 @@ func (b *Broker) EnsureInstance(cfg InstanceConfig) error {
 		}
 	}
 	if w.empty() {
-		w.b.Close()
+		w.discard()
 	} else if err := b.store.commit(w); err != nil {
 		return fmt.Errorf("failed to store instance %q: %w", cfg.ID, err)
 	}

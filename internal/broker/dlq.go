@@ -77,13 +77,11 @@ func retryCopy(m StoredMessage, reconsumeTimes int32) Message {
 
 // publishSystem stores msg on a group's system topic.
 func (b *Broker) publishSystem(ctx context.Context, instanceID, topicName string, msg Message) error {
-	b.mu.RLock()
-	t, err := b.topicLocked(instanceID, topicName)
+	req, err := b.prepareAppend(instanceID, topicName, []Message{msg}, len(msg.Body), true)
 	if err != nil {
-		b.mu.RUnlock()
 		return err
 	}
-	_, err = b.publishLocked(ctx, t, []Message{msg})
+	_, err = b.append(ctx, req)
 	return err
 }
 
@@ -262,7 +260,7 @@ func (b *Broker) removeEntry(q *queue, offset, seq uint64) error {
 	w := b.store.newBatch()
 	w.delete(key)
 	if err := b.deleteRecordNow(w, seq); err != nil {
-		w.b.Close()
+		w.discard()
 		return err
 	}
 	tr := q.trimState()

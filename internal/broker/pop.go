@@ -513,7 +513,7 @@ func (b *Broker) storeProgress(g *group, touched map[*popQueue]*queue) error {
 		pq.mu.Unlock()
 	}
 	if w.empty() {
-		w.b.Close()
+		w.discard()
 		return nil
 	}
 	return b.store.commitNoSync(w)

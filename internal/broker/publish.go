@@ -109,77 +109,16 @@ func (b *Broker) PublishBatch(ctx context.Context, instanceID, topicName string,
 	if total > MaxBatchBytes {
 		return nil, fmt.Errorf("%w: a batch of %d bytes of bodies; at most %d", ErrInvalidArgument, total, MaxBatchBytes)
 	}
-	b.mu.RLock()
-	t, err := b.topicLocked(instanceID, topicName)
+	req, err := b.prepareAppend(instanceID, topicName, msgs, total, false)
 	if err != nil {
-		b.mu.RUnlock()
 		return nil, err
 	}
-	if t.system {
-		b.mu.RUnlock()
-		return nil, fmt.Errorf("%w: %q is a system topic", ErrInvalidArgument, topicName)
-	}
-	q := b.instances[instanceID].quota
-	if limit := q.get().MaxMessageSize; limit < MaxBodySize {
-		for i := range msgs {
-			if len(msgs[i].Body) > limit {
-				b.mu.RUnlock()
-				return nil, fmt.Errorf("%w: body of %d bytes exceeds the instance's %d-byte limit", ErrInvalidArgument, len(msgs[i].Body), limit)
-			}
-		}
-	}
-	// Rates are of the machine's resources, so they run on the wall clock.
-	if err := q.admitPublish(time.Now(), len(msgs), total); err != nil {
-		b.mu.RUnlock()
-		return nil, err
-	}
-	return b.publishLocked(ctx, t, msgs)
+	return b.append(ctx, req)
 }
 
-// publishLocked stores msgs on t. It is entered with b.mu read-locked and unlocks it.
-func (b *Broker) publishLocked(ctx context.Context, t *topic, msgs []Message) ([]PublishResult, error) {
-	req := &appendRequest{topic: t, entries: make([]appendEntry, len(msgs)), done: make(chan struct{})}
-	now := b.now()
-	for i := range msgs {
-		q, err := t.pickQueue(&msgs[i])
-		if err != nil {
-			b.mu.RUnlock()
-			return nil, err
-		}
-		m := &msgs[i]
-		if m.DelayLevel > 0 {
-			m.DeliverAt = now.Add(b.delay(m.DelayLevel))
-		}
-		if m.DeliverAt.After(now.Add(MaxDeliveryDelay)) {
-			b.mu.RUnlock()
-			return nil, fmt.Errorf("%w: delivery time %s is %s ahead; a timer message may be due at most %d days ahead",
-				ErrInvalidArgument, m.DeliverAt.UTC().Format(time.RFC3339), m.DeliverAt.Sub(now).Round(time.Second), MaxDeliveryDelay/(24*time.Hour))
-		}
-		sum := md5.Sum(m.Body)
-		e := appendEntry{
-			queue:   q,
-			record:  encodeRecord(record{topic: t.id, queue: q.id, storeTime: now.UnixMilli(), md5: sum, msg: m}),
-			tagHash: tagHash(m.Tag),
-			keys:    m.Keys,
-			store:   now.UnixMilli(),
-			md5:     upperHex("", sum[:]),
-			dueAt:   millis(m.DeliverAt),
-		}
-		e.size = uint32(len(e.record))
-		if m.Transactional {
-			var err error
-			if e.half, err = b.newHalf(m, q, e.tagHash, e.size, now); err != nil {
-				b.mu.RUnlock()
-				return nil, err
-			}
-		}
-		req.entries[i] = e
-	}
-	// Registered while b.mu is held, so Close (which takes b.mu) cannot close the
-	// channel under a publisher about to send on it.
-	b.publishers.Add(1)
-	b.mu.RUnlock()
-
+// append hands req, from prepareAppend, to the writer and waits until it is
+// durable.
+func (b *Broker) append(ctx context.Context, req *appendRequest) ([]PublishResult, error) {
 	if err := b.failed.get(); err != nil {
 		b.publishers.Done()
 		return nil, fmt.Errorf("broker refuses writes after a storage failure: %w", err)
@@ -198,10 +137,85 @@ func (b *Broker) publishLocked(ctx context.Context, t *topic, msgs []Message) ([
 	}
 	for i, e := range req.entries {
 		if e.half != nil {
-			req.results[i].TxnHandle = encodeTxnHandle(t.id, e.half.seq, e.half.token, e.half.checkAt)
+			req.results[i].TxnHandle = encodeTxnHandle(req.topic.id, e.half.seq, e.half.token, e.half.checkAt)
 		}
 	}
 	return req.results, nil
+}
+
+// prepareAppend resolves the topic, admits the batch past the instance's quota and
+// builds its append request, all under b.mu, so that the topic's queues, the
+// quota and the broker's open state are those of one moment. The broker's own
+// writes to a group's retry and dead-letter topics (system) pass no quota.
+func (b *Broker) prepareAppend(instanceID, topicName string, msgs []Message, total int, system bool) (*appendRequest, error) {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	t, err := b.topicLocked(instanceID, topicName)
+	if err != nil {
+		return nil, err
+	}
+	if !system {
+		if err := b.admitLocked(t, instanceID, msgs, total); err != nil {
+			return nil, err
+		}
+	}
+	req := &appendRequest{topic: t, entries: make([]appendEntry, len(msgs)), done: make(chan struct{})}
+	now := b.now()
+	for i := range msgs {
+		q, err := t.pickQueue(&msgs[i])
+		if err != nil {
+			return nil, err
+		}
+		m := &msgs[i]
+		if m.DelayLevel > 0 {
+			m.DeliverAt = now.Add(b.delay(m.DelayLevel))
+		}
+		if m.DeliverAt.After(now.Add(MaxDeliveryDelay)) {
+			return nil, fmt.Errorf("%w: delivery time %s is %s ahead; a timer message may be due at most %d days ahead",
+				ErrInvalidArgument, m.DeliverAt.UTC().Format(time.RFC3339), m.DeliverAt.Sub(now).Round(time.Second), MaxDeliveryDelay/(24*time.Hour))
+		}
+		sum := md5.Sum(m.Body)
+		e := appendEntry{
+			queue:   q,
+			record:  encodeRecord(record{topic: t.id, queue: q.id, storeTime: now.UnixMilli(), md5: sum, msg: m}),
+			tagHash: tagHash(m.Tag),
+			keys:    m.Keys,
+			store:   now.UnixMilli(),
+			md5:     upperHex("", sum[:]),
+			dueAt:   millis(m.DeliverAt),
+		}
+		e.size = uint32(len(e.record))
+		if m.Transactional {
+			var err error
+			if e.half, err = b.newHalf(m, q, e.tagHash, e.size, now); err != nil {
+				return nil, err
+			}
+		}
+		req.entries[i] = e
+	}
+	// Registered while b.mu is held, so Close (which takes b.mu) cannot close the
+	// channel under a publisher about to send on it; append sends req and then
+	// calls b.publishers.Done.
+	b.publishers.Add(1)
+	return req, nil
+}
+
+// admitLocked checks an application's batch against the topic's kind and the
+// instance's quota. b.mu is held.
+func (b *Broker) admitLocked(t *topic, instanceID string, msgs []Message, total int) error {
+	if t.system {
+		return fmt.Errorf("%w: %q is a system topic", ErrInvalidArgument, t.name)
+	}
+	q := b.instances[instanceID].quota
+	if limit := q.get().MaxMessageSize; limit < MaxBodySize {
+		for i := range msgs {
+			if len(msgs[i].Body) > limit {
+				return fmt.Errorf("%w: body of %d bytes exceeds the instance's %d-byte limit", ErrInvalidArgument, len(msgs[i].Body), limit)
+			}
+		}
+	}
+	// Rates are of the machine's resources, so they run on the wall clock.
+	return q.admitPublish(time.Now(), len(msgs), total)
 }
 
 // pickQueue chooses msg's queue and checks that msg fits t's type. b.mu should be
@@ -304,7 +318,7 @@ func (b *Broker) applyBatch(reqs []*appendRequest) *commitItem {
 		w.set(metaKey(metaSeq, ""), binary.BigEndian.AppendUint64(nil, b.nextSeq))
 	}
 	if w.empty() {
-		w.b.Close()
+		w.discard()
 		item.wait = func() error { return nil }
 		return item
 	}

@@ -176,7 +176,7 @@ func (r *remover) commit() error {
 func (r *remover) close() {
 	r.log.close()
 	_ = r.idx.close()
-	r.w.b.Close()
+	r.w.discard()
 }
 
 // deleteKeyEntries adds the deletion of the 'k' entries of the record raw at seq

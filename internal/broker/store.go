@@ -104,6 +104,9 @@ func (w writeBatch) deleteRange(start, end []byte) { _ = w.b.DeleteRange(start, 
 func (w writeBatch) empty() bool                   { return w.b.Empty() }
 func (w writeBatch) len() int                      { return w.b.Len() }
 
+// discard releases a batch that will not be committed.
+func (w writeBatch) discard() { _ = w.b.Close() }
+
 // commit applies w, durably unless the store runs in relaxed mode, and releases it.
 func (s *store) commit(w writeBatch) error {
 	defer w.b.Close()

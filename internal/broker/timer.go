@@ -7,13 +7,16 @@ import (
 	"time"
 )
 
-// DefaultDelayLevels are RocketMQ's delay levels 1..18, used by the TCP protocol's
-// delayed messages and by retries.
-var DefaultDelayLevels = []time.Duration{
-	time.Second, 5 * time.Second, 10 * time.Second, 30 * time.Second,
-	time.Minute, 2 * time.Minute, 3 * time.Minute, 4 * time.Minute, 5 * time.Minute,
-	6 * time.Minute, 7 * time.Minute, 8 * time.Minute, 9 * time.Minute, 10 * time.Minute,
-	20 * time.Minute, 30 * time.Minute, time.Hour, 2 * time.Hour,
+// DefaultDelayLevels returns RocketMQ's delay levels 1..18, used by the TCP
+// protocol's delayed messages and by retries: a new slice each time, so that no
+// caller changes another's.
+func DefaultDelayLevels() []time.Duration {
+	return []time.Duration{
+		time.Second, 5 * time.Second, 10 * time.Second, 30 * time.Second,
+		time.Minute, 2 * time.Minute, 3 * time.Minute, 4 * time.Minute, 5 * time.Minute,
+		6 * time.Minute, 7 * time.Minute, 8 * time.Minute, 9 * time.Minute, 10 * time.Minute,
+		20 * time.Minute, 30 * time.Minute, time.Hour, 2 * time.Hour,
+	}
 }
 
 // delay returns the delay of level, clamped to the table as RocketMQ does; level 0
@@ -124,7 +127,7 @@ func (b *Broker) deliverDueTimers() (int, int64, error) {
 			w.delete(k)
 			w.delete(refKey(seq))
 			if err := b.deleteRecordNow(w, seq); err != nil {
-				w.b.Close()
+				w.discard()
 				return 0, 0, err
 			}
 		}

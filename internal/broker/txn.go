@@ -244,7 +244,7 @@ func (b *Broker) resolveHalf(half *halfState, commit bool) error {
 		if err = b.deleteRecordNow(w, half.seq); err == nil {
 			err = b.store.commit(w)
 		} else {
-			w.b.Close()
+			w.discard()
 		}
 	}
 	b.txns.mu.Lock()
@@ -359,7 +359,7 @@ func (b *Broker) takeChecks(keys func() []checkKey, max int) ([]Delivery, int64,
 		return nil, 0, 0, err
 	}
 	if len(due) == 0 {
-		w.b.Close()
+		w.discard()
 		return nil, next, 0, nil
 	}
 	// The new check time need not survive a crash: the worst is an early check-back.

@@ -37,9 +37,9 @@ func (s *Server) authenticate(req *Command) (reqContext, *Command) {
 		return reqContext{}, response(req, codeNoPermission, fmt.Sprintf("unknown AccessKey %q", ak))
 	}
 	got, err := base64.StdEncoding.DecodeString(sig)
-	ok = err == nil && hmac.Equal(got, signature(secret, req.ExtFields, req.Body, true))
+	ok = err == nil && hmac.Equal(got, signature(&s.macs, secret, req.ExtFields, req.Body, true))
 	if !ok && err == nil && req.ExtFields["SecurityToken"] != "" {
-		ok = hmac.Equal(got, signature(secret, req.ExtFields, req.Body, false))
+		ok = hmac.Equal(got, signature(&s.macs, secret, req.ExtFields, req.Body, false))
 	}
 	if !ok {
 		return reqContext{}, response(req, codeNoPermission, "the request signature does not match")
@@ -50,7 +50,7 @@ func (s *Server) authenticate(req *Command) (reqContext, *Command) {
 // signature computes the ACL signature of a request's fields and body, with or
 // without its SecurityToken among the fields. _UNIQUE_KEY_QUERY is never signed,
 // as RocketMQ's broker leaves it out.
-func signature(secret string, ext map[string]string, body []byte, withToken bool) []byte {
+func signature(cache *macCache, secret string, ext map[string]string, body []byte, withToken bool) []byte {
 	var names [32]string // headers have about a dozen fields; more spill to the heap
 	keys := names[:0]
 	for k := range ext {
@@ -64,7 +64,7 @@ func signature(secret string, ext map[string]string, body []byte, withToken bool
 	for _, k := range keys {
 		values = append(values, ext[k]...)
 	}
-	macs := keyedMACs.pool(secret)
+	macs := cache.pool(secret)
 	mac := macs.Get().(hash.Hash)
 	mac.Reset()
 	mac.Write(values)
@@ -78,11 +78,10 @@ func signature(secret string, ext map[string]string, body []byte, withToken bool
 
 var signBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
 
-// keyedMACs keeps HMAC-SHA1 states keyed with each secret: keying costs two SHA-1
+// macCache keeps HMAC-SHA1 states keyed with each secret: keying costs two SHA-1
 // blocks and three allocations, which every request would otherwise repeat. A
 // secret no longer in use is dropped with the rest when the set grows past a bound.
-var keyedMACs = macCache{pools: map[string]*sync.Pool{}}
-
+// Each server has its own; the zero value is ready.
 type macCache struct {
 	mu    sync.RWMutex
 	pools map[string]*sync.Pool
@@ -99,6 +98,9 @@ func (c *macCache) pool(secret string) *sync.Pool {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.pools == nil {
+		c.pools = map[string]*sync.Pool{}
+	}
 	if p = c.pools[secret]; p == nil {
 		if len(c.pools) >= maxCachedSecrets {
 			clear(c.pools)
@@ -119,7 +121,7 @@ func Sign(cmd *Command, accessKey, secret string) {
 	}
 	cmd.ExtFields["AccessKey"] = accessKey
 	delete(cmd.ExtFields, "Signature")
-	cmd.ExtFields["Signature"] = base64.StdEncoding.EncodeToString(signature(secret, cmd.ExtFields, cmd.Body, false))
+	cmd.ExtFields["Signature"] = base64.StdEncoding.EncodeToString(signature(new(macCache), secret, cmd.ExtFields, cmd.Body, false))
 }
 
 // namer maps one client's names between the wire and the broker (3.15). A client

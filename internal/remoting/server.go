@@ -71,6 +71,8 @@ type Server struct {
 	// memory holds the frames larger than smallFrame of every connection, being
 	// read or being served.
 	memory *membudget.Budget
+	// macs are the keyed signature states of the secrets in use.
+	macs macCache
 
 	connsMu sync.Mutex
 	conns   map[*conn]struct{}
