@@ -5,10 +5,8 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 )
@@ -441,7 +439,7 @@ func (pq *popQueue) hand(q *queue, d *delivery, m StoredMessage, now, visibleAt 
 	}
 	return Delivery{
 		StoredMessage:    m,
-		Handle:           encodeHandle(q.topic.id, q.id, d.offset, d.token, visibleAt),
+		Handle:           handle{kind: receiptHandle, topic: q.topic.id, queue: q.id, pos: d.offset, token: d.token, expiry: visibleAt}.String(),
 		ConsumedTimes:    d.times,
 		FirstConsumeTime: fromMillis(d.firstConsume),
 		NextConsumeTime:  fromMillis(visibleAt),
@@ -468,12 +466,12 @@ func (b *Broker) Ack(instanceID, topicName, groupID string, handles []string) ([
 	errs := make([]error, len(handles))
 	touched := map[*popQueue]*queue{}
 	for i, h := range handles {
-		hd, ok := decodeHandle(h)
+		hd, ok := parseHandle(h, receiptHandle)
 		if !ok || hd.topic != t.id || hd.queue >= len(queues) {
 			errs[i] = ErrInvalidHandle
 			continue
 		}
-		if now >= hd.visibleAt {
+		if now >= hd.expiry {
 			errs[i] = ErrHandleExpired
 			continue
 		}
@@ -483,13 +481,13 @@ func (b *Broker) Ack(instanceID, topicName, groupID string, handles []string) ([
 			return nil, err
 		}
 		pq.mu.Lock()
-		d := pq.inflight[hd.offset]
+		d := pq.inflight[hd.pos]
 		switch {
-		case d != nil && d.token == hd.token && d.visibleAt == hd.visibleAt:
+		case d != nil && d.token == hd.token && d.visibleAt == hd.expiry:
 			pq.remove(d)
 			pq.markDone(d.offset)
 			touched[pq] = q
-		case d == nil && (hd.offset < pq.committed || pq.isDone(hd.offset)):
+		case d == nil && (hd.pos < pq.committed || pq.isDone(hd.pos)):
 			errs[i] = ErrHandleExpired // acknowledged already
 		default:
 			errs[i] = ErrInvalidHandle
@@ -611,47 +609,6 @@ func sortDeliveries(ds []*delivery) {
 			ds[j], ds[j-1] = ds[j-1], ds[j]
 		}
 	}
-}
-
-// A receipt handle is "1" followed by the hex of topic(4) queue(4) offset(8)
-// token(8) visibleAt(8): it names the delivery and carries its expiry, so an expired
-// handle is told from an unknown one without any state, and the random token makes
-// handles unguessable and unique per delivery.
-type handle struct {
-	topic     uint32
-	queue     int
-	offset    uint64
-	token     uint64
-	visibleAt int64
-}
-
-const handleVersion = "1"
-
-func encodeHandle(topic uint32, queue int, offset, token uint64, visibleAt int64) string {
-	var b [32]byte
-	binary.BigEndian.PutUint32(b[0:], topic)
-	binary.BigEndian.PutUint32(b[4:], uint32(queue))
-	binary.BigEndian.PutUint64(b[8:], offset)
-	binary.BigEndian.PutUint64(b[16:], token)
-	binary.BigEndian.PutUint64(b[24:], uint64(visibleAt))
-	return upperHex(handleVersion, b[:])
-}
-
-func decodeHandle(s string) (handle, bool) {
-	if len(s) != 65 || !strings.HasPrefix(s, handleVersion) {
-		return handle{}, false
-	}
-	raw, err := hex.DecodeString(s[1:])
-	if err != nil {
-		return handle{}, false
-	}
-	return handle{
-		topic:     binary.BigEndian.Uint32(raw[0:]),
-		queue:     int(binary.BigEndian.Uint32(raw[4:])),
-		offset:    binary.BigEndian.Uint64(raw[8:]),
-		token:     binary.BigEndian.Uint64(raw[16:]),
-		visibleAt: int64(binary.BigEndian.Uint64(raw[24:])),
-	}, true
 }
 
 func randomToken() uint64 {

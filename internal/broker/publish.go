@@ -137,7 +137,7 @@ func (b *Broker) append(ctx context.Context, req *appendRequest) ([]PublishResul
 	}
 	for i, e := range req.entries {
 		if e.half != nil {
-			req.results[i].TxnHandle = encodeTxnHandle(req.topic.id, e.half.seq, e.half.token, e.half.checkAt)
+			req.results[i].TxnHandle = handle{kind: transactionHandle, topic: req.topic.id, pos: e.half.seq, token: e.half.token, expiry: e.half.checkAt}.String()
 		}
 	}
 	return req.results, nil

@@ -3,10 +3,8 @@ package broker
 import (
 	"context"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 )
 
@@ -119,48 +117,11 @@ func (b *Broker) newHalf(m *Message, q *queue, tagHash, size uint32, now time.Ti
 	}, nil
 }
 
-// A transaction handle names a half message and one check-back period: "T" then the
-// hex of topic(4) seq(8) token(8) expiry(8). The publish of a half message returns
-// one valid until its first check-back; each check-back hands out a new one.
-const txnHandlePrefix = "T"
-
-func encodeTxnHandle(topic uint32, seq, token uint64, expiry int64) string {
-	var b [28]byte
-	binary.BigEndian.PutUint32(b[0:], topic)
-	binary.BigEndian.PutUint64(b[4:], seq)
-	binary.BigEndian.PutUint64(b[12:], token)
-	binary.BigEndian.PutUint64(b[20:], uint64(expiry))
-	return upperHex(txnHandlePrefix, b[:])
-}
-
-type txnHandle struct {
-	topic  uint32
-	seq    uint64
-	token  uint64
-	expiry int64
-}
-
-func decodeTxnHandle(s string) (txnHandle, bool) {
-	if len(s) != 57 || !strings.HasPrefix(s, txnHandlePrefix) {
-		return txnHandle{}, false
-	}
-	raw, err := hex.DecodeString(s[1:])
-	if err != nil {
-		return txnHandle{}, false
-	}
-	return txnHandle{
-		topic:  binary.BigEndian.Uint32(raw[0:]),
-		seq:    binary.BigEndian.Uint64(raw[4:]),
-		token:  binary.BigEndian.Uint64(raw[12:]),
-		expiry: int64(binary.BigEndian.Uint64(raw[20:])),
-	}, true
-}
-
 // EndTransaction commits or rolls back a half message of the topic by the handle its
 // publish or a check-back returned (the HTTP protocol's way). It returns
 // ErrHandleExpired for a handle past its period or a message already resolved, and
 // ErrInvalidHandle for anything else that is not a current handle of this topic.
-func (b *Broker) EndTransaction(instanceID, topicName, handle string, commit bool) error {
+func (b *Broker) EndTransaction(instanceID, topicName, txnHandle string, commit bool) error {
 	if err := b.enter(); err != nil {
 		return err
 	}
@@ -171,7 +132,7 @@ func (b *Broker) EndTransaction(instanceID, topicName, handle string, commit boo
 	if err != nil {
 		return err
 	}
-	h, ok := decodeTxnHandle(handle)
+	h, ok := parseHandle(txnHandle, transactionHandle)
 	if !ok || h.topic != t.id {
 		return ErrInvalidHandle
 	}
@@ -179,7 +140,7 @@ func (b *Broker) EndTransaction(instanceID, topicName, handle string, commit boo
 		return ErrHandleExpired
 	}
 	b.txns.mu.Lock()
-	half := b.txns.halves[h.seq]
+	half := b.txns.halves[h.pos]
 	switch {
 	case half == nil || half.resolving:
 		b.txns.mu.Unlock()
@@ -389,7 +350,7 @@ func (b *Broker) takeChecks(keys func() []checkKey, max int) ([]Delivery, int64,
 		}
 		out = append(out, Delivery{
 			StoredMessage:    m,
-			Handle:           encodeTxnHandle(s.h.topic, s.h.seq, s.token, s.checkAt),
+			Handle:           handle{kind: transactionHandle, topic: s.h.topic, pos: s.h.seq, token: s.token, expiry: s.checkAt}.String(),
 			ConsumedTimes:    int(s.checks),
 			FirstConsumeTime: fromMillis(s.h.store),
 			NextConsumeTime:  fromMillis(s.checkAt),
