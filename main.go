@@ -26,11 +26,13 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	mqv1alpha1 "github.com/orderly-dev/orderly/api/v1alpha1"
 	"github.com/orderly-dev/orderly/controllers"
 	"github.com/orderly-dev/orderly/internal/broker"
+	"github.com/orderly-dev/orderly/internal/brokermetrics"
 	"github.com/orderly-dev/orderly/internal/consumer"
 	"github.com/orderly-dev/orderly/internal/devcluster"
 	"github.com/orderly-dev/orderly/internal/mqhttp"
@@ -248,6 +250,11 @@ func run(ctx context.Context, cfg *rest.Config, o options) error {
 			setupLog.Error(err, "Unable to close the broker cleanly")
 		}
 	}()
+	// The data plane's figures, on the manager's metrics endpoint beside the
+	// controllers'.
+	if err := metrics.Registry.Register(brokermetrics.New(b)); err != nil {
+		return fmt.Errorf("unable to register the broker's metrics: %w", err)
+	}
 	tlsConfig, plain, ca, err := serverTLS(o)
 	if err != nil {
 		return fmt.Errorf("unable to set up TLS: %w", err)

@@ -120,13 +120,21 @@ func (b *Broker) SendBack(ctx context.Context, instanceID, groupID string, seq u
 	}
 	c := retryCopy(m, m.ReconsumeTimes+1)
 	if int(m.ReconsumeTimes) >= maxReconsumeTimes || delayLevel < 0 {
-		return b.publishSystem(ctx, instanceID, DLQTopic(groupID), c)
+		err := b.publishSystem(ctx, instanceID, DLQTopic(groupID), c)
+		if err == nil {
+			g.counts.deadLettered.Add(1)
+		}
+		return err
 	}
 	if delayLevel == 0 {
 		delayLevel = 3 + int(m.ReconsumeTimes)
 	}
 	c.DelayLevel = delayLevel
-	return b.publishSystem(ctx, instanceID, RetryTopic(groupID), c)
+	err = b.publishSystem(ctx, instanceID, RetryTopic(groupID), c)
+	if err == nil {
+		g.counts.redelivered.Add(1)
+	}
+	return err
 }
 
 // deliveredTo checks that m can have been delivered to g: it is in a queue (not a

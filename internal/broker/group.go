@@ -60,6 +60,8 @@ type group struct {
 	// lastConsume is when the group last consumed (ms): popped, acknowledged,
 	// committed an offset or locked a queue.
 	lastConsume atomic.Int64
+	// counts are what the group consumed since the broker opened, for metrics.
+	counts groupCounts
 
 	mu sync.Mutex
 	// pop holds the pop-style consume state of each queue the group has consumed,
@@ -280,9 +282,27 @@ type GroupTopicStats struct {
 	InFlight int64
 }
 
+// groupCounts count a group's consumption since the broker opened.
+type groupCounts struct {
+	delivered, redelivered, acked, deadLettered atomic.Uint64
+}
+
+// GroupCounts are what a group consumed since the broker opened: messages handed
+// to it for the first time (a pop's first delivery, or pulled), handed to it again
+// (a pop's redelivery, or sent back by a TCP consumer to come back later),
+// acknowledged (HTTP), and moved to its dead letters.
+type GroupCounts struct {
+	Delivered, Redelivered, Acked, DeadLettered uint64
+}
+
+func (c *groupCounts) read() GroupCounts {
+	return GroupCounts{Delivered: c.delivered.Load(), Redelivered: c.redelivered.Load(), Acked: c.acked.Load(), DeadLettered: c.deadLettered.Load()}
+}
+
 // GroupStats describes a group's consumption.
 type GroupStats struct {
 	GroupInfo
+	GroupCounts
 	// Topics are the topics the group has consumed, sorted by name.
 	Topics      []GroupTopicStats
 	DeadLetters int64
@@ -302,7 +322,7 @@ func (b *Broker) GroupStats(instanceID, groupID string) (GroupStats, error) {
 		b.mu.RUnlock()
 		return GroupStats{}, err
 	}
-	out := GroupStats{GroupInfo: g.info(), LastConsumeTime: fromMillis(g.lastConsume.Load())}
+	out := GroupStats{GroupInfo: g.info(), GroupCounts: g.counts.read(), LastConsumeTime: fromMillis(g.lastConsume.Load())}
 	if dlq, ok := b.instances[instanceID].topics[DLQTopic(groupID)]; ok {
 		out.DeadLetters = dlq.queues[0].messages()
 	}

@@ -172,6 +172,13 @@ func (b *Broker) popOnce(ctx context.Context, g *group, t *topic, req PopRequest
 		if err != nil {
 			return nil, time.Time{}, false, 0, err
 		}
+		for _, d := range r.out {
+			if d.ConsumedTimes > 1 {
+				g.counts.redelivered.Add(1)
+			} else {
+				g.counts.delivered.Add(1)
+			}
+		}
 		out = append(out, r.out...)
 		more = more || r.more
 		throttled = throttled || r.throttled
@@ -339,6 +346,7 @@ func (b *Broker) buryAll(ctx context.Context, g *group, pq *popQueue, q *queue, 
 		delete(pq.inflight, d.offset)
 		pq.markDone(d.offset)
 		pq.mu.Unlock()
+		g.counts.deadLettered.Add(1)
 	}
 	return b.storeProgress(g, map[*popQueue]*queue{pq: q})
 }
@@ -487,6 +495,7 @@ func (b *Broker) Ack(instanceID, topicName, groupID string, handles []string) ([
 			pq.remove(d)
 			pq.markDone(d.offset)
 			touched[pq] = q
+			g.counts.acked.Add(1)
 		case d == nil && (hd.pos < pq.committed || pq.isDone(hd.pos)):
 			errs[i] = ErrHandleExpired // acknowledged already
 		default:

@@ -266,7 +266,7 @@ func (b *Broker) Pull(ctx context.Context, instanceID, groupID, topicName string
 		return PullResult{}, err
 	}
 	defer b.leave()
-	q, _, err := b.consumerQueue(instanceID, groupID, topicName, queueID, TCP)
+	q, g, err := b.consumerQueue(instanceID, groupID, topicName, queueID, TCP)
 	if err != nil {
 		return PullResult{}, err
 	}
@@ -283,6 +283,7 @@ func (b *Broker) Pull(ctx context.Context, instanceID, groupID, topicName string
 		})
 		return len(res.Messages) > 0 || res.NextOffset != offset, false, time.Time{}, err
 	})
+	g.counts.delivered.Add(uint64(len(res.Messages)))
 	return res, err
 }
 

@@ -63,6 +63,10 @@ type TopicInfo struct {
 	// retention), summed over the queues; Bytes their stored size.
 	Messages int64
 	Bytes    int64
+	// Published and PublishedBytes count every message stored on the topic since
+	// it was created (offsets are never reused), and their stored size.
+	Published      uint64
+	PublishedBytes uint64
 }
 
 // topic is one topic. Its configuration fields are guarded by Broker.mu.
@@ -321,12 +325,16 @@ func (b *Broker) topicLocked(instanceID, name string) (*topic, error) {
 // info describes t. b.mu should be held.
 func (t *topic) info() TopicInfo {
 	var n, size int64
+	var published, publishedBytes uint64
 	for _, q := range t.queues {
 		n += q.messages()
-		size += int64(q.durableBytes.Load() - q.reclaimed.Load())
+		total := q.durableBytes.Load()
+		size += int64(total - q.reclaimed.Load())
+		published += q.durable.Load()
+		publishedBytes += total
 	}
 	return TopicInfo{Name: t.name, Type: t.typ, Queues: len(t.queues), Retention: t.retention, Owner: t.owner,
-		System: t.system, Messages: n, Bytes: size}
+		System: t.system, Messages: n, Bytes: size, Published: published, PublishedBytes: publishedBytes}
 }
 
 // signal wakes everything waiting for messages on t.

@@ -216,3 +216,26 @@ func (q *deadlineQueue) Pop() any {
 	h.deadlineIdx = -1
 	return h
 }
+
+// PendingHalfMessages returns how many unresolved half messages each topic of the
+// instance holds (topics with none are left out; ones being resolved not counted).
+// It costs the number of check queues, not of half messages.
+func (b *Broker) PendingHalfMessages(instanceID string) map[string]int {
+	byID := map[uint32]int{}
+	b.txns.mu.Lock()
+	for k, q := range b.txns.checks {
+		if q.Len() > 0 && q.items[0].instance == instanceID {
+			byID[k.topic] += q.Len()
+		}
+	}
+	b.txns.mu.Unlock()
+	out := make(map[string]int, len(byID))
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	for id, n := range byID {
+		if t, ok := b.topicsByID[id]; ok {
+			out[t.name] = n
+		}
+	}
+	return out
+}
