@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"testing"
@@ -85,4 +86,41 @@ func TestLockQueuesWhileGroupsComeAndGo(t *testing.T) {
 			}
 			return b.DeleteGroup(inst, id, "o")
 		})
+}
+
+// What b.mu guards is read under it: a group's redelivery limit and a topic's
+// retention change when they are declared again, while pops, send-backs and
+// retention read them. The race detector finds a read outside b.mu here.
+func TestRedeclarationWhileConsuming(t *testing.T) {
+	b := openMemBroker(t)
+	ctx := context.Background()
+	if _, err := b.EnsureTopic(inst, TopicConfig{Name: "t", Owner: "o"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range []GroupConfig{{ID: "GID_http", Protocol: HTTP, Owner: "o"}, {ID: "GID_tcp", Protocol: TCP, Owner: "o"}} {
+		if _, err := b.EnsureGroup(inst, g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := b.Publish(ctx, inst, "t", Message{Body: []byte("m")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runConcurrently(t, b, 100, 30*time.Second,
+		func(i int) error {
+			for _, g := range []GroupConfig{{ID: "GID_http", Protocol: HTTP}, {ID: "GID_tcp", Protocol: TCP}} {
+				g.Owner, g.MaxRedeliveries = "o", 5+i%2
+				if _, err := b.EnsureGroup(inst, g); err != nil {
+					return err
+				}
+			}
+			_, err := b.EnsureTopic(inst, TopicConfig{Name: "t", Owner: "o", Retention: time.Duration(1+i%2) * time.Hour})
+			return err
+		},
+		func(int) error {
+			_, err := b.Pop(ctx, inst, "t", PopRequest{Group: "GID_http", Max: 1})
+			return err
+		},
+		func(int) error { return b.SendBack(ctx, inst, "GID_tcp", res.Seq, 1, 0) },
+		func(int) error { return b.Reclaim() })
 }
