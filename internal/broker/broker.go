@@ -1,12 +1,3 @@
-// Package broker is Orderly's message broker as a Go library: tenants (instances),
-// their credentials, topics and consumer groups, and every message semantic the
-// protocol servers expose. The protocol packages translate wire requests into calls
-// on a *Broker; the controllers reconcile custom resources into it. It imports
-// nothing from the Kubernetes API, the controllers or the protocols.
-//
-// Durability: a publish returns only once its message is on disk (fsynced), and
-// concurrent publishes share fsyncs (group commit). Consume progress is written
-// without waiting for the disk: a machine crash can only cause redelivery.
 package broker
 
 import (

@@ -104,6 +104,9 @@ func (b *Broker) SendBack(ctx context.Context, instanceID, groupID string, seq u
 	defer b.leave()
 	b.mu.RLock()
 	g, err := b.groupLocked(instanceID, groupID)
+	if err == nil && maxReconsumeTimes <= 0 {
+		maxReconsumeTimes = g.maxRedeliveries
+	}
 	b.mu.RUnlock()
 	if err != nil {
 		return err
@@ -114,9 +117,6 @@ func (b *Broker) SendBack(ctx context.Context, instanceID, groupID string, seq u
 	}
 	if err := b.deliveredTo(g, m); err != nil {
 		return err
-	}
-	if maxReconsumeTimes <= 0 {
-		maxReconsumeTimes = g.maxRedeliveries
 	}
 	c := retryCopy(m, m.ReconsumeTimes+1)
 	if int(m.ReconsumeTimes) >= maxReconsumeTimes || delayLevel < 0 {

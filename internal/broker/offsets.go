@@ -153,8 +153,16 @@ func (b *Broker) LockQueues(instanceID, groupID, clientID string, queues []Queue
 	if clientID == "" {
 		return nil, fmt.Errorf("%w: empty client id", ErrInvalidArgument)
 	}
+	// The queues are resolved before the locks are taken: b.mu comes before
+	// b.locks.mu (DeleteGroup releases a group's locks holding b.mu).
 	b.mu.RLock()
 	g, err := b.protocolGroupLocked(instanceID, groupID, TCP)
+	var exist []QueueRef
+	for _, ref := range queues {
+		if t, err := b.topicLocked(instanceID, ref.Topic); err == nil && ref.Queue >= 0 && ref.Queue < len(t.queues) {
+			exist = append(exist, ref)
+		}
+	}
 	b.mu.RUnlock()
 	if err != nil {
 		return nil, err
@@ -164,10 +172,7 @@ func (b *Broker) LockQueues(instanceID, groupID, clientID string, queues []Queue
 	b.locks.mu.Lock()
 	defer b.locks.mu.Unlock()
 	var held []QueueRef
-	for _, ref := range queues {
-		if _, err := b.queue(instanceID, ref.Topic, ref.Queue); err != nil {
-			continue
-		}
+	for _, ref := range exist {
 		k := lockKey{instanceID, groupID, ref}
 		if l, ok := b.locks.owner[k]; ok && l.client != clientID && now.Before(l.expires) {
 			continue

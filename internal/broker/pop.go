@@ -150,7 +150,7 @@ func (b *Broker) Pop(ctx context.Context, instanceID, topicName string, req PopR
 // bytes of the records it returns.
 func (b *Broker) popOnce(ctx context.Context, g *group, t *topic, req PopRequest) (_ []Delivery, _ time.Time, more bool, used int, _ error) {
 	b.mu.RLock()
-	queues := t.queues
+	queues, maxDeliveries := t.queues, 1+g.maxRedeliveries
 	b.mu.RUnlock()
 	now := b.now().UnixMilli()
 	var out []Delivery
@@ -165,7 +165,7 @@ func (b *Broker) popOnce(ctx context.Context, g *group, t *topic, req PopRequest
 		if err != nil {
 			return nil, time.Time{}, false, 0, err
 		}
-		r, err := b.popQueue(pq, q, req, now, req.Max-len(out), 1+g.maxRedeliveries, &budget)
+		r, err := b.popQueue(pq, q, req, now, req.Max-len(out), maxDeliveries, &budget)
 		if err == nil && len(r.dead) > 0 {
 			err = b.buryAll(ctx, g, pq, q, r.dead)
 		}

@@ -135,11 +135,6 @@ func (b *Broker) append(ctx context.Context, req *appendRequest) ([]PublishResul
 	if req.err != nil {
 		return nil, req.err
 	}
-	for i, e := range req.entries {
-		if e.half != nil {
-			req.results[i].TxnHandle = handle{kind: transactionHandle, topic: req.topic.id, pos: e.half.seq, token: e.half.token, expiry: e.half.checkAt}.String()
-		}
-	}
 	return req.results, nil
 }
 
@@ -350,6 +345,9 @@ func (b *Broker) applyEntry(w writeBatch, item *commitItem, e *appendEntry, now 
 	case e.half != nil:
 		e.half.seq = seq
 		w.set(halfKey(seq), e.half.encode())
+		// The handle is made here, while the half message is the writer's alone:
+		// once registered, check-backs change its token under b.txns.mu.
+		res.TxnHandle = handle{kind: transactionHandle, topic: t.id, pos: seq, token: e.half.token, expiry: e.half.checkAt}.String()
 		item.halves = append(item.halves, e.half)
 	case e.dueAt > now:
 		w.set(timerKey(e.dueAt, seq), pending.encode())

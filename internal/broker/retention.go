@@ -48,15 +48,21 @@ func (b *Broker) Reclaim() error {
 	}
 	defer b.leave()
 	now := b.now()
+	type reclaim struct {
+		q      *queue
+		cutoff int64
+	}
+	var todo []reclaim
 	b.mu.RLock()
-	var queues []*queue
 	for _, t := range b.topicsByID {
-		queues = append(queues, t.queues...)
+		for _, q := range t.queues {
+			todo = append(todo, reclaim{q, now.Add(-t.retention).UnixMilli()})
+		}
 	}
 	b.mu.RUnlock()
 
-	for _, q := range queues {
-		if err := b.reclaimQueue(q, now.Add(-q.topic.retention).UnixMilli()); err != nil {
+	for _, r := range todo {
+		if err := b.reclaimQueue(r.q, r.cutoff); err != nil {
 			return err
 		}
 	}
