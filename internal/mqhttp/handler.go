@@ -87,16 +87,17 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		fail(&Error{http.StatusLengthRequired, "MissingContentLength", "A request body needs a Content-Length."})
 		return
 	}
-	// The body's memory is the instance's and the server's before it is
-	// allocated, and goes back when the request ends, its answer written.
+	// What the request holds, its body then its answer, is the instance's and
+	// the server's memory, taken before it is allocated and given back when the
+	// request ends, its answer written.
 	mem := h.memory.request(instanceID, time.Now().Add(h.memoryWait), r.Context().Done())
 	defer mem.release()
-	if err := mem.Take(r.Context(), int(r.ContentLength)); err != nil {
+	body, err := readBody(r.Context(), r.Body, r.ContentLength, mem)
+	switch {
+	case errors.Is(err, errNoMemory):
 		fail(brokerError(err))
 		return
-	}
-	body := make([]byte, r.ContentLength)
-	if _, err := io.ReadFull(r.Body, body); err != nil {
+	case err != nil:
 		fail(&Error{http.StatusBadRequest, "InvalidArgument", "The request body could not be read."})
 		return
 	}
@@ -126,6 +127,38 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		fail(invalidArgument(fmt.Sprintf("%s with trans=%q is not an operation of this API.", r.Method, trans)))
 	}
+}
+
+// initialBodyBuffer is what a body's buffer starts at: a body up to it takes one
+// allocation of its size.
+const initialBodyBuffer = 64 << 10
+
+// readBody reads the n bytes of a body. The declared size is taken from mem
+// first, whole: a request either gets all it may need or waits holding nothing,
+// so that many large bodies of a tenant never each hold a part of its budget and
+// all wait for more. The buffer then grows, doubling, only as the bytes arrive:
+// a client that declares the limit and sends little holds little memory.
+func readBody(ctx context.Context, r io.Reader, n int64, mem *requestMemory) ([]byte, error) {
+	if err := mem.Take(ctx, int(n)); err != nil {
+		return nil, err
+	}
+	b := make([]byte, 0, min(n, initialBodyBuffer))
+	for int64(len(b)) < n {
+		if len(b) == cap(b) {
+			nb := make([]byte, len(b), min(n, 2*int64(len(b))))
+			copy(nb, b)
+			b = nb
+		}
+		m, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+m]
+		switch {
+		case err == io.EOF && int64(len(b)) < n:
+			return nil, io.ErrUnexpectedEOF
+		case err != nil && err != io.EOF:
+			return nil, err
+		}
+	}
+	return b, nil
 }
 
 // request is one authenticated request.
