@@ -44,10 +44,20 @@ type handler struct {
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	requestID := newRequestID()
 	fail := func(e *Error) { writeError(w, r, requestID, e) }
+	// An answer given before the body is read closes the connection. Otherwise
+	// net/http reads away up to 256 KiB of the unread body before it writes the
+	// answer: the server would read an unauthenticated client's body after all,
+	// and one that never sends it would hold the connection for the ReadTimeout.
+	refuse := func(e *Error) {
+		if r.ContentLength != 0 {
+			w.Header().Set("Connection", "close")
+		}
+		fail(e)
+	}
 
 	topic, ok := topicFromPath(r.URL.EscapedPath())
 	if !ok {
-		fail(&Error{http.StatusNotFound, "InvalidRequestURL", "The resource is /topics/{TopicName}/messages."})
+		refuse(&Error{http.StatusNotFound, "InvalidRequestURL", "The resource is /topics/{TopicName}/messages."})
 		return
 	}
 	// Nothing of the body is read before the request is known to be signed by a
@@ -56,25 +66,25 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// among them), and the body is checked against Content-MD5 once read.
 	instanceID, e := authenticate(r, h.broker, h.now())
 	if e != nil {
-		fail(e)
+		refuse(e)
 		return
 	}
 	// HTTP connections carry requests of any instance, so the instance's
 	// connection quota counts its requests in progress (long polls hold one each).
 	release, err := h.broker.AcquireConnection(instanceID)
 	if err != nil {
-		fail(brokerError(err))
+		refuse(brokerError(err))
 		return
 	}
 	defer release()
 	if r.ContentLength > maxRequestBytes {
-		fail(&Error{http.StatusRequestEntityTooLarge, "InvalidArgument", "The request is larger than the message size limit allows."})
+		refuse(&Error{http.StatusRequestEntityTooLarge, "InvalidArgument", "The request is larger than the message size limit allows."})
 		return
 	}
 	if r.ContentLength < 0 {
 		// Chunked: a size the server cannot bound before reading. The SDKs
 		// always send Content-Length.
-		fail(&Error{http.StatusLengthRequired, "MissingContentLength", "A request body needs a Content-Length."})
+		refuse(&Error{http.StatusLengthRequired, "MissingContentLength", "A request body needs a Content-Length."})
 		return
 	}
 	body := make([]byte, r.ContentLength)

@@ -117,6 +117,27 @@ func TestNoBodyIsReadBeforeAuthentication(t *testing.T) {
 	}
 }
 
+// Found by FuzzWire: below 256 KiB, net/http reads an unread body away before it
+// writes the answer, unless the answer closes the connection.
+func TestASmallUnreadBodyIsNotWaitedFor(t *testing.T) {
+	addr := limitedServer(t, Limits{ReadTimeout: 5 * time.Second})
+	for name, head := range map[string]string{
+		"unsigned": "POST /topics/t/messages HTTP/1.1\r\nHost: x\r\nDate: " + time.Now().UTC().Format(http.TimeFormat) +
+			"\r\nAuthorization: MQ nobody:AAAA\r\nContent-Length: 100\r\n\r\n",
+		"no such resource": "POST /other HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n",
+		"chunked":          signedHead(t, addr, -1, "Transfer-Encoding: chunked\r\n"),
+	} {
+		start := time.Now()
+		status, body := roundTrip(t, addr, head)
+		if status < 400 || !strings.Contains(body, "<Code>") {
+			t.Errorf("%s: %d %s", name, status, body)
+		}
+		if waited := time.Since(start); waited > 2*time.Second {
+			t.Errorf("%s: answered after %v, once the server gave up waiting for the body", name, waited)
+		}
+	}
+}
+
 func TestASlowClientLosesItsConnection(t *testing.T) {
 	addr := limitedServer(t, Limits{ReadHeaderTimeout: 200 * time.Millisecond, ReadTimeout: 400 * time.Millisecond})
 	for name, raw := range map[string]string{
