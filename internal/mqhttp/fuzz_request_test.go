@@ -50,7 +50,8 @@ var (
 // it is authenticated (mode bits 0-1: signed, unsigned, signed with another
 // secret, signed 30 minutes ago), its Content-MD5 (bits 2-3: none, the SDKs' form,
 // of other bytes, RFC 1864's form) and its Content-Length (bits 4-5: the body's,
-// the body's plus delta, chunked, over the limit by delta). It asserts:
+// the body's plus delta, chunked, over the limit by delta; bit 6: delta counts
+// 64 KiB, as the fuzzer moves an integer by at most 100 at a time). It asserts:
 //   - a request that fails authentication, or names no resource, reads nothing of
 //     the body and reaches the broker not at all;
 //   - nothing is read past the Content-Length, nor at all when it is missing or
@@ -67,6 +68,8 @@ func FuzzRequestLimits(f *testing.F) {
 	}
 	f.Add(uint8(0x14), "POST", "/topics/T/messages", fuzzPublishBody, int32(-20))
 	f.Add(uint8(0x14), "POST", "/topics/T/messages", fuzzPublishBody, int32(20))
+	// Issue 15's attack, signed: declare 15 MiB, send a little, hold back the rest.
+	f.Add(uint8(0x50), "POST", "/topics/T/messages", fuzzPublishBody, int32(240))
 	f.Add(uint8(0x04), "GET", "/topics/T/messages?consumer=G&numOfMessages=3&waitseconds=3", []byte{}, int32(0))
 	f.Add(uint8(0x04), "GET", "/topics/O/messages?consumer=G&trans=order&numOfMessages=16", []byte{}, int32(0))
 	f.Add(uint8(0x04), "DELETE", "/topics/T/messages?consumer=G", fuzzAckBody, int32(0))
@@ -74,6 +77,9 @@ func FuzzRequestLimits(f *testing.F) {
 	f.Add(uint8(0x00), "POST", "/topics/T/other", fuzzPublishBody, int32(0))
 	f.Fuzz(func(t *testing.T, mode uint8, method, target string, body []byte, delta int32) {
 		authMode, md5Mode, lenMode := mode&3, mode>>2&3, mode>>4&3
+		if mode&0x40 != 0 {
+			delta <<= 16
+		}
 		date, secret := time.Now(), fuzzSecret
 		switch authMode {
 		case 2:

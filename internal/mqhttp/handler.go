@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -87,8 +88,8 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		refuse(&Error{http.StatusLengthRequired, "MissingContentLength", "A request body needs a Content-Length."})
 		return
 	}
-	body := make([]byte, r.ContentLength)
-	if _, err := io.ReadFull(r.Body, body); err != nil {
+	body, err := readBody(r.Body, r.ContentLength)
+	if err != nil {
 		fail(&Error{http.StatusBadRequest, "InvalidArgument", "The request body could not be read."})
 		return
 	}
@@ -118,6 +119,31 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		fail(invalidArgument(fmt.Sprintf("%s with trans=%q is not an operation of this API.", r.Method, trans)))
 	}
+}
+
+// initialBodyBuffer is what a body's buffer starts at: every body up to it takes
+// one allocation of its size.
+const initialBodyBuffer = 64 << 10
+
+// readBody reads the n bytes of a body into a buffer that grows as they arrive,
+// rather than one of the declared size: a client that declares the limit and
+// sends little holds little.
+func readBody(r io.Reader, n int64) ([]byte, error) {
+	b := make([]byte, 0, min(n, initialBodyBuffer))
+	for int64(len(b)) < n {
+		if len(b) == cap(b) {
+			b = slices.Grow(b, int(min(n-int64(len(b)), int64(len(b)))))
+		}
+		m, err := r.Read(b[len(b):min(int64(cap(b)), n)])
+		b = b[:len(b)+m]
+		switch {
+		case err == io.EOF && int64(len(b)) < n:
+			return nil, io.ErrUnexpectedEOF
+		case err != nil && err != io.EOF:
+			return nil, err
+		}
+	}
+	return b, nil
 }
 
 // request is one authenticated request.

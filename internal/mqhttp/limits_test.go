@@ -2,6 +2,7 @@ package mqhttp
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/go-logr/logr/testr"
@@ -230,5 +232,30 @@ func TestATenantsConnectionQuotaCountsItsRequestsInProgress(t *testing.T) {
 	// Once it ended, requests go through again.
 	if status, body, _ := c.Do(ctx, http.MethodGet, "/topics/t/messages?consumer=GID_http&numOfMessages=1", nil, nil); status != http.StatusNotFound {
 		t.Fatalf("after the poll: %d %s", status, body)
+	}
+}
+
+func TestReadBodyGrowsAsTheBodyArrives(t *testing.T) {
+	want := bytes.Repeat([]byte("0123456789"), 30000) // 300 KB: past the initial buffer
+	for name, r := range map[string]io.Reader{
+		"whole":    bytes.NewReader(want),
+		"one byte": iotest.OneByteReader(bytes.NewReader(want)),
+		"with EOF": iotest.DataErrReader(bytes.NewReader(want)),
+	} {
+		got, err := readBody(r, int64(len(want)))
+		if err != nil || !bytes.Equal(got, want) {
+			t.Errorf("%s: %d bytes, %v", name, len(got), err)
+		}
+	}
+	if _, err := readBody(bytes.NewReader(want[:10]), 11); err != io.ErrUnexpectedEOF {
+		t.Errorf("a short body: %v", err)
+	}
+	// Declaring the limit and sending 10 bytes takes the initial buffer, not the limit.
+	a0 := allocated()
+	if _, err := readBody(bytes.NewReader(want[:10]), maxRequestBytes); err != io.ErrUnexpectedEOF {
+		t.Errorf("a short body: %v", err)
+	}
+	if got := allocated() - a0; got > 4<<20 {
+		t.Errorf("allocated %d bytes for a body of 10 declared %d", got, maxRequestBytes)
 	}
 }
