@@ -204,12 +204,13 @@ func (h *handler) consume(q *request, trans string) {
 			q.fail(invalidArgument("The value of waitseconds should between 0 and 30."))
 			return
 		}
-		wait = min(time.Duration(s)*time.Second, maxWait)
+		// Bounded in seconds first: a Duration of that many seconds can overflow.
+		wait = time.Duration(min(s, int(maxWait/time.Second))) * time.Second
 	}
 	var invisible time.Duration
 	if v := q.r.Header.Get(InvisibleSecondsHeader); v != "" {
 		s, err := strconv.Atoi(v)
-		if err != nil || s < 1 || time.Duration(s)*time.Second > maxInvisible {
+		if err != nil || s < 1 || s > int(maxInvisible/time.Second) {
 			q.fail(invalidArgument("The value of " + InvisibleSecondsHeader + " should between 1 and 43200."))
 			return
 		}

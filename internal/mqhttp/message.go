@@ -123,13 +123,13 @@ func parsePublish(body []byte, now time.Time) (broker.Message, *Error) {
 		delete(props, propStartDeliver)
 	}
 	if v, ok := props[propTransCheckTime]; ok {
+		// Bounded in seconds first: a Duration of that many seconds can overflow.
 		s, err := strconv.Atoi(v)
-		d := time.Duration(s) * time.Second
-		if err != nil || d < minTransCheck || d > maxTransCheck {
+		if err != nil || s < int(minTransCheck/time.Second) || s > int(maxTransCheck/time.Second) {
 			return broker.Message{}, invalidArgument(fmt.Sprintf("%s must be %d to %d seconds.", propTransCheckTime, int(minTransCheck.Seconds()), int(maxTransCheck.Seconds())))
 		}
 		m.Transactional = true
-		m.CheckImmunity = d
+		m.CheckImmunity = time.Duration(s) * time.Second
 		delete(props, propTransCheckTime)
 	}
 	if len(props) > 0 {
