@@ -45,7 +45,8 @@ type consumedMessages struct {
 // clamped to 16; waitseconds absent or a decimal integer of at least 0, clamped
 // to 30; the invisibility header absent or 1 to 43200 seconds; a consumer; trans
 // empty, order or pop; ns absent or the key's instance; a tag filter the broker
-// parses. ok is false when the request is to be refused.
+// parses. ok is false when the request is to be refused. The invisibility header
+// is checked on a pop of check-backs too, and has nothing to set there.
 func wantPop(rawQuery, invisible string) (want popCall, ok bool) {
 	q, err := url.ParseQuery(rawQuery)
 	if err != nil {
@@ -81,7 +82,9 @@ func wantPop(rawQuery, invisible string) (want popCall, ok bool) {
 		if err != nil || s < 1 || s > 43200 {
 			return want, false
 		}
-		want.req.Invisibility = time.Duration(s) * time.Second
+		if !want.half { // a check-back has no invisibility to set
+			want.req.Invisibility = time.Duration(s) * time.Second
+		}
 	}
 	if !want.half {
 		if _, err := broker.ParseTagFilter(q.Get("tag")); err != nil {
