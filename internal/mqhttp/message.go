@@ -23,6 +23,13 @@ const (
 	propShardingKey    = "__SHARDINGKEY"
 )
 
+// maxPropertiesText bounds the Properties text before it is parsed into a map,
+// which costs some ten times the text. Every message the broker accepts fits:
+// its properties, keys and sharding key within broker.MaxPropertiesSize, plus the
+// reserved names, the delivery and check times and the separators, well under
+// 1 KiB.
+const maxPropertiesText = broker.MaxPropertiesSize + 1<<10
+
 // Transactional check immunity bounds, from the SDKs' documentation.
 const (
 	minTransCheck = 10 * time.Second
@@ -101,6 +108,9 @@ func parsePublish(body []byte, now time.Time) (broker.Message, *Error) {
 	if p.Body == nil || *p.Body == "" {
 		// The Python SDK cannot consume an empty body; refusing it keeps them safe.
 		return broker.Message{}, invalidArgument("MessageBody is empty.")
+	}
+	if len(p.Properties) > maxPropertiesText {
+		return broker.Message{}, invalidArgument(fmt.Sprintf("Properties take %d bytes, over the %d-byte limit.", len(p.Properties), maxPropertiesText))
 	}
 	m := broker.Message{Body: []byte(*p.Body), Tag: p.Tag, Queue: broker.AnyQueue, BornAt: now}
 	props := parseProperties(p.Properties)
