@@ -155,8 +155,10 @@ func FuzzWire(f *testing.F) {
 			if !containsInt(netHTTPStatuses, first.StatusCode) || !first.Close {
 				t.Fatalf("an answer not from the handler: %d %v %q", first.StatusCode, first.Header, firstBody)
 			}
-			if perr == nil && authenticated {
-				t.Fatalf("net/http refused (%d %q) what it read as an authenticated request", first.StatusCode, firstBody)
+			// Even correctly signed: it may be HTTP/1.1 without a Host, or of
+			// a version net/http does not serve.
+			if s.snapshot().effects != before.effects {
+				t.Fatalf("net/http refused (%d %q) a request that reached the broker", first.StatusCode, firstBody)
 			}
 			return
 		}
