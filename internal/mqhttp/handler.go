@@ -54,10 +54,20 @@ func newHandler(b Broker, now func() time.Time, lim Limits) *handler {
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	requestID := newRequestID()
 	fail := func(e *Error) { writeError(w, r, requestID, e) }
+	// An answer given before the body is read closes the connection. Otherwise
+	// net/http reads away up to 256 KiB of the unread body before it writes the
+	// answer: the server would read an unauthenticated client's body after all,
+	// and one that never sends it would hold the connection for the ReadTimeout.
+	refuse := func(e *Error) {
+		if r.ContentLength != 0 {
+			w.Header().Set("Connection", "close")
+		}
+		fail(e)
+	}
 
 	topic, ok := topicFromPath(r.URL.EscapedPath())
 	if !ok {
-		fail(&Error{http.StatusNotFound, "InvalidRequestURL", "The resource is /topics/{TopicName}/messages."})
+		refuse(&Error{http.StatusNotFound, "InvalidRequestURL", "The resource is /topics/{TopicName}/messages."})
 		return
 	}
 	// Nothing of the body is read before the request is known to be signed by a
@@ -66,25 +76,25 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// among them), and the body is checked against Content-MD5 once read.
 	instanceID, e := authenticate(r, h.broker, h.now())
 	if e != nil {
-		fail(e)
+		refuse(e)
 		return
 	}
 	// HTTP connections carry requests of any instance, so the instance's
 	// connection quota counts its requests in progress (long polls hold one each).
 	release, err := h.broker.AcquireConnection(instanceID)
 	if err != nil {
-		fail(brokerError(err))
+		refuse(brokerError(err))
 		return
 	}
 	defer release()
 	if r.ContentLength > maxRequestBytes {
-		fail(&Error{http.StatusRequestEntityTooLarge, "InvalidArgument", "The request is larger than the message size limit allows."})
+		refuse(&Error{http.StatusRequestEntityTooLarge, "InvalidArgument", "The request is larger than the message size limit allows."})
 		return
 	}
 	if r.ContentLength < 0 {
 		// Chunked: a size the server cannot bound before reading. The SDKs
 		// always send Content-Length.
-		fail(&Error{http.StatusLengthRequired, "MissingContentLength", "A request body needs a Content-Length."})
+		refuse(&Error{http.StatusLengthRequired, "MissingContentLength", "A request body needs a Content-Length."})
 		return
 	}
 	// What the request holds, its body then its answer, is the instance's and
@@ -95,7 +105,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, err := readBody(r.Context(), r.Body, r.ContentLength, mem)
 	switch {
 	case errors.Is(err, errNoMemory):
-		fail(brokerError(err))
+		refuse(brokerError(err)) // nothing of the body read
 		return
 	case err != nil:
 		fail(&Error{http.StatusBadRequest, "InvalidArgument", "The request body could not be read."})
@@ -220,12 +230,13 @@ func (h *handler) consume(q *request, trans string) {
 			q.fail(invalidArgument("The value of waitseconds should between 0 and 30."))
 			return
 		}
-		wait = min(time.Duration(s)*time.Second, maxWait)
+		// Bounded in seconds first: a Duration of that many seconds can overflow.
+		wait = time.Duration(min(s, int(maxWait/time.Second))) * time.Second
 	}
 	var invisible time.Duration
 	if v := q.r.Header.Get(InvisibleSecondsHeader); v != "" {
 		s, err := strconv.Atoi(v)
-		if err != nil || s < 1 || time.Duration(s)*time.Second > maxInvisible {
+		if err != nil || s < 1 || s > int(maxInvisible/time.Second) {
 			q.fail(invalidArgument("The value of " + InvisibleSecondsHeader + " should between 1 and 43200."))
 			return
 		}

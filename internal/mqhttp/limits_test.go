@@ -2,6 +2,7 @@ package mqhttp
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/go-logr/logr/testr"
@@ -117,6 +119,27 @@ func TestNoBodyIsReadBeforeAuthentication(t *testing.T) {
 	}
 }
 
+// Found by FuzzWire: below 256 KiB, net/http reads an unread body away before it
+// writes the answer, unless the answer closes the connection.
+func TestASmallUnreadBodyIsNotWaitedFor(t *testing.T) {
+	addr := limitedServer(t, Limits{ReadTimeout: 5 * time.Second})
+	for name, head := range map[string]string{
+		"unsigned": "POST /topics/t/messages HTTP/1.1\r\nHost: x\r\nDate: " + time.Now().UTC().Format(http.TimeFormat) +
+			"\r\nAuthorization: MQ nobody:AAAA\r\nContent-Length: 100\r\n\r\n",
+		"no such resource": "POST /other HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n",
+		"chunked":          signedHead(t, addr, -1, "Transfer-Encoding: chunked\r\n"),
+	} {
+		start := time.Now()
+		status, body := roundTrip(t, addr, head)
+		if status < 400 || !strings.Contains(body, "<Code>") {
+			t.Errorf("%s: %d %s", name, status, body)
+		}
+		if waited := time.Since(start); waited > 2*time.Second {
+			t.Errorf("%s: answered after %v, once the server gave up waiting for the body", name, waited)
+		}
+	}
+}
+
 func TestASlowClientLosesItsConnection(t *testing.T) {
 	addr := limitedServer(t, Limits{ReadHeaderTimeout: 200 * time.Millisecond, ReadTimeout: 400 * time.Millisecond})
 	for name, raw := range map[string]string{
@@ -209,5 +232,36 @@ func TestATenantsConnectionQuotaCountsItsRequestsInProgress(t *testing.T) {
 	// Once it ended, requests go through again.
 	if status, body, _ := c.Do(ctx, http.MethodGet, "/topics/t/messages?consumer=GID_http&numOfMessages=1", nil, nil); status != http.StatusNotFound {
 		t.Fatalf("after the poll: %d %s", status, body)
+	}
+}
+
+func TestReadBodyGrowsAsTheBodyArrives(t *testing.T) {
+	budgets := newBudgets(DefaultMemory, maxRequestBytes)
+	readBody := func(r io.Reader, n int64) ([]byte, error) {
+		mem := budgets.request(testInstance, time.Now().Add(time.Second), nil)
+		defer mem.release()
+		return readBody(context.Background(), r, n, mem)
+	}
+	want := bytes.Repeat([]byte("0123456789"), 30000) // 300 KB: past the initial buffer
+	for name, r := range map[string]io.Reader{
+		"whole":    bytes.NewReader(want),
+		"one byte": iotest.OneByteReader(bytes.NewReader(want)),
+		"with EOF": iotest.DataErrReader(bytes.NewReader(want)),
+	} {
+		got, err := readBody(r, int64(len(want)))
+		if err != nil || !bytes.Equal(got, want) {
+			t.Errorf("%s: %d bytes, %v", name, len(got), err)
+		}
+	}
+	if _, err := readBody(bytes.NewReader(want[:10]), 11); err != io.ErrUnexpectedEOF {
+		t.Errorf("a short body: %v", err)
+	}
+	// Declaring the limit and sending 10 bytes takes the initial buffer, not the limit.
+	a0 := allocated()
+	if _, err := readBody(bytes.NewReader(want[:10]), maxRequestBytes); err != io.ErrUnexpectedEOF {
+		t.Errorf("a short body: %v", err)
+	}
+	if got := allocated() - a0; got > 4<<20 {
+		t.Errorf("allocated %d bytes for a body of 10 declared %d", got, maxRequestBytes)
 	}
 }

@@ -23,6 +23,13 @@ const (
 	propShardingKey    = "__SHARDINGKEY"
 )
 
+// maxPropertiesText bounds the Properties text before it is parsed into a map,
+// which costs some ten times the text. Every message the broker accepts fits:
+// its properties, keys and sharding key within broker.MaxPropertiesSize, plus the
+// reserved names, the delivery and check times and the separators, well under
+// 1 KiB.
+const maxPropertiesText = broker.MaxPropertiesSize + 1<<10
+
 // Transactional check immunity bounds, from the SDKs' documentation.
 const (
 	minTransCheck = 10 * time.Second
@@ -102,6 +109,9 @@ func parsePublish(body []byte, now time.Time) (broker.Message, *Error) {
 		// The Python SDK cannot consume an empty body; refusing it keeps them safe.
 		return broker.Message{}, invalidArgument("MessageBody is empty.")
 	}
+	if len(p.Properties) > maxPropertiesText {
+		return broker.Message{}, invalidArgument(fmt.Sprintf("Properties take %d bytes, over the %d-byte limit.", len(p.Properties), maxPropertiesText))
+	}
 	m := broker.Message{Body: []byte(*p.Body), Tag: p.Tag, Queue: broker.AnyQueue, BornAt: now}
 	props := parseProperties(p.Properties)
 	if v, ok := props[propKeys]; ok {
@@ -123,13 +133,13 @@ func parsePublish(body []byte, now time.Time) (broker.Message, *Error) {
 		delete(props, propStartDeliver)
 	}
 	if v, ok := props[propTransCheckTime]; ok {
+		// Bounded in seconds first: a Duration of that many seconds can overflow.
 		s, err := strconv.Atoi(v)
-		d := time.Duration(s) * time.Second
-		if err != nil || d < minTransCheck || d > maxTransCheck {
+		if err != nil || s < int(minTransCheck/time.Second) || s > int(maxTransCheck/time.Second) {
 			return broker.Message{}, invalidArgument(fmt.Sprintf("%s must be %d to %d seconds.", propTransCheckTime, int(minTransCheck.Seconds()), int(maxTransCheck.Seconds())))
 		}
 		m.Transactional = true
-		m.CheckImmunity = d
+		m.CheckImmunity = time.Duration(s) * time.Second
 		delete(props, propTransCheckTime)
 	}
 	if len(props) > 0 {
