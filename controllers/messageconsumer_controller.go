@@ -177,7 +177,7 @@ func (r *MessageConsumerReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	case refused != nil:
 		r.refuse(mc, refused)
 	case mc.Status.EffectiveParallelism < ptr.Deref(mc.Spec.Parallelism, 1):
-		r.setCondition(mc, mqv1alpha1.ConditionReady, metav1.ConditionTrue, "ParallelismCapped",
+		r.setCondition(mc, mqv1alpha1.ConditionReady, metav1.ConditionTrue, mqv1alpha1.ReasonParallelismCapped,
 			fmt.Sprintf("Topic %s is ordered with %d queues: no two pods hold one queue, so at most %d of the %d pods can work",
 				deps.topic.Name, deps.topic.Status.Queues, mc.Status.EffectiveParallelism, ptr.Deref(mc.Spec.Parallelism, 1)))
 	default:
@@ -185,13 +185,13 @@ func (r *MessageConsumerReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	}
 
 	if ptr.Deref(mc.Spec.Suspend, false) {
-		r.setCondition(mc, mqv1alpha1.ConditionSuspended, metav1.ConditionTrue, "Suspended", "spec.suspend is true; pods finish the message in hand and stop")
+		r.setCondition(mc, mqv1alpha1.ConditionSuspended, metav1.ConditionTrue, mqv1alpha1.ReasonSuspended, "spec.suspend is true; pods finish the message in hand and stop")
 		mc.Status.StartTime = nil // the deadline restarts on resume
 		r.stopPods(ctx, mc, pods, "MessageConsumer suspended")
 		return ctrl.Result{}, nil
 	}
 	if meta.IsStatusConditionTrue(mc.Status.Conditions, mqv1alpha1.ConditionSuspended) {
-		r.setCondition(mc, mqv1alpha1.ConditionSuspended, metav1.ConditionFalse, "Resumed", "spec.suspend is false")
+		r.setCondition(mc, mqv1alpha1.ConditionSuspended, metav1.ConditionFalse, mqv1alpha1.ReasonResumed, "spec.suspend is false")
 	}
 	now := r.now()
 	if mc.Status.StartTime == nil {
@@ -419,7 +419,7 @@ func (r *MessageConsumerReconciler) podFor(mc *mqv1alpha1.MessageConsumer, deps 
 		{Name: consumer.EnvTopic, Value: deps.topic.Status.TopicName},
 		{Name: consumer.EnvGroup, Value: deps.group.Status.GroupID},
 		{Name: consumer.EnvTagFilter, Value: mc.Spec.TagFilter},
-		{Name: consumer.EnvOrdered, Value: strconv.FormatBool(deps.topic.Spec.MessageType == "Ordered")},
+		{Name: consumer.EnvOrdered, Value: strconv.FormatBool(deps.topic.Spec.MessageType == mqv1alpha1.MessageTypeOrdered)},
 		{Name: consumer.EnvMode, Value: string(mode)},
 		{Name: consumer.EnvHandlerTimeout, Value: strconv.Itoa(int(mc.Spec.HandlerTimeoutSeconds))},
 		{Name: consumer.EnvTerminationLog, Value: corev1.TerminationMessagePathDefault},
@@ -590,7 +590,7 @@ func (r *MessageConsumerReconciler) dependencies(ctx context.Context, mc *mqv1al
 			return wait(fmt.Sprintf("Topic %q and ConsumerGroup %q must both belong to Instance %q", mc.Spec.Topic, mc.Spec.ConsumerGroupRef.Name, mc.Spec.InstanceRef.Name))
 		}
 	}
-	if deps.group.Spec.Protocol != "HTTP" {
+	if deps.group.Spec.Protocol != mqv1alpha1.ProtocolHTTP {
 		r.setCondition(mc, mqv1alpha1.ConditionReady, metav1.ConditionFalse, mqv1alpha1.ReasonProtocolNotSupported,
 			fmt.Sprintf("ConsumerGroup %q uses %s; the consumer runtime consumes through HTTP groups: give this MessageConsumer an HTTP ConsumerGroup", deps.group.Name, deps.group.Spec.Protocol))
 		return deps, false, nil
@@ -600,7 +600,7 @@ func (r *MessageConsumerReconciler) dependencies(ctx context.Context, mc *mqv1al
 
 func effectiveParallelism(mc *mqv1alpha1.MessageConsumer, t *mqv1alpha1.Topic) int32 {
 	p := ptr.Deref(mc.Spec.Parallelism, 1)
-	if t.Spec.MessageType == "Ordered" && t.Status.Queues > 0 {
+	if t.Spec.MessageType == mqv1alpha1.MessageTypeOrdered && t.Status.Queues > 0 {
 		p = min(p, t.Status.Queues)
 	}
 	return p
