@@ -9,7 +9,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -30,8 +29,9 @@ import (
 // eventRecorder is the events API's recorder.
 type eventRecorder = events.EventRecorder
 
-// BrokerObjectFinalizer holds a Topic or ConsumerGroup until the broker has let go of it.
-const BrokerObjectFinalizer = "mq.orderly.dev/broker-cleanup"
+// BrokerCleanupFinalizer holds an Instance, Topic or ConsumerGroup until the broker
+// has let go of what it declared there.
+const BrokerCleanupFinalizer = "mq.orderly.dev/broker-cleanup"
 
 // DefaultResync is how often a Ready object is compared with the broker, with up to
 // 20% jitter so that many objects do not resync in step.
@@ -91,14 +91,14 @@ func (r *brokerObjectReconciler[T]) Reconcile(ctx context.Context, req ctrl.Requ
 	defer func() {
 		r.Kind.setObservedGeneration(obj)
 		recordResourceState(r.Kind.name(), obj)
-		err = errors.Join(err, r.patchStatus(ctx, before, obj))
+		err = errors.Join(err, patchStatus(ctx, r.Client, before, obj, r.Kind.status))
 	}()
 
 	inst, usable := r.instance(ctx, obj)
 	if !obj.GetDeletionTimestamp().IsZero() {
 		return ctrl.Result{}, r.reconcileDelete(ctx, obj, inst, usable)
 	}
-	if controllerutil.AddFinalizer(obj, BrokerObjectFinalizer) {
+	if controllerutil.AddFinalizer(obj, BrokerCleanupFinalizer) {
 		if err := r.Update(ctx, obj); err != nil {
 			return ctrl.Result{}, fmt.Errorf("failed to add finalizer: %w", err)
 		}
@@ -164,7 +164,7 @@ func (r *brokerObjectReconciler[T]) Reconcile(ctx context.Context, req ctrl.Requ
 }
 
 func (r *brokerObjectReconciler[T]) reconcileDelete(ctx context.Context, obj T, inst *mqv1alpha1.Instance, usable bool) error {
-	if !controllerutil.ContainsFinalizer(obj, BrokerObjectFinalizer) {
+	if !controllerutil.ContainsFinalizer(obj, BrokerCleanupFinalizer) {
 		return nil
 	}
 	// An Instance that is gone, or being deleted, takes its tenant along: there is
@@ -178,7 +178,7 @@ func (r *brokerObjectReconciler[T]) reconcileDelete(ctx context.Context, obj T, 
 		}
 		r.Recorder.Eventf(obj, nil, corev1.EventTypeNormal, "Deleted", "Delete", "%q deleted from instance %q", obj.BrokerName(), inst.Status.InstanceID)
 	}
-	controllerutil.RemoveFinalizer(obj, BrokerObjectFinalizer)
+	controllerutil.RemoveFinalizer(obj, BrokerCleanupFinalizer)
 	if err := r.Update(ctx, obj); err != nil && !apierrors.IsNotFound(err) {
 		return err
 	}
@@ -199,24 +199,6 @@ func (r *brokerObjectReconciler[T]) instance(ctx context.Context, obj T) (*mqv1a
 
 func (r *brokerObjectReconciler[T]) setCondition(obj T, typ string, status metav1.ConditionStatus, reason, msg string) {
 	setCondition(obj, typ, status, reason, msg)
-}
-
-// setCondition sets one status condition of any kind of this group, for the
-// object's current generation.
-func setCondition(obj interface {
-	conditioned
-	SetConditions([]metav1.Condition)
-}, typ string, status metav1.ConditionStatus, reason, msg string) {
-	conds := obj.GetConditions()
-	meta.SetStatusCondition(&conds, metav1.Condition{Type: typ, Status: status, Reason: reason, Message: msg, ObservedGeneration: obj.GetGeneration()})
-	obj.SetConditions(conds)
-}
-
-func (r *brokerObjectReconciler[T]) patchStatus(ctx context.Context, before, obj T) error {
-	if equality.Semantic.DeepEqual(r.Kind.status(before), r.Kind.status(obj)) {
-		return nil
-	}
-	return client.IgnoreNotFound(r.Status().Patch(ctx, obj, client.MergeFrom(before)))
 }
 
 func (r *brokerObjectReconciler[T]) jittered() time.Duration {

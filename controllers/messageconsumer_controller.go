@@ -13,7 +13,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -112,7 +111,7 @@ func (r *MessageConsumerReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		mc.Status.State = state(mc)
 		recordResourceState("MessageConsumer", mc)
 		if !statusWritten {
-			err = errors.Join(err, r.patchStatus(ctx, before, mc))
+			err = errors.Join(err, patchStatus(ctx, r.Client, before, mc, consumerStatus, client.MergeFromWithOptimisticLock{}))
 		}
 		// A conflict means this pass worked from a stale read: run again on a
 		// fresh one, without counting it as an error.
@@ -129,7 +128,7 @@ func (r *MessageConsumerReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	// go of their tracking finalizer: a crash in between can count a pod twice, never
 	// lose one.
 	if counted := r.account(mc, pods); len(counted) > 0 {
-		if err := r.patchStatus(ctx, before, mc); err != nil {
+		if err := patchStatus(ctx, r.Client, before, mc, consumerStatus, client.MergeFromWithOptimisticLock{}); err != nil {
 			return ctrl.Result{}, err
 		}
 		before = mc.DeepCopy()
@@ -747,15 +746,8 @@ func (r *MessageConsumerReconciler) setCondition(mc *mqv1alpha1.MessageConsumer,
 	setCondition(mc, typ, status, reason, msg)
 }
 
-// patchStatus writes the status if it changed. The patch carries the
-// resourceVersion it was computed from: counts are sums, and a status computed from
-// a stale read must not overwrite a newer one (the conflict requeues).
-func (r *MessageConsumerReconciler) patchStatus(ctx context.Context, before, mc *mqv1alpha1.MessageConsumer) error {
-	if equality.Semantic.DeepEqual(before.Status, mc.Status) {
-		return nil
-	}
-	return client.IgnoreNotFound(r.Status().Patch(ctx, mc, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})))
-}
+// consumerStatus is the part of a MessageConsumer that patchStatus writes.
+func consumerStatus(mc *mqv1alpha1.MessageConsumer) any { return mc.Status }
 
 func (r *MessageConsumerReconciler) now() time.Time {
 	if r.Now != nil {
