@@ -18,7 +18,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
-	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
@@ -224,6 +223,7 @@ func (r *brokerObjectReconciler[T]) setup(mgr ctrl.Manager, list func() client.O
 	}); err != nil {
 		return err
 	}
+	log := mgr.GetLogger().WithValues("controller", strings.ToLower(r.Kind.name()), "watch", "Instance")
 	return ctrl.NewControllerManagedBy(mgr).
 		// The controller's own writes (finalizer, status) change neither the
 		// generation nor the annotations: waking on them would only repeat the work.
@@ -232,16 +232,16 @@ func (r *brokerObjectReconciler[T]) setup(mgr ctrl.Manager, list func() client.O
 		// Reconciles of different objects are independent; the broker serialises
 		// what must be serialised.
 		WithOptions(controller.Options{MaxConcurrentReconciles: reconcileWorkers}).
-		Watches(&mqv1alpha1.Instance{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+		Watches(&mqv1alpha1.Instance{}, enqueueMapped(log, func(ctx context.Context, o client.Object) ([]reconcile.Request, error) {
 			l := list()
 			if err := r.List(ctx, l, client.MatchingFields{instanceRefIndex: client.ObjectKeyFromObject(o).String()}); err != nil {
-				return nil
+				return nil, err
 			}
 			var reqs []reconcile.Request
 			for _, obj := range items(l) {
 				reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(obj)})
 			}
-			return reqs
+			return reqs, nil
 		})).
 		Named(strings.ToLower(r.Kind.name())).
 		Complete(r)

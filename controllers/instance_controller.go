@@ -21,7 +21,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/event"
-	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
@@ -373,7 +372,7 @@ func (r *InstanceReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Mana
 		Owns(&corev1.Secret{}).
 		// Any change to an Instance wakes the others claiming its id, so a conflict
 		// resolves as soon as its owner goes away.
-		Watches(&mqv1alpha1.Instance{}, handler.EnqueueRequestsFromMapFunc(r.sameIDInstances),
+		Watches(&mqv1alpha1.Instance{}, enqueueMapped(mgr.GetLogger().WithValues("controller", "instance", "watch", "Instance"), r.sameIDInstances),
 			builder.WithPredicates(predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
 				return !e.ObjectNew.GetDeletionTimestamp().IsZero()
 			}})).
@@ -381,14 +380,15 @@ func (r *InstanceReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Mana
 		Complete(r)
 }
 
-func (r *InstanceReconciler) sameIDInstances(ctx context.Context, o client.Object) []reconcile.Request {
+// sameIDInstances maps an Instance to the other Instances claiming its id.
+func (r *InstanceReconciler) sameIDInstances(ctx context.Context, o client.Object) ([]reconcile.Request, error) {
 	inst, ok := o.(*mqv1alpha1.Instance)
 	if !ok {
-		return nil
+		return nil, nil
 	}
 	var list mqv1alpha1.InstanceList
 	if err := r.List(ctx, &list, client.MatchingFields{instanceIDIndex: EffectiveInstanceID(inst)}); err != nil {
-		return nil
+		return nil, err
 	}
 	var reqs []reconcile.Request
 	for _, other := range list.Items {
@@ -396,5 +396,5 @@ func (r *InstanceReconciler) sameIDInstances(ctx context.Context, o client.Objec
 			reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&other)})
 		}
 	}
-	return reqs
+	return reqs, nil
 }

@@ -817,29 +817,32 @@ func shorter(a, b time.Duration) time.Duration {
 // ConsumerGroups its consumers wait for, and the labels of Namespaces, whose Pod
 // Security level decides which pods it may create.
 func (r *MessageConsumerReconciler) SetupWithManager(mgr ctrl.Manager) error {
-	consumersIn := func(ctx context.Context, namespace string) []reconcile.Request {
+	consumersIn := func(ctx context.Context, namespace string) ([]reconcile.Request, error) {
 		var list mqv1alpha1.MessageConsumerList
 		if err := r.List(ctx, &list, client.InNamespace(namespace)); err != nil {
-			return nil
+			return nil, err
 		}
 		var reqs []reconcile.Request
 		for i := range list.Items {
 			reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
 		}
-		return reqs
+		return reqs, nil
 	}
-	dependents := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
-		return consumersIn(ctx, o.GetNamespace())
-	})
-	namespaced := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+	log := mgr.GetLogger().WithValues("controller", "messageconsumer")
+	dependents := func(kind string) handler.EventHandler {
+		return enqueueMapped(log.WithValues("watch", kind), func(ctx context.Context, o client.Object) ([]reconcile.Request, error) {
+			return consumersIn(ctx, o.GetNamespace())
+		})
+	}
+	namespaced := enqueueMapped(log.WithValues("watch", "Namespace"), func(ctx context.Context, o client.Object) ([]reconcile.Request, error) {
 		return consumersIn(ctx, o.GetName())
 	})
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&mqv1alpha1.MessageConsumer{}).
 		Owns(&corev1.Pod{}).
-		Watches(&mqv1alpha1.Instance{}, dependents).
-		Watches(&mqv1alpha1.Topic{}, dependents).
-		Watches(&mqv1alpha1.ConsumerGroup{}, dependents).
+		Watches(&mqv1alpha1.Instance{}, dependents("Instance")).
+		Watches(&mqv1alpha1.Topic{}, dependents("Topic")).
+		Watches(&mqv1alpha1.ConsumerGroup{}, dependents("ConsumerGroup")).
 		Watches(&corev1.Namespace{}, namespaced, builder.OnlyMetadata, builder.WithPredicates(predicate.LabelChangedPredicate{})).
 		Named("messageconsumer").
 		Complete(r)
