@@ -93,7 +93,10 @@ func (r *brokerObjectReconciler[T]) Reconcile(ctx context.Context, req ctrl.Requ
 		err = errors.Join(err, patchStatus(ctx, r.Client, before, obj, r.Kind.status))
 	}()
 
-	inst, usable := r.instance(ctx, obj)
+	inst, usable, err := r.instance(ctx, obj)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
 	if !obj.GetDeletionTimestamp().IsZero() {
 		return ctrl.Result{}, r.reconcileDelete(ctx, obj, inst, usable)
 	}
@@ -184,16 +187,23 @@ func (r *brokerObjectReconciler[T]) reconcileDelete(ctx context.Context, obj T, 
 	return nil
 }
 
-// instance returns the object's Instance and whether it may be used: it is Ready to
-// serve and allows the object's namespace.
-func (r *brokerObjectReconciler[T]) instance(ctx context.Context, obj T) (*mqv1alpha1.Instance, bool) {
+// instance returns the object's Instance, nil if it does not exist, and whether it
+// may be used: it is Ready to serve and allows the object's namespace. Any other
+// error reading it is returned, for the request to be retried: taken for a missing
+// Instance, it would let a deletion drop the finalizer and leave the object's twin
+// in the broker.
+func (r *brokerObjectReconciler[T]) instance(ctx context.Context, obj T) (*mqv1alpha1.Instance, bool, error) {
+	key := r.Kind.instanceRef(obj).Key(obj.GetNamespace())
 	inst := &mqv1alpha1.Instance{}
-	if err := r.Get(ctx, r.Kind.instanceRef(obj).Key(obj.GetNamespace()), inst); err != nil {
-		return nil, false
+	if err := r.Get(ctx, key, inst); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, false, nil
+		}
+		return nil, false, fmt.Errorf("failed to get Instance %s: %w", key, err)
 	}
 	usable := meta.IsStatusConditionTrue(inst.Status.Conditions, mqv1alpha1.ConditionReady) &&
 		inst.Status.InstanceID != "" && inst.Allows(obj.GetNamespace())
-	return inst, usable
+	return inst, usable, nil
 }
 
 func (r *brokerObjectReconciler[T]) setCondition(obj T, typ string, status metav1.ConditionStatus, reason, msg string) {
