@@ -2,21 +2,17 @@ package controllers
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/selection"
-	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -27,7 +23,6 @@ import (
 
 	mqv1alpha1 "github.com/orderly-dev/orderly/api/v1alpha1"
 	"github.com/orderly-dev/orderly/internal/broker"
-	"github.com/orderly-dev/orderly/internal/consumer"
 )
 
 // Labels, annotations and finalizers of MessageConsumer pods.
@@ -84,13 +79,12 @@ type MessageConsumerReconciler struct {
 	Now func() time.Time
 }
 
-// dependencies are what a MessageConsumer consumes through.
-type dependencies struct {
-	instance *mqv1alpha1.Instance
-	topic    *mqv1alpha1.Topic
-	group    *mqv1alpha1.ConsumerGroup
-}
-
+// Reconcile runs one pass over a MessageConsumer, in the shape of cluster-api's
+// MachineSet reconcile: it reads the consumer and its pods into a consumerScope,
+// runs the phases in order, each recording on the scope what it found and did,
+// then derives the whole status from the scope (deriveStatus) and writes it once,
+// in endPass. The status is written whether the phases succeed or not, so what a
+// pass found before one failed still shows.
 func (r *MessageConsumerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.Result, err error) {
 	mc := &mqv1alpha1.MessageConsumer{}
 	if err := r.Get(ctx, req.NamespacedName, mc); err != nil {
@@ -99,472 +93,200 @@ func (r *MessageConsumerReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
+	s := newConsumerScope(mc, r.now())
+	// before is the base the status patch is computed against, and its
+	// resourceVersion the one the patch's optimistic lock carries.
 	before := mc.DeepCopy()
-	statusWritten := false
-	defer func() {
-		mc.Status.ObservedGeneration = mc.Generation
-		mc.Status.State = state(mc)
-		recordResourceState("MessageConsumer", mc)
-		if !statusWritten {
-			err = errors.Join(err, patchStatus(ctx, r.Client, before, mc, consumerStatus, client.MergeFromWithOptimisticLock{}))
-		}
-		// A conflict means this pass worked from a stale read: run again on a
-		// fresh one, without counting it as an error.
-		if apierrors.IsConflict(err) {
-			res, err = ctrl.Result{RequeueAfter: 100 * time.Millisecond}, nil
-		}
-	}()
+	defer func() { res, err = r.endPass(ctx, s, before, res, err) }()
 
-	pods, err := r.pods(ctx, mc)
-	if err != nil {
-		return ctrl.Result{}, err
-	}
-	// Finished pods' counts go into the status first, and only then do the pods let
-	// go of their tracking finalizer: a crash in between can count a pod twice, never
-	// lose one.
-	if counted := r.account(mc, pods); len(counted) > 0 {
-		if err := patchStatus(ctx, r.Client, before, mc, consumerStatus, client.MergeFromWithOptimisticLock{}); err != nil {
-			return ctrl.Result{}, err
-		}
-		before = mc.DeepCopy()
-		for _, p := range counted {
-			if err := r.releasePod(ctx, p); err != nil {
-				return ctrl.Result{}, err
-			}
-		}
-	}
-
-	if !mc.DeletionTimestamp.IsZero() {
-		if n := r.stopPods(ctx, mc, pods, "MessageConsumer deleted"); n > 0 {
-			return ctrl.Result{}, nil // pod events wake us as they finish
-		}
-		if controllerutil.RemoveFinalizer(mc, ConsumerFinalizer) {
-			statusWritten = true // the object is going away
-			return ctrl.Result{}, client.IgnoreNotFound(r.Update(ctx, mc))
-		}
-		return ctrl.Result{}, nil
-	}
-	if controllerutil.AddFinalizer(mc, ConsumerFinalizer) {
+	deleting := !mc.DeletionTimestamp.IsZero()
+	// The finalizer goes on before anything is done for the consumer, so that its
+	// deletion always waits for its pods. The Update returns the object with a new
+	// resourceVersion: it becomes the patch's base, or the status patch would
+	// conflict with this very Update. (The Update succeeds only on the object as
+	// read, so the status the scope started from is still the stored one.)
+	if !deleting && controllerutil.AddFinalizer(mc, ConsumerFinalizer) {
 		if err := r.Update(ctx, mc); err != nil {
 			return ctrl.Result{}, err
 		}
+		before = mc.DeepCopy()
 	}
-
-	if finished(mc) {
-		r.stopPods(ctx, mc, pods, "MessageConsumer finished")
-		return r.expireAfterTTL(ctx, mc)
-	}
-
-	deps, ok, err := r.dependencies(ctx, mc)
-	if err != nil || !ok {
+	if err := r.gather(ctx, s); err != nil {
 		return ctrl.Result{}, err
 	}
-	// A template the namespace does not allow creates no pods, and it does not roll
-	// over the pods of an older one either: they keep working until it is fixed.
-	hash := templateHash(mc)
-	refused, err := r.admit(ctx, mc, deps, hash)
-	if err != nil {
-		return ctrl.Result{}, err
+	if deleting {
+		return runPhases(ctx, s,
+			r.account,         // finished pods' counts
+			r.stopForDeletion, // stop the pods; once all have finished, the finalizer may go
+		)
 	}
-	mc.Status.EffectiveParallelism = effectiveParallelism(mc, deps.topic)
-	switch {
-	case refused != nil:
-		r.refuse(mc, refused)
-	case mc.Status.EffectiveParallelism < ptr.Deref(mc.Spec.Parallelism, 1):
-		r.setCondition(mc, mqv1alpha1.ConditionReady, metav1.ConditionTrue, mqv1alpha1.ReasonParallelismCapped,
-			fmt.Sprintf("Topic %s is ordered with %d queues: no two pods hold one queue, so at most %d of the %d pods can work",
-				deps.topic.Name, deps.topic.Status.Queues, mc.Status.EffectiveParallelism, ptr.Deref(mc.Spec.Parallelism, 1)))
-	default:
-		r.setCondition(mc, mqv1alpha1.ConditionReady, metav1.ConditionTrue, mqv1alpha1.ReasonReconciled, "Instance, Topic and ConsumerGroup are Ready")
-	}
-
-	if ptr.Deref(mc.Spec.Suspend, false) {
-		r.setCondition(mc, mqv1alpha1.ConditionSuspended, metav1.ConditionTrue, mqv1alpha1.ReasonSuspended, "spec.suspend is true; pods finish the message in hand and stop")
-		mc.Status.StartTime = nil // the deadline restarts on resume
-		r.stopPods(ctx, mc, pods, "MessageConsumer suspended")
-		return ctrl.Result{}, nil
-	}
-	if meta.IsStatusConditionTrue(mc.Status.Conditions, mqv1alpha1.ConditionSuspended) {
-		r.setCondition(mc, mqv1alpha1.ConditionSuspended, metav1.ConditionFalse, mqv1alpha1.ReasonResumed, "spec.suspend is false")
-	}
-	now := r.now()
-	if mc.Status.StartTime == nil {
-		mc.Status.StartTime = &metav1.Time{Time: now}
-	}
-
-	var requeue time.Duration
-	if d := mc.Spec.ActiveDeadlineSeconds; d != nil {
-		left := mc.Status.StartTime.Add(time.Duration(*d) * time.Second).Sub(now)
-		if left <= 0 {
-			return r.finish(ctx, mc, pods, mqv1alpha1.ConditionFailed, mqv1alpha1.ReasonDeadlineExceeded,
-				fmt.Sprintf("Active for longer than activeDeadlineSeconds (%d)", *d))
-		}
-		requeue = left
-	}
-	if mc.Status.Failed > ptr.Deref(mc.Spec.BackoffLimit, 6) {
-		return r.finish(ctx, mc, pods, mqv1alpha1.ConditionFailed, mqv1alpha1.ReasonBackoffLimitExceeded,
-			fmt.Sprintf("%d pods failed, more than backoffLimit (%d)", mc.Status.Failed, ptr.Deref(mc.Spec.BackoffLimit, 6)))
-	}
-
-	// Pods of another template roll over: each finishes its message in hand.
-	mc.Status.TemplateHash = hash
-	var active []*corev1.Pod
-	for _, p := range pods {
-		switch {
-		case isTerminal(p):
-		case refused == nil && p.DeletionTimestamp.IsZero() && p.Labels[TemplateHashLabel] != hash:
-			if err := r.deletePod(ctx, p); err != nil {
-				return ctrl.Result{}, err
-			}
-			r.Recorder.Eventf(mc, p, corev1.EventTypeNormal, "RollingOver", "Reconcile", "Stopping pod %s of an older template", p.Name)
-			active = append(active, p)
-		default:
-			active = append(active, p)
-		}
-	}
-	mc.Status.Active, mc.Status.Ready = int32(len(active)), ready(active)
-
-	done, reason, msg, err := r.workDone(mc, deps)
-	if err != nil {
-		return ctrl.Result{}, err
-	}
-	if done {
-		return r.finish(ctx, mc, pods, mqv1alpha1.ConditionComplete, reason, msg)
-	}
-	if refused == nil {
-		if err := r.startPods(ctx, mc, deps, active, hash); err != nil {
-			return ctrl.Result{}, err
-		}
-	}
-	// Drain completion is decided on the broker's counts, which no watch reports.
-	if mc.Spec.CompletionPolicy.Mode == mqv1alpha1.CompletionDrain || mc.Spec.CompletionPolicy.Mode == "" {
-		requeue = shorter(requeue, 2*time.Second)
-	}
-	return ctrl.Result{RequeueAfter: requeue}, nil
+	return runPhases(ctx, s,
+		r.account,             // finished pods' counts
+		r.reconcileFinished,   // Complete or Failed in an earlier pass: stop, expire after the TTL
+		r.resolveDependencies, // the Instance, Topic and ConsumerGroup, or wait for them
+		r.admitTemplate,       // may the namespace run the template's pods?
+		r.reconcileSuspend,    // spec.suspend holds the pods off
+		r.reconcileLimits,     // activeDeadlineSeconds and backoffLimit
+		r.rollOver,            // stop the pods of other templates
+		r.reconcileCompletion, // the completion policy
+		r.scaleUp,             // start pods up to the effective parallelism
+	)
 }
 
-// workDone reports whether the completion policy is met.
-func (r *MessageConsumerReconciler) workDone(mc *mqv1alpha1.MessageConsumer, deps dependencies) (bool, string, string, error) {
-	switch mc.Spec.CompletionPolicy.Mode {
-	case mqv1alpha1.CompletionForever:
-		return false, "", "", nil
-	case mqv1alpha1.CompletionMessages:
-		n := ptr.Deref(mc.Spec.CompletionPolicy.Messages, 0)
-		if mc.Status.MessagesHandled >= n {
-			return true, mqv1alpha1.ReasonMessagesHandled, fmt.Sprintf("%d messages handled", mc.Status.MessagesHandled), nil
-		}
-		return false, "", "", nil
+// endPass ends every pass that read its MessageConsumer, whatever the phases did:
+// it derives the status from the scope and writes it, then lets go of what had to
+// wait for that write. Finished pods give up their tracking finalizer only once
+// the status holding their counts is written, so a crash in between can count a
+// pod twice, never lose one; and a deleted consumer gives up its own finalizer only
+// after that, for the pods' finalizers not to outlive it.
+func (r *MessageConsumerReconciler) endPass(ctx context.Context, s *consumerScope, before *mqv1alpha1.MessageConsumer, res ctrl.Result, err error) (ctrl.Result, error) {
+	deriveStatus(s)
+	recordResourceState("MessageConsumer", s.mc)
+	if perr := patchStatus(ctx, r.Client, before, s.mc, consumerStatus, client.MergeFromWithOptimisticLock{}); perr != nil {
+		err = errors.Join(err, perr)
+	} else if rerr := r.releasePods(ctx, s.release); rerr != nil {
+		err = errors.Join(err, rerr)
+	} else if s.removeFinalizer && controllerutil.RemoveFinalizer(s.mc, ConsumerFinalizer) {
+		err = errors.Join(err, client.IgnoreNotFound(r.Update(ctx, s.mc)))
 	}
-	// Drain: a pod found nothing left, and the broker agrees that the group has no
-	// backlog on the topic and nothing in flight.
-	if mc.Status.Succeeded == 0 {
-		return false, "", "", nil
+	// A conflict means this pass worked from a stale read: run again on a fresh
+	// one, without counting it as an error.
+	if apierrors.IsConflict(err) {
+		return ctrl.Result{RequeueAfter: 100 * time.Millisecond}, nil
 	}
-	backlog, inFlight, err := r.backlog(deps)
-	if err != nil {
-		return false, "", "", err
-	}
-	if backlog == 0 && inFlight == 0 {
-		return true, mqv1alpha1.ReasonDrained, fmt.Sprintf("Group %s has consumed everything on topic %s", deps.group.Status.GroupID, deps.topic.Status.TopicName), nil
-	}
-	return false, "", "", nil
+	return res, err
 }
 
-func (r *MessageConsumerReconciler) backlog(deps dependencies) (backlog, inFlight int64, err error) {
-	stats, err := r.Broker.GroupStats(deps.instance.Status.InstanceID, deps.group.Status.GroupID)
-	if err != nil {
-		return 0, 0, err
-	}
-	for _, t := range stats.Topics {
-		if t.Topic == deps.topic.Status.TopicName {
-			return t.Backlog, t.InFlight, nil
-		}
-	}
-	// The group has not consumed the topic yet: its backlog is the topic's.
-	return deps.topic.Status.Messages, 0, nil
+// consumerScope is one pass over a MessageConsumer: what the pass read, and what
+// each phase found and did. The phases read it and record on it, and none of them
+// writes the status: deriveStatus makes the status from the scope alone, so what
+// each finding means for the status is decided in one place. A finding left at its
+// zero value means the phase that records it did not run (or did not get that far),
+// and the status keeps what it says about it.
+type consumerScope struct {
+	// Read before the phases run.
+	mc   *mqv1alpha1.MessageConsumer // as read; its status stays as read until deriveStatus
+	now  time.Time                   // the pass's clock reading, for every time the status records
+	pods []*corev1.Pod               // the pods it controls (gather)
+
+	// counts are the status's counts with the pods that finished since added
+	// (account), and release those pods, whose tracking finalizer goes once the
+	// counts are written (endPass).
+	counts  podCounts
+	release []*corev1.Pod
+
+	// waiting says why the consumer waits for its Instance, Topic or ConsumerGroup;
+	// deps are the three, once they are usable (resolveDependencies).
+	waiting *refusal
+	deps    *dependencies
+
+	// checked: the template was checked against the namespace (admitTemplate);
+	// refused says why no pods of it may be created, nil if they may. hash
+	// identifies the template.
+	checked bool
+	refused *refusal
+	hash    string
+
+	// suspended: spec.suspend holds the pods off; otherwise startTime is when the
+	// pods started, which activeDeadlineSeconds counts from (reconcileSuspend).
+	suspended bool
+	startTime *metav1.Time
+
+	// rolledOver: the pods of other templates than hash were stopped (rollOver);
+	// activeCounted: rollOver got through them all, and active are the pods that
+	// have not finished.
+	rolledOver    bool
+	activeCounted bool
+	active        []*corev1.Pod
+
+	// stopped: every pod still running was asked to stop (stopPods).
+	stopped bool
+	// outcome is how the work ended, when this pass ended it (finish).
+	outcome *outcome
+	// removeFinalizer: the consumer is being deleted and none of its pods runs any
+	// more (stopForDeletion).
+	removeFinalizer bool
 }
 
-// startPods creates pods up to the effective parallelism.
-func (r *MessageConsumerReconciler) startPods(ctx context.Context, mc *mqv1alpha1.MessageConsumer, deps dependencies, active []*corev1.Pod, hash string) error {
-	want := int(mc.Status.EffectiveParallelism)
-	if mc.Spec.CompletionPolicy.Mode == mqv1alpha1.CompletionDrain || mc.Spec.CompletionPolicy.Mode == "" {
-		// Once a pod has drained, new pods are needed only for what came back or
-		// arrived since.
-		if mc.Status.Succeeded > 0 {
-			backlog, _, err := r.backlog(deps)
-			if err != nil {
-				return err
-			}
-			if backlog == 0 {
-				return nil
-			}
-		}
+// podCounts are the status fields that sum over the consumer's finished pods.
+type podCounts struct {
+	succeeded, failed                int32
+	messagesHandled, handlerFailures int64
+	// countedPods are the UIDs of the finished pods counted that still hold their
+	// tracking finalizer.
+	countedPods []string
+}
+
+// outcome is how a MessageConsumer's work ended: the condition that turns True
+// (Complete or Failed), with its reason and message.
+type outcome struct {
+	condition, reason, message string
+}
+
+// dependencies are what a MessageConsumer consumes through.
+type dependencies struct {
+	instance *mqv1alpha1.Instance
+	topic    *mqv1alpha1.Topic
+	group    *mqv1alpha1.ConsumerGroup
+}
+
+func newConsumerScope(mc *mqv1alpha1.MessageConsumer, now time.Time) *consumerScope {
+	st := mc.Status
+	return &consumerScope{mc: mc, now: now, counts: podCounts{
+		succeeded: st.Succeeded, failed: st.Failed,
+		messagesHandled: st.MessagesHandled, handlerFailures: st.HandlerFailures,
+		countedPods: slices.Clone(st.CountedPods),
+	}}
+}
+
+// gather reads what the phases start from: the consumer's pods. The Instance,
+// Topic and ConsumerGroup are read by the phase that judges them
+// (resolveDependencies), not here: a deleted or finished consumer needs none of
+// them, and a failure to read one must not hold up its deletion.
+func (r *MessageConsumerReconciler) gather(ctx context.Context, s *consumerScope) error {
+	var list corev1.PodList
+	if err := r.List(ctx, &list, client.InNamespace(s.mc.Namespace), client.MatchingLabels{ConsumerLabel: s.mc.Name}); err != nil {
+		return fmt.Errorf("failed to list pods: %w", err)
 	}
-	var unassigned int64
-	if mc.Spec.CompletionPolicy.Mode == mqv1alpha1.CompletionMessages {
-		unassigned = ptr.Deref(mc.Spec.CompletionPolicy.Messages, 0) - mc.Status.MessagesHandled
-		for _, p := range active {
-			b, _ := strconv.ParseInt(p.Annotations[BudgetAnnotation], 10, 64)
-			unassigned -= b
+	for i := range list.Items {
+		if metav1.IsControlledBy(&list.Items[i], s.mc) {
+			s.pods = append(s.pods, &list.Items[i])
 		}
-	}
-	for i := len(active); i < want; i++ {
-		var budget int64
-		if mc.Spec.CompletionPolicy.Mode == mqv1alpha1.CompletionMessages {
-			if unassigned <= 0 {
-				return nil
-			}
-			// Shares never add up to more than what is left, so the pods never
-			// handle more than asked.
-			budget = (unassigned + int64(want-i) - 1) / int64(want-i)
-			unassigned -= budget
-		}
-		pod, err := r.podFor(mc, deps, hash, budget)
-		if err != nil {
-			return err
-		}
-		if err := r.Create(ctx, pod); err != nil {
-			return fmt.Errorf("failed to create a pod: %w", err)
-		}
-		r.Recorder.Eventf(mc, pod, corev1.EventTypeNormal, "SuccessfulCreate", "Reconcile", "Created pod %s", pod.Name)
 	}
 	return nil
 }
 
-// refuse records a refusal in the Ready condition, and in an Event when it is new.
-func (r *MessageConsumerReconciler) refuse(mc *mqv1alpha1.MessageConsumer, why *refusal) {
-	prev := meta.FindStatusCondition(mc.Status.Conditions, mqv1alpha1.ConditionReady)
-	if prev == nil || prev.Status != metav1.ConditionFalse || prev.Reason != why.reason || prev.Message != why.message || prev.ObservedGeneration != mc.Generation {
-		r.Recorder.Eventf(mc, nil, corev1.EventTypeWarning, why.reason, "Reconcile", "%s", why.message)
-	}
-	r.setCondition(mc, mqv1alpha1.ConditionReady, metav1.ConditionFalse, why.reason, why.message)
-}
+// consumerPhase is one step of a MessageConsumer's pass. It reads the scope, does
+// its part, and records on the scope what it found. done ends the pass: the phases
+// after it do not apply (the consumer waits, is suspended or has finished), and
+// its result replaces what the phases before it asked for, which was for a
+// consumer that goes on running.
+type consumerPhase func(ctx context.Context, s *consumerScope) (res ctrl.Result, done bool, err error)
 
-// dependencies resolves the Instance, Topic and ConsumerGroup, and says in the
-// status why the consumer waits when one is not usable.
-func (r *MessageConsumerReconciler) dependencies(ctx context.Context, mc *mqv1alpha1.MessageConsumer) (dependencies, bool, error) {
-	deps := dependencies{&mqv1alpha1.Instance{}, &mqv1alpha1.Topic{}, &mqv1alpha1.ConsumerGroup{}}
-	wait := func(msg string) (dependencies, bool, error) {
-		r.setCondition(mc, mqv1alpha1.ConditionReady, metav1.ConditionFalse, mqv1alpha1.ReasonWaitingForDependencies, msg)
-		return deps, false, nil
-	}
-	for _, d := range []struct {
-		kind, name string
-		obj        client.Object
-		conds      func() []metav1.Condition
-	}{
-		{"Instance", mc.Spec.InstanceRef.Name, deps.instance, func() []metav1.Condition { return deps.instance.Status.Conditions }},
-		{"Topic", mc.Spec.Topic, deps.topic, func() []metav1.Condition { return deps.topic.Status.Conditions }},
-		{"ConsumerGroup", mc.Spec.ConsumerGroupRef.Name, deps.group, func() []metav1.Condition { return deps.group.Status.Conditions }},
-	} {
-		if err := r.Get(ctx, client.ObjectKey{Namespace: mc.Namespace, Name: d.name}, d.obj); err != nil {
-			if apierrors.IsNotFound(err) {
-				return wait(fmt.Sprintf("%s %q does not exist", d.kind, d.name))
-			}
-			return deps, false, err
-		}
-		if !meta.IsStatusConditionTrue(d.conds(), mqv1alpha1.ConditionReady) {
-			return wait(fmt.Sprintf("%s %q is not Ready", d.kind, d.name))
-		}
-	}
-	for _, ref := range []mqv1alpha1.InstanceReference{deps.topic.Spec.InstanceRef, deps.group.Spec.InstanceRef} {
-		if ref.Key(mc.Namespace) != client.ObjectKeyFromObject(deps.instance) {
-			return wait(fmt.Sprintf("Topic %q and ConsumerGroup %q must both belong to Instance %q", mc.Spec.Topic, mc.Spec.ConsumerGroupRef.Name, mc.Spec.InstanceRef.Name))
-		}
-	}
-	if deps.group.Spec.Protocol != mqv1alpha1.ProtocolHTTP {
-		r.setCondition(mc, mqv1alpha1.ConditionReady, metav1.ConditionFalse, mqv1alpha1.ReasonProtocolNotSupported,
-			fmt.Sprintf("ConsumerGroup %q uses %s; the consumer runtime consumes through HTTP groups: give this MessageConsumer an HTTP ConsumerGroup", deps.group.Name, deps.group.Spec.Protocol))
-		return deps, false, nil
-	}
-	return deps, true, nil
-}
-
-func effectiveParallelism(mc *mqv1alpha1.MessageConsumer, t *mqv1alpha1.Topic) int32 {
-	p := ptr.Deref(mc.Spec.Parallelism, 1)
-	if t.Spec.MessageType == mqv1alpha1.MessageTypeOrdered && t.Status.Queues > 0 {
-		p = min(p, t.Status.Queues)
-	}
-	return p
-}
-
-// account adds the counts of finished pods that still hold the tracking finalizer
-// to the status, and returns the pods whose finalizer may now go. A pod is counted
-// once: its UID stays in status.countedPods until the pod is seen without the
-// finalizer, so a pod seen again through a cache that has not caught up with the
-// finalizer's removal is not counted twice.
-func (r *MessageConsumerReconciler) account(mc *mqv1alpha1.MessageConsumer, pods []*corev1.Pod) []*corev1.Pod {
-	counted := map[string]bool{}
-	for _, uid := range mc.Status.CountedPods {
-		counted[uid] = true
-	}
-	tracked := map[string]bool{}
-	var release []*corev1.Pod
-	for _, p := range pods {
-		if !controllerutil.ContainsFinalizer(p, TrackingFinalizer) {
-			continue
-		}
-		uid := string(p.UID)
-		tracked[uid] = true
-		if !isTerminal(p) {
-			continue
-		}
-		release = append(release, p)
-		if counted[uid] {
-			continue
-		}
-		counted[uid] = true
+// runPhases runs the phases in order until one fails or ends the pass, and
+// requeues after the soonest RequeueAfter any of them asked for.
+func runPhases(ctx context.Context, s *consumerScope, phases ...consumerPhase) (ctrl.Result, error) {
+	var res ctrl.Result
+	for _, phase := range phases {
+		r, done, err := phase(ctx, s)
 		switch {
-		case p.Status.Phase == corev1.PodSucceeded:
-			mc.Status.Succeeded++
-		case p.DeletionTimestamp.IsZero():
-			mc.Status.Failed++
-		default:
-			// Stopped by a deletion (a rollover, suspend, completion, or a person):
-			// not a failure of the pod's own, so it does not count toward backoffLimit.
+		case err != nil:
+			return ctrl.Result{}, err
+		case done:
+			return r, nil
 		}
-		var res consumer.Result
-		for _, cs := range p.Status.ContainerStatuses {
-			if t := cs.State.Terminated; t != nil && t.Message != "" {
-				_ = json.Unmarshal([]byte(t.Message), &res) // a pod that died early reports nothing
-			}
-		}
-		mc.Status.MessagesHandled += res.Handled
-		mc.Status.HandlerFailures += res.Failed
-	}
-	// Forget the pods seen without their finalizer (or gone): they cannot come back
-	// with it.
-	mc.Status.CountedPods = mc.Status.CountedPods[:0:0]
-	for uid := range counted {
-		if tracked[uid] {
-			mc.Status.CountedPods = append(mc.Status.CountedPods, uid)
+		if r.RequeueAfter > 0 {
+			res.RequeueAfter = shorter(res.RequeueAfter, r.RequeueAfter)
 		}
 	}
-	slices.Sort(mc.Status.CountedPods)
-	return release
+	return res, nil
 }
-
-func (r *MessageConsumerReconciler) releasePod(ctx context.Context, p *corev1.Pod) error {
-	patch := client.MergeFrom(p.DeepCopy())
-	controllerutil.RemoveFinalizer(p, TrackingFinalizer)
-	return client.IgnoreNotFound(r.Patch(ctx, p, patch))
-}
-
-// stopPods deletes the pods still running, gracefully (the runtime finishes the
-// message in hand on SIGTERM), and returns how many pods have not finished.
-func (r *MessageConsumerReconciler) stopPods(ctx context.Context, mc *mqv1alpha1.MessageConsumer, pods []*corev1.Pod, why string) int {
-	n := 0
-	for _, p := range pods {
-		if isTerminal(p) {
-			continue
-		}
-		n++
-		if p.DeletionTimestamp.IsZero() {
-			if err := r.deletePod(ctx, p); err != nil {
-				ctrl.LoggerFrom(ctx).Error(err, "Failed to stop pod", "pod", p.Name)
-				continue
-			}
-			r.Recorder.Eventf(mc, p, corev1.EventTypeNormal, "SuccessfulDelete", "Reconcile", "%s: stopping pod %s", why, p.Name)
-		}
-	}
-	mc.Status.Active, mc.Status.Ready = 0, 0
-	return n
-}
-
-func (r *MessageConsumerReconciler) deletePod(ctx context.Context, p *corev1.Pod) error {
-	return client.IgnoreNotFound(r.Delete(ctx, p))
-}
-
-func (r *MessageConsumerReconciler) finish(ctx context.Context, mc *mqv1alpha1.MessageConsumer, pods []*corev1.Pod, typ, reason, msg string) (ctrl.Result, error) {
-	r.setCondition(mc, typ, metav1.ConditionTrue, reason, msg)
-	now := metav1.NewTime(r.now())
-	if typ == mqv1alpha1.ConditionComplete {
-		mc.Status.CompletionTime = &now
-		r.Recorder.Eventf(mc, nil, corev1.EventTypeNormal, "Completed", "Reconcile", "%s", msg)
-	} else {
-		r.Recorder.Eventf(mc, nil, corev1.EventTypeWarning, reason, "Reconcile", "%s", msg)
-	}
-	r.stopPods(ctx, mc, pods, "MessageConsumer finished")
-	return r.expireAfterTTL(ctx, mc)
-}
-
-// expireAfterTTL deletes a finished MessageConsumer once its TTL has passed.
-func (r *MessageConsumerReconciler) expireAfterTTL(ctx context.Context, mc *mqv1alpha1.MessageConsumer) (ctrl.Result, error) {
-	ttl := mc.Spec.TTLSecondsAfterFinished
-	if ttl == nil {
-		return ctrl.Result{}, nil
-	}
-	var finishedAt time.Time
-	for _, typ := range []string{mqv1alpha1.ConditionComplete, mqv1alpha1.ConditionFailed} {
-		if c := meta.FindStatusCondition(mc.Status.Conditions, typ); c != nil && c.Status == metav1.ConditionTrue {
-			finishedAt = c.LastTransitionTime.Time
-		}
-	}
-	if finishedAt.IsZero() {
-		finishedAt = r.now()
-	}
-	left := finishedAt.Add(time.Duration(*ttl) * time.Second).Sub(r.now())
-	if left > 0 {
-		return ctrl.Result{RequeueAfter: left}, nil
-	}
-	r.Recorder.Eventf(mc, nil, corev1.EventTypeNormal, "Expired", "Reconcile", "Deleting after ttlSecondsAfterFinished (%d)", *ttl)
-	return ctrl.Result{}, client.IgnoreNotFound(r.Delete(ctx, mc, client.PropagationPolicy(metav1.DeletePropagationBackground)))
-}
-
-func (r *MessageConsumerReconciler) pods(ctx context.Context, mc *mqv1alpha1.MessageConsumer) ([]*corev1.Pod, error) {
-	var list corev1.PodList
-	if err := r.List(ctx, &list, client.InNamespace(mc.Namespace), client.MatchingLabels{ConsumerLabel: mc.Name}); err != nil {
-		return nil, err
-	}
-	var out []*corev1.Pod
-	for i := range list.Items {
-		if metav1.IsControlledBy(&list.Items[i], mc) {
-			out = append(out, &list.Items[i])
-		}
-	}
-	return out, nil
-}
-
-func (r *MessageConsumerReconciler) setCondition(mc *mqv1alpha1.MessageConsumer, typ string, status metav1.ConditionStatus, reason, msg string) {
-	setCondition(mc, typ, status, reason, msg)
-}
-
-// consumerStatus is the part of a MessageConsumer that patchStatus writes.
-func consumerStatus(mc *mqv1alpha1.MessageConsumer) any { return mc.Status }
 
 func (r *MessageConsumerReconciler) now() time.Time {
 	if r.Now != nil {
 		return r.Now()
 	}
 	return time.Now()
-}
-
-// state summarises the conditions for the Status column.
-func state(mc *mqv1alpha1.MessageConsumer) mqv1alpha1.ConsumerState {
-	conds := mc.Status.Conditions
-	switch {
-	case meta.IsStatusConditionTrue(conds, mqv1alpha1.ConditionFailed):
-		return mqv1alpha1.ConsumerFailed
-	case meta.IsStatusConditionTrue(conds, mqv1alpha1.ConditionComplete):
-		return mqv1alpha1.ConsumerComplete
-	case meta.IsStatusConditionTrue(conds, mqv1alpha1.ConditionSuspended):
-		return mqv1alpha1.ConsumerSuspended
-	case meta.IsStatusConditionTrue(conds, mqv1alpha1.ConditionReady):
-		return mqv1alpha1.ConsumerRunning
-	}
-	return mqv1alpha1.ConsumerWaiting
-}
-
-func finished(mc *mqv1alpha1.MessageConsumer) bool {
-	return meta.IsStatusConditionTrue(mc.Status.Conditions, mqv1alpha1.ConditionComplete) ||
-		meta.IsStatusConditionTrue(mc.Status.Conditions, mqv1alpha1.ConditionFailed)
-}
-
-func shorter(a, b time.Duration) time.Duration {
-	if a == 0 || b < a {
-		return b
-	}
-	return a
 }
 
 // SetupWithManager registers the controller: its pods, the Instances, Topics and
