@@ -9,7 +9,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -19,7 +18,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
-	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
@@ -30,8 +28,9 @@ import (
 // eventRecorder is the events API's recorder.
 type eventRecorder = events.EventRecorder
 
-// BrokerObjectFinalizer holds a Topic or ConsumerGroup until the broker has let go of it.
-const BrokerObjectFinalizer = "mq.orderly.dev/broker-cleanup"
+// BrokerCleanupFinalizer holds an Instance, Topic or ConsumerGroup until the broker
+// has let go of what it declared there.
+const BrokerCleanupFinalizer = "mq.orderly.dev/broker-cleanup"
 
 // DefaultResync is how often a Ready object is compared with the broker, with up to
 // 20% jitter so that many objects do not resync in step.
@@ -91,14 +90,17 @@ func (r *brokerObjectReconciler[T]) Reconcile(ctx context.Context, req ctrl.Requ
 	defer func() {
 		r.Kind.setObservedGeneration(obj)
 		recordResourceState(r.Kind.name(), obj)
-		err = errors.Join(err, r.patchStatus(ctx, before, obj))
+		err = errors.Join(err, patchStatus(ctx, r.Client, before, obj, r.Kind.status))
 	}()
 
-	inst, usable := r.instance(ctx, obj)
+	inst, usable, err := r.instance(ctx, obj)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
 	if !obj.GetDeletionTimestamp().IsZero() {
 		return ctrl.Result{}, r.reconcileDelete(ctx, obj, inst, usable)
 	}
-	if controllerutil.AddFinalizer(obj, BrokerObjectFinalizer) {
+	if controllerutil.AddFinalizer(obj, BrokerCleanupFinalizer) {
 		if err := r.Update(ctx, obj); err != nil {
 			return ctrl.Result{}, fmt.Errorf("failed to add finalizer: %w", err)
 		}
@@ -164,7 +166,7 @@ func (r *brokerObjectReconciler[T]) Reconcile(ctx context.Context, req ctrl.Requ
 }
 
 func (r *brokerObjectReconciler[T]) reconcileDelete(ctx context.Context, obj T, inst *mqv1alpha1.Instance, usable bool) error {
-	if !controllerutil.ContainsFinalizer(obj, BrokerObjectFinalizer) {
+	if !controllerutil.ContainsFinalizer(obj, BrokerCleanupFinalizer) {
 		return nil
 	}
 	// An Instance that is gone, or being deleted, takes its tenant along: there is
@@ -178,45 +180,34 @@ func (r *brokerObjectReconciler[T]) reconcileDelete(ctx context.Context, obj T, 
 		}
 		r.Recorder.Eventf(obj, nil, corev1.EventTypeNormal, "Deleted", "Delete", "%q deleted from instance %q", obj.BrokerName(), inst.Status.InstanceID)
 	}
-	controllerutil.RemoveFinalizer(obj, BrokerObjectFinalizer)
+	controllerutil.RemoveFinalizer(obj, BrokerCleanupFinalizer)
 	if err := r.Update(ctx, obj); err != nil && !apierrors.IsNotFound(err) {
 		return err
 	}
 	return nil
 }
 
-// instance returns the object's Instance and whether it may be used: it is Ready to
-// serve and allows the object's namespace.
-func (r *brokerObjectReconciler[T]) instance(ctx context.Context, obj T) (*mqv1alpha1.Instance, bool) {
+// instance returns the object's Instance, nil if it does not exist, and whether it
+// may be used: it is Ready to serve and allows the object's namespace. Any other
+// error reading it is returned, for the request to be retried: taken for a missing
+// Instance, it would let a deletion drop the finalizer and leave the object's twin
+// in the broker.
+func (r *brokerObjectReconciler[T]) instance(ctx context.Context, obj T) (*mqv1alpha1.Instance, bool, error) {
+	key := r.Kind.instanceRef(obj).Key(obj.GetNamespace())
 	inst := &mqv1alpha1.Instance{}
-	if err := r.Get(ctx, r.Kind.instanceRef(obj).Key(obj.GetNamespace()), inst); err != nil {
-		return nil, false
+	if err := r.Get(ctx, key, inst); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, false, nil
+		}
+		return nil, false, fmt.Errorf("failed to get Instance %s: %w", key, err)
 	}
 	usable := meta.IsStatusConditionTrue(inst.Status.Conditions, mqv1alpha1.ConditionReady) &&
 		inst.Status.InstanceID != "" && inst.Allows(obj.GetNamespace())
-	return inst, usable
+	return inst, usable, nil
 }
 
 func (r *brokerObjectReconciler[T]) setCondition(obj T, typ string, status metav1.ConditionStatus, reason, msg string) {
 	setCondition(obj, typ, status, reason, msg)
-}
-
-// setCondition sets one status condition of any kind of this group, for the
-// object's current generation.
-func setCondition(obj interface {
-	conditioned
-	SetConditions([]metav1.Condition)
-}, typ string, status metav1.ConditionStatus, reason, msg string) {
-	conds := obj.GetConditions()
-	meta.SetStatusCondition(&conds, metav1.Condition{Type: typ, Status: status, Reason: reason, Message: msg, ObservedGeneration: obj.GetGeneration()})
-	obj.SetConditions(conds)
-}
-
-func (r *brokerObjectReconciler[T]) patchStatus(ctx context.Context, before, obj T) error {
-	if equality.Semantic.DeepEqual(r.Kind.status(before), r.Kind.status(obj)) {
-		return nil
-	}
-	return client.IgnoreNotFound(r.Status().Patch(ctx, obj, client.MergeFrom(before)))
 }
 
 func (r *brokerObjectReconciler[T]) jittered() time.Duration {
@@ -242,6 +233,7 @@ func (r *brokerObjectReconciler[T]) setup(mgr ctrl.Manager, list func() client.O
 	}); err != nil {
 		return err
 	}
+	log := mgr.GetLogger().WithValues("controller", strings.ToLower(r.Kind.name()), "watch", "Instance")
 	return ctrl.NewControllerManagedBy(mgr).
 		// The controller's own writes (finalizer, status) change neither the
 		// generation nor the annotations: waking on them would only repeat the work.
@@ -250,16 +242,16 @@ func (r *brokerObjectReconciler[T]) setup(mgr ctrl.Manager, list func() client.O
 		// Reconciles of different objects are independent; the broker serialises
 		// what must be serialised.
 		WithOptions(controller.Options{MaxConcurrentReconciles: reconcileWorkers}).
-		Watches(&mqv1alpha1.Instance{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+		Watches(&mqv1alpha1.Instance{}, enqueueMapped(log, func(ctx context.Context, o client.Object) ([]reconcile.Request, error) {
 			l := list()
 			if err := r.List(ctx, l, client.MatchingFields{instanceRefIndex: client.ObjectKeyFromObject(o).String()}); err != nil {
-				return nil
+				return nil, err
 			}
 			var reqs []reconcile.Request
 			for _, obj := range items(l) {
 				reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(obj)})
 			}
-			return reqs
+			return reqs, nil
 		})).
 		Named(strings.ToLower(r.Kind.name())).
 		Complete(r)

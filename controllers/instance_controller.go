@@ -11,7 +11,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -22,7 +21,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/event"
-	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
@@ -30,14 +28,9 @@ import (
 	"github.com/orderly-dev/orderly/internal/broker"
 )
 
-const (
-	// InstanceFinalizer holds an Instance until its tenant is removed from the broker.
-	InstanceFinalizer = "mq.orderly.dev/broker-cleanup"
-
-	// instanceIDIndex indexes Instances by their effective broker-side id, to find
-	// two Instances claiming the same id without listing them all.
-	instanceIDIndex = "mq.orderly.dev/instance-id"
-)
+// instanceIDIndex indexes Instances by their effective broker-side id, to find two
+// Instances claiming the same id without listing them all.
+const instanceIDIndex = "mq.orderly.dev/instance-id"
 
 // BrokerAdmin is the part of the embedded broker the controllers reconcile into.
 type BrokerAdmin interface {
@@ -97,7 +90,7 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_
 		// condition says whether this generation took effect.
 		inst.Status.ObservedGeneration = inst.Generation
 		recordResourceState("Instance", inst)
-		err = errors.Join(err, r.patchStatus(ctx, before, inst))
+		err = errors.Join(err, patchStatus(ctx, r.Client, before, inst, instanceStatus))
 	}()
 
 	if !inst.DeletionTimestamp.IsZero() {
@@ -110,7 +103,7 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_
 }
 
 func (r *InstanceReconciler) reconcileNormal(ctx context.Context, inst *mqv1alpha1.Instance) error {
-	if controllerutil.AddFinalizer(inst, InstanceFinalizer) {
+	if controllerutil.AddFinalizer(inst, BrokerCleanupFinalizer) {
 		if err := r.Update(ctx, inst); err != nil {
 			return fmt.Errorf("failed to add finalizer: %w", err)
 		}
@@ -201,7 +194,7 @@ func (r *InstanceReconciler) reconcileNormal(ctx context.Context, inst *mqv1alph
 }
 
 func (r *InstanceReconciler) reconcileDelete(ctx context.Context, inst *mqv1alpha1.Instance) error {
-	if !controllerutil.ContainsFinalizer(inst, InstanceFinalizer) {
+	if !controllerutil.ContainsFinalizer(inst, BrokerCleanupFinalizer) {
 		return nil
 	}
 	// The broker removes the tenant only if this Instance owns it: an Instance that
@@ -213,7 +206,7 @@ func (r *InstanceReconciler) reconcileDelete(ctx context.Context, inst *mqv1alph
 		return fmt.Errorf("failed to delete instance %q from the broker: %w", id, err)
 	}
 	r.Recorder.Eventf(inst, nil, corev1.EventTypeNormal, "Deleted", "Delete", "Instance %q released in the broker", id)
-	controllerutil.RemoveFinalizer(inst, InstanceFinalizer)
+	controllerutil.RemoveFinalizer(inst, BrokerCleanupFinalizer)
 	if err := r.Update(ctx, inst); err != nil {
 		return client.IgnoreNotFound(err)
 	}
@@ -361,25 +354,11 @@ func credentialsSecretName(inst *mqv1alpha1.Instance) string {
 
 // setReady sets the Ready condition for the Instance's current generation.
 func (r *InstanceReconciler) setReady(inst *mqv1alpha1.Instance, status metav1.ConditionStatus, reason, message string) {
-	meta.SetStatusCondition(&inst.Status.Conditions, metav1.Condition{
-		Type:               mqv1alpha1.ConditionReady,
-		Status:             status,
-		Reason:             reason,
-		Message:            message,
-		ObservedGeneration: inst.Generation,
-	})
+	setCondition(inst, mqv1alpha1.ConditionReady, status, reason, message)
 }
 
-// patchStatus writes inst's status if it differs from before's.
-func (r *InstanceReconciler) patchStatus(ctx context.Context, before, inst *mqv1alpha1.Instance) error {
-	if equality.Semantic.DeepEqual(before.Status, inst.Status) {
-		return nil
-	}
-	if err := r.Status().Patch(ctx, inst, client.MergeFrom(before)); err != nil {
-		return client.IgnoreNotFound(err)
-	}
-	return nil
-}
+// instanceStatus is the part of an Instance that patchStatus writes.
+func instanceStatus(inst *mqv1alpha1.Instance) any { return inst.Status }
 
 // SetupWithManager registers the controller, its index and its watches.
 func (r *InstanceReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager) error {
@@ -393,7 +372,7 @@ func (r *InstanceReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Mana
 		Owns(&corev1.Secret{}).
 		// Any change to an Instance wakes the others claiming its id, so a conflict
 		// resolves as soon as its owner goes away.
-		Watches(&mqv1alpha1.Instance{}, handler.EnqueueRequestsFromMapFunc(r.sameIDInstances),
+		Watches(&mqv1alpha1.Instance{}, enqueueMapped(mgr.GetLogger().WithValues("controller", "instance", "watch", "Instance"), r.sameIDInstances),
 			builder.WithPredicates(predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
 				return !e.ObjectNew.GetDeletionTimestamp().IsZero()
 			}})).
@@ -401,14 +380,15 @@ func (r *InstanceReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Mana
 		Complete(r)
 }
 
-func (r *InstanceReconciler) sameIDInstances(ctx context.Context, o client.Object) []reconcile.Request {
+// sameIDInstances maps an Instance to the other Instances claiming its id.
+func (r *InstanceReconciler) sameIDInstances(ctx context.Context, o client.Object) ([]reconcile.Request, error) {
 	inst, ok := o.(*mqv1alpha1.Instance)
 	if !ok {
-		return nil
+		return nil, nil
 	}
 	var list mqv1alpha1.InstanceList
 	if err := r.List(ctx, &list, client.MatchingFields{instanceIDIndex: EffectiveInstanceID(inst)}); err != nil {
-		return nil
+		return nil, err
 	}
 	var reqs []reconcile.Request
 	for _, other := range list.Items {
@@ -416,5 +396,5 @@ func (r *InstanceReconciler) sameIDInstances(ctx context.Context, o client.Objec
 			reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&other)})
 		}
 	}
-	return reqs
+	return reqs, nil
 }

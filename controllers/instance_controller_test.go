@@ -80,7 +80,7 @@ var _ = Describe("Instance controller", func() {
 		Expect(inst.Status.Endpoints.HTTP).To(Equal(testEndpoints.HTTP))
 		Expect(inst.Status.Endpoints.TCP).To(Equal(testEndpoints.TCP))
 		Expect(inst.Status.CredentialsSecret).To(Equal("orders-credentials"))
-		Expect(inst.Finalizers).To(ContainElement(InstanceFinalizer))
+		Expect(inst.Finalizers).To(ContainElement(BrokerCleanupFinalizer))
 
 		secret := getSecret(ctx, ns, "orders-credentials")
 		Expect(metav1.IsControlledBy(secret, inst)).To(BeTrue(), "Secret must be owned by the Instance")

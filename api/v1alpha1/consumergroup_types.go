@@ -8,6 +8,14 @@ import (
 // +kubebuilder:validation:Enum=HTTP;TCP
 type Protocol string
 
+const (
+	// ProtocolHTTP groups are used through the mq-http SDKs; MessageConsumers
+	// consume only through these.
+	ProtocolHTTP Protocol = "HTTP"
+	// ProtocolTCP groups are used through the RocketMQ TCP clients.
+	ProtocolTCP Protocol = "TCP"
+)
+
 // ConsumerGroupSpec defines the desired state of a ConsumerGroup.
 // +kubebuilder:validation:XValidation:rule="self.instanceRef == oldSelf.instanceRef",message="instanceRef is immutable: a group cannot move between instances"
 // +kubebuilder:validation:XValidation:rule="has(self.groupId) == has(oldSelf.groupId) && (!has(self.groupId) || self.groupId == oldSelf.groupId)",message="groupId is immutable: applications address the group by it"

@@ -33,6 +33,14 @@ const (
 	// ReasonServiceAccountNotNamed means the template mounts a ServiceAccount token
 	// without naming the ServiceAccount; none are created.
 	ReasonServiceAccountNotNamed = "ServiceAccountNotNamed"
+	// ReasonParallelismCapped (with Ready=True) means the topic is ordered with fewer
+	// queues than spec.parallelism: pods beyond the queue count would idle, so
+	// status.effectiveParallelism is lower.
+	ReasonParallelismCapped = "ParallelismCapped"
+	// ReasonSuspended (with Suspended=True) means spec.suspend is true.
+	ReasonSuspended = "Suspended"
+	// ReasonResumed (with Suspended=False) means spec.suspend was set back to false.
+	ReasonResumed = "Resumed"
 )
 
 // CompletionMode says when a MessageConsumer's work is done.
@@ -158,11 +166,17 @@ type MessageConsumerSpec struct {
 type ConsumerState string
 
 const (
-	ConsumerWaiting   ConsumerState = "Waiting"
-	ConsumerRunning   ConsumerState = "Running"
+	// ConsumerWaiting: Ready is not True (a dependency is missing or not usable, or
+	// the namespace refuses the pods), and no other state applies.
+	ConsumerWaiting ConsumerState = "Waiting"
+	// ConsumerRunning: Ready is True.
+	ConsumerRunning ConsumerState = "Running"
+	// ConsumerSuspended: Suspended is True.
 	ConsumerSuspended ConsumerState = "Suspended"
-	ConsumerComplete  ConsumerState = "Complete"
-	ConsumerFailed    ConsumerState = "Failed"
+	// ConsumerComplete: Complete is True.
+	ConsumerComplete ConsumerState = "Complete"
+	// ConsumerFailed: Failed is True; it wins over every other condition.
+	ConsumerFailed ConsumerState = "Failed"
 )
 
 // MessageConsumerStatus defines the observed state of a MessageConsumer.

@@ -44,6 +44,18 @@ const (
 // +kubebuilder:validation:Enum=Normal;Ordered;Transactional
 type MessageType string
 
+const (
+	// MessageTypeNormal topics carry normal and timer messages, delivered in no
+	// particular order.
+	MessageTypeNormal MessageType = "Normal"
+	// MessageTypeOrdered topics deliver each queue's messages in publish order; a
+	// message's sharding key picks its queue, and queues=1 is global order.
+	MessageTypeOrdered MessageType = "Ordered"
+	// MessageTypeTransactional topics carry half messages that become visible when
+	// their transaction commits.
+	MessageTypeTransactional MessageType = "Transactional"
+)
+
 // InstanceReference names an Instance.
 type InstanceReference struct {
 	// name of the Instance.
