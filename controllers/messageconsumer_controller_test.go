@@ -300,9 +300,18 @@ var _ = Describe("MessageConsumer", func() {
 				g.Expect(k8sClient.Update(ctx, mc)).To(Succeed())
 			}).Should(Succeed())
 		}
+		suspended := consumerPods(ctx, mc)
 		update(func(mc *mqv1alpha1.MessageConsumer) { mc.Spec.Suspend = ptr.To(true) })
 		expectConsumerCondition(ctx, mc, mqv1alpha1.ConditionSuspended, "Suspended")
-		Eventually(func(g Gomega) { g.Expect(running(g)).To(BeEmpty()) }).Should(Succeed())
+		// Stopped means the processes are gone, not only the pods marked deleted:
+		// the runner's SIGTERM is asynchronous, and a live one could still handle
+		// a message published now.
+		Eventually(func(g Gomega) {
+			g.Expect(running(g)).To(BeEmpty())
+			for _, p := range suspended {
+				g.Expect(testRunner.Running(p.UID)).To(BeFalse(), "pod %s still running", p.Name)
+			}
+		}).Should(Succeed())
 		e.publish(ctx, 3, 0) // waits while suspended
 		Consistently(func() []string { all, _ := e.handled(); return all }, "2s").Should(HaveLen(5))
 
