@@ -27,9 +27,17 @@ import (
 
 // account adds the counts of the pods that finished since they were last counted,
 // and records those pods for their tracking finalizer to go once the counts are
-// written.
+// written. A pass that counted a pod ends there: its status is written (with the
+// optimistic lock) before anything acts on the counts, and the next pass goes on
+// from the stored status. A pass working from a stale read would otherwise decide
+// on counts the stored status has moved past, and start pods for messages
+// already handled, before its status patch found the conflict.
 func (r *MessageConsumerReconciler) account(_ context.Context, s *consumerScope) (ctrl.Result, bool, error) {
+	counted := len(s.counts.countedPods)
 	s.release = countFinished(&s.counts, s.pods)
+	if len(s.counts.countedPods) > counted {
+		return ctrl.Result{RequeueAfter: time.Millisecond}, true, nil
+	}
 	return ctrl.Result{}, false, nil
 }
 
