@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 
 	corev1 "k8s.io/api/core/v1"
@@ -85,6 +86,7 @@ func main() {
 		dataDir       string
 		tlsCertDir    string
 		plainText     string
+		memoryLimit   int64
 	)
 	flag.BoolVar(&dev, "dev", false, "Run a local control plane (etcd and kube-apiserver) instead of connecting to a cluster.")
 	flag.StringVar(&devDir, "dev-dir", "bin/dev", "With --dev: directory for the control plane's state and the kubeconfig.")
@@ -100,9 +102,16 @@ func main() {
 	flag.StringVar(&tlsCertDir, "tls-cert-dir", "", "Directory holding tls.crt, tls.key and (optionally) ca.crt, as a mounted kubernetes.io/tls Secret presents them (cert-manager's, say): both endpoints serve TLS with it, and reload it when it changes. Empty serves plain text only, except in dev mode, which makes its own CA.")
 	flag.StringVar(&plainText, "allow-plaintext", "", "With TLS: who may still speak plain text on the same ports: none, loopback or all. Default: loopback in dev mode, none otherwise.")
 	flag.StringVar(&runtimeImage, "runtime-image", os.Getenv("ORDERLY_RUNTIME_IMAGE"), "Image of the init container that installs the consumer runtime in MessageConsumer pods: the operator's own image.")
+	flag.Int64Var(&memoryLimit, "memory-limit-mib", 384, "Soft limit of the Go heap, in MiB (debug.SetMemoryLimit); the environment's GOMEMLIMIT wins when set. The store's block cache (256 MiB) is outside it.")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
+	// The garbage collector works harder as the heap nears the limit, rather than
+	// letting it grow to twice what is live: every client's memory is bounded by
+	// budgets (frames, bodies, answers), and this keeps the heap near them.
+	if os.Getenv("GOMEMLIMIT") == "" && memoryLimit > 0 {
+		debug.SetMemoryLimit(memoryLimit << 20)
+	}
 	if dev {
 		opts.Development = true // human-readable logs on a developer's terminal
 	}

@@ -100,3 +100,28 @@ func (b *Budget) InUse() int { return int(b.used.Load()) }
 
 // Waiting returns how many takers wait.
 func (b *Budget) Waiting() int { return int(b.waiting.Load()) }
+
+// Tenants are one budget per tenant, each of the same limit, made on first use:
+// what one tenant's requests hold waits on its own budget, not on everyone's.
+// There are as many as there are tenants that authenticated.
+type Tenants struct {
+	limit int
+
+	mu sync.Mutex
+	m  map[string]*Budget
+}
+
+// NewTenants returns tenant budgets of limit bytes each.
+func NewTenants(limit int) *Tenants { return &Tenants{limit: limit, m: map[string]*Budget{}} }
+
+// Of returns the tenant's budget.
+func (t *Tenants) Of(tenant string) *Budget {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	b := t.m[tenant]
+	if b == nil {
+		b = New(t.limit)
+		t.m[tenant] = b
+	}
+	return b
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/orderly-dev/orderly/internal/membudget"
@@ -27,29 +26,16 @@ var errNoMemory = errors.New("no memory for the request before its deadline")
 // their bodies back, or read their answers slowly, waits on its own budget, and
 // all of them together on the server's, instead of the process running out.
 type budgets struct {
-	all         *membudget.Budget
-	perInstance int
-
-	mu        sync.Mutex
-	instances map[string]*membudget.Budget
+	all       *membudget.Budget
+	instances *membudget.Tenants
 }
 
 func newBudgets(all, perInstance int) *budgets {
-	return &budgets{all: membudget.New(all), perInstance: perInstance, instances: map[string]*membudget.Budget{}}
+	return &budgets{all: membudget.New(all), instances: membudget.NewTenants(perInstance)}
 }
 
-// instance returns the budget of an instance that authenticated: there are as
-// many as the broker has instances.
-func (b *budgets) instance(id string) *membudget.Budget {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	m := b.instances[id]
-	if m == nil {
-		m = membudget.New(b.perInstance)
-		b.instances[id] = m
-	}
-	return m
-}
+// instance returns the budget of an instance that authenticated.
+func (b *budgets) instance(id string) *membudget.Budget { return b.instances.Of(id) }
 
 // requestMemory is what one request holds, given back when it ends. It is the
 // broker.ReadBudget of the request's pops.

@@ -105,15 +105,22 @@ func (c *conn) serve(ctx context.Context) {
 		case errors.As(err, &unusable):
 			// Read whole but not servable as sent: answered, so that the client
 			// gets a reason instead of a closed connection to reconnect to.
-			c.give(charged)
+			c.giveFrame(charged)
 			log.V(1).Info("Refusing a request", "reason", unusable.Remark)
 			req := unusable.Request
 			if !req.IsResponse() {
 				c.answer(req, response(req, unusable.Code, unusable.Remark))
 			}
+			if unusable.BodyUnread {
+				// The rest of the frame is still on the wire: nothing after it
+				// can be read as a frame.
+				c.closeWhenWritten()
+				<-c.closed
+				return
+			}
 			continue
 		case err != nil:
-			c.give(charged)
+			c.giveFrame(charged)
 			switch {
 			case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, errNoMemory):
 				log.V(1).Info("Closing the connection: a frame was not read within its deadline, or no frame came within the idle timeout", "reason", err.Error())
@@ -125,17 +132,17 @@ func (c *conn) serve(ctx context.Context) {
 			return
 		}
 		if cmd.IsResponse() {
-			c.give(charged)
+			c.giveFrame(charged)
 			continue // clients never answer the oneway requests this server sends
 		}
 		select {
 		case c.inFlight <- struct{}{}:
 		case <-ctx.Done():
-			c.give(charged)
+			c.giveFrame(charged)
 			return
 		}
 		handlers.Go(func() {
-			mem := frameMemory{c: c, n: charged}
+			mem := frameMemory{c: c, frameCharge: charged}
 			defer func() {
 				<-c.inFlight
 				mem.give()
@@ -154,20 +161,23 @@ func (c *conn) serve(ctx context.Context) {
 
 // next reads the next frame within the connection's deadlines: IdleTimeout for its
 // first byte, then FrameTimeout for the rest, memory waited for included. A frame
-// already buffered whole is read without touching the deadline.
-func (c *conn) next(r *bufio.Reader) (*Command, int, error) {
+// already buffered whole is read without touching the deadline. Its header's
+// growth past 4 KiB is taken from the connection's memory and the server's; its
+// body's, from those and its instance's, once the header has named a known
+// AccessKey (admit).
+func (c *conn) next(r *bufio.Reader) (*Command, frameCharge, error) {
 	lim := &c.s.lim
 	if r.Buffered() == 0 {
 		_ = c.nc.SetReadDeadline(time.Now().Add(lim.IdleTimeout))
 		if _, err := r.Peek(1); err != nil {
-			return nil, 0, err
+			return nil, frameCharge{}, err
 		}
 	}
 	deadline := time.Now().Add(lim.FrameTimeout)
 	if !frameBuffered(r) {
 		_ = c.nc.SetReadDeadline(deadline)
 	}
-	return readChunked(r, func(n, held int) error {
+	take := func(n, held int) error {
 		if !c.memory.Take(n, held, deadline, c.closed) {
 			return fmt.Errorf("%w: the connection holds %d bytes of frames", errNoMemory, c.memory.InUse())
 		}
@@ -176,7 +186,42 @@ func (c *conn) next(r *bufio.Reader) (*Command, int, error) {
 			return fmt.Errorf("%w: the server holds %d bytes of frames", errNoMemory, c.s.memory.InUse())
 		}
 		return nil
-	})
+	}
+	var ch frameCharge
+	admit := func(cmd *Command, n int) (func(n, held int) error, error) {
+		if n <= smallFrame {
+			return nil, nil // a body this small costs no more than the reader's buffer
+		}
+		instance, _, ok := c.s.Broker.LookupAccessKey(cmd.ExtFields["AccessKey"])
+		if !ok {
+			return nil, &RequestError{Request: cmd, Code: codeNoPermission,
+				Remark: fmt.Sprintf("a frame with a body of %d bytes must be signed with a known AccessKey; its body was not read", n)}
+		}
+		ch.tenant = c.s.tenantMemory.Of(instance)
+		return func(n, held int) error {
+			if !ch.tenant.Take(n, ch.tenantHeld, deadline, c.closed) {
+				return fmt.Errorf("%w: instance %s's frames hold %d bytes", errNoMemory, instance, ch.tenant.InUse())
+			}
+			if err := take(n, held); err != nil {
+				ch.tenant.Give(n)
+				return err
+			}
+			ch.tenantHeld += n
+			ch.n += n
+			return nil
+		}, nil
+	}
+	cmd, charged, err := readChunked(r, take, admit)
+	ch.n += charged
+	return cmd, ch, err
+}
+
+// frameCharge is what a frame holds: n bytes of the connection's and the server's
+// memory, tenantHeld of them of its instance's too.
+type frameCharge struct {
+	n          int
+	tenant     *membudget.Budget
+	tenantHeld int
 }
 
 // frameBuffered reports whether r holds the next frame whole.
@@ -193,21 +238,29 @@ func frameBuffered(r *bufio.Reader) bool {
 // handler uses it.
 type frameMemory struct {
 	c *conn
-	n int
+	frameCharge
 }
 
 func (m *frameMemory) give() {
-	if m != nil && m.n > 0 {
-		m.c.give(m.n)
-		m.n = 0
+	if m != nil {
+		m.c.giveFrame(m.frameCharge)
+		m.frameCharge = frameCharge{}
 	}
 }
 
-// give returns the memory a frame was charged.
-func (c *conn) give(charged int) {
-	if charged > 0 {
-		c.memory.Give(charged)
-		c.s.memory.Give(charged)
+// giveFrame returns the memory a frame was charged.
+func (c *conn) giveFrame(ch frameCharge) {
+	c.give(ch.n)
+	if ch.tenantHeld > 0 {
+		ch.tenant.Give(ch.tenantHeld)
+	}
+}
+
+// give returns n bytes of the connection's memory and the server's.
+func (c *conn) give(n int) {
+	if n > 0 {
+		c.memory.Give(n)
+		c.s.memory.Give(n)
 	}
 }
 

@@ -81,6 +81,9 @@ type RequestError struct {
 	Request *Command
 	Code    int16
 	Remark  string
+	// BodyUnread: the frame's body is still on the wire, so the connection ends
+	// once the answer is written.
+	BodyUnread bool
 }
 
 func (e *RequestError) Error() string {
@@ -90,7 +93,7 @@ func (e *RequestError) Error() string {
 // ReadCommand reads one frame. A frame that cannot be read is an error wrapping
 // ErrFrame; one that can be read but not served as sent is a *RequestError.
 func ReadCommand(r *bufio.Reader) (*Command, error) {
-	cmd, _, err := readChunked(r, nil)
+	cmd, _, err := readChunked(r, nil, nil)
 	return cmd, err
 }
 
@@ -99,20 +102,31 @@ func ReadCommand(r *bufio.Reader) (*Command, error) {
 // and their growth is taken from the memory budgets.
 const smallFrame = 4 << 10
 
-// readChunked reads one frame. Its buffer starts at what has arrived (at least
-// smallFrame, at most the frame) and doubles each time it fills, so it never holds
+// admitBody decides, from a frame's decoded header, whether its body of n bytes
+// may be read, and returns what its growth is taken from (nil: nothing).
+type admitBody func(cmd *Command, n int) (take func(n, held int) error, err error)
+
+// readChunked reads one frame: its header first, then, once admit (if not nil) has
+// seen the header, its body. Each buffer starts at what has arrived (at least
+// smallFrame, at most its part) and doubles each time it fills, so it never holds
 // more than twice what the client sent: a length prefix announcing 16 MiB costs
-// 4 KiB until the bytes come. Before each growth past smallFrame, take (if not nil)
-// is asked for the bytes added (and told what the frame holds already) and may
-// refuse them with an error, which readChunked returns. charged is what take
-// granted, to be given back by the caller once the frame is served (or at once,
-// with an error).
+// 4 KiB until the bytes come. Before each growth past smallFrame, take (for the
+// header; for the body, what admit returned) is asked for the bytes added (and told
+// what the frame holds already) and may refuse them with an error, which
+// readChunked returns. charged is what take granted, to be given back by the
+// caller once the frame is served (or at once, with an error); what admit's
+// function granted is the caller's to account for.
+//
+// admit's refusal is returned as a *RequestError with BodyUnread set: the body is
+// still on the wire, so the connection cannot go on past the answer. This is how a
+// frame announcing a large body is refused before the server holds any of it when
+// its header names no known AccessKey.
 //
 //	+--------------+-----------+------------------+--------+------+
 //	| length int32 | type int8 | header len int24 | header | body |
 //	+--------------+-----------+------------------+--------+------+
 //	  length counts what follows it: 4 + header len + body
-func readChunked(r *bufio.Reader, take func(n, held int) error) (cmd *Command, charged int, err error) {
+func readChunked(r *bufio.Reader, take func(n, held int) error, admit admitBody) (cmd *Command, charged int, err error) {
 	var prefix [8]byte
 	if _, err := io.ReadFull(r, prefix[:4]); err != nil {
 		return nil, 0, err
@@ -132,10 +146,65 @@ func readChunked(r *bufio.Reader, take func(n, held int) error) (cmd *Command, c
 	if headerLen > length-4 || headerLen > maxHeader {
 		return nil, 0, fmt.Errorf("%w: header length %d in a frame of %d", ErrFrame, headerLen, length)
 	}
-	need := int(length - 4)
-	size := min(need, max(smallFrame, r.Buffered()))
+	bodyLen := int(length - 4 - headerLen)
+	header, charged, err := readGrowing(r, int(headerLen), take, 0)
+	if err != nil {
+		return nil, charged, fmt.Errorf("frame cut short in its header: %w", err)
+	}
+	cmd = &Command{}
+	if serType == SerializeRocketMQ {
+		err = decodeBinaryHeader(header, cmd)
+	} else {
+		err = decodeHeader(header, cmd)
+	}
+	cmd.Serialize = serType
+	var unusable *fieldError
+	switch {
+	case errors.As(err, &unusable):
+		// Answered, and the connection goes on: the body is passed over unread.
+		if _, err := io.CopyN(io.Discard, r, int64(bodyLen)); err != nil {
+			return nil, charged, fmt.Errorf("frame cut short in its body: %w", err)
+		}
+		return nil, charged, &RequestError{Request: cmd, Code: codeNotSupported, Remark: unusable.Error()}
+	case err != nil:
+		return nil, charged, fmt.Errorf("%w: header: %v", ErrFrame, err)
+	}
+	if bodyLen == 0 {
+		return cmd, charged, nil
+	}
+	bodyTake := take
+	if admit != nil {
+		if bodyTake, err = admit(cmd, bodyLen); err != nil {
+			var refused *RequestError
+			if errors.As(err, &refused) {
+				refused.BodyUnread = true
+			}
+			return nil, charged, err
+		}
+	}
+	body, granted, err := readGrowing(r, bodyLen, bodyTake, charged)
+	if admit == nil {
+		charged += granted // from take too; else admit's function's, for its caller
+	}
+	if err != nil {
+		return nil, charged, fmt.Errorf("frame of %d bytes cut short in its body: %w", length, err)
+	}
+	cmd.Body = body
+	return cmd, charged, nil
+}
+
+// readGrowing reads n bytes into a buffer that starts at what has arrived (at
+// least smallFrame, at most n) and doubles as it fills, asking take (if not nil)
+// for each growth past smallFrame, telling it the frame holds held bytes besides.
+// It returns what take granted.
+func readGrowing(r *bufio.Reader, n int, take func(n, held int) error, held int) ([]byte, int, error) {
+	if n == 0 {
+		return nil, 0, nil
+	}
+	size := min(n, max(smallFrame, r.Buffered()))
+	charged := 0
 	if size > smallFrame && take != nil {
-		if err := take(size, 0); err != nil {
+		if err := take(size, held); err != nil {
 			return nil, 0, err
 		}
 		charged = size
@@ -144,22 +213,22 @@ func readChunked(r *bufio.Reader, take func(n, held int) error) (cmd *Command, c
 	got := 0
 	for {
 		// A bufio.Reader reads a chunk larger than its buffer straight into it.
-		n, err := io.ReadFull(r, buf[got:])
-		got += n
+		m, err := io.ReadFull(r, buf[got:])
+		got += m
 		if err != nil {
-			return nil, charged, fmt.Errorf("frame cut short after %d of %d bytes: %w", got, need, err)
+			return nil, charged, fmt.Errorf("%d of %d bytes: %w", got, n, err)
 		}
-		if got == need {
-			break
+		if got == n {
+			return buf, charged, nil
 		}
-		next := min(need, 2*len(buf))
+		next := min(n, 2*len(buf))
 		if take != nil {
 			add := next
 			if len(buf) > smallFrame {
 				add = next - len(buf)
 			}
-			if err := take(add, charged); err != nil {
-				return nil, charged, fmt.Errorf("frame of %d bytes, %d read: %w", need, got, err)
+			if err := take(add, held+charged); err != nil {
+				return nil, charged, fmt.Errorf("%d of %d bytes read: %w", got, n, err)
 			}
 			charged += add
 		}
@@ -167,24 +236,6 @@ func readChunked(r *bufio.Reader, take func(n, held int) error) (cmd *Command, c
 		copy(grown, buf[:got])
 		buf = grown
 	}
-	cmd = &Command{}
-	if serType == SerializeRocketMQ {
-		err = decodeBinaryHeader(buf[:headerLen], cmd)
-	} else {
-		err = decodeHeader(buf[:headerLen], cmd)
-	}
-	cmd.Serialize = serType
-	if len(buf) > int(headerLen) {
-		cmd.Body = buf[headerLen:]
-	}
-	var unusable *fieldError
-	switch {
-	case errors.As(err, &unusable):
-		return nil, charged, &RequestError{Request: cmd, Code: codeNotSupported, Remark: unusable.Error()}
-	case err != nil:
-		return nil, charged, fmt.Errorf("%w: header: %v", ErrFrame, err)
-	}
-	return cmd, charged, nil
 }
 
 // AppendFrame appends c's frame to b, its header in c's serialize type. A JSON

@@ -70,7 +70,7 @@ func FuzzReadChunked(f *testing.F) {
 			}
 			granted += n
 			return nil
-		})
+		}, nil)
 		if charged != granted {
 			t.Fatalf("charged %d, granted %d", charged, granted)
 		}

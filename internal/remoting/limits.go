@@ -32,6 +32,12 @@ type Limits struct {
 	// until the bytes it announces come; a frame that cannot get memory within its
 	// FrameTimeout closes its connection.
 	Memory, ConnMemory int
+	// InstanceMemory bounds what one instance's frames hold of Memory (default
+	// 64 MiB). A frame whose body needs more than 4 KiB is admitted only once its
+	// header names a known AccessKey, and its body is that instance's: a client
+	// without a key holds at most a header, and a tenant's large frames wait on its
+	// own share.
+	InstanceMemory int
 	// OutboundBytes bounds the frames queued for one connection's writer (default
 	// 8 MiB; a larger frame is queued alone). Past it an answer waits for the writer,
 	// and a request the server sends (a check-back, a rebalance notice) is dropped.
@@ -45,6 +51,7 @@ const (
 	DefaultWriteTimeout  = 30 * time.Second
 	DefaultMemory        = 256 << 20
 	DefaultConnMemory    = 2 * maxFrame
+	DefaultInstanceMemory = 64 << 20
 	DefaultOutboundBytes = 8 << 20
 )
 
@@ -61,7 +68,8 @@ func (l Limits) withDefaults() Limits {
 		v   *int
 		def int
 	}{
-		{&l.Memory, DefaultMemory}, {&l.ConnMemory, DefaultConnMemory}, {&l.OutboundBytes, DefaultOutboundBytes},
+		{&l.Memory, DefaultMemory}, {&l.ConnMemory, DefaultConnMemory}, {&l.InstanceMemory, DefaultInstanceMemory},
+		{&l.OutboundBytes, DefaultOutboundBytes},
 	} {
 		if *d.v <= 0 {
 			*d.v = d.def

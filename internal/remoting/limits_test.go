@@ -2,6 +2,7 @@ package remoting
 
 import (
 	"bufio"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -124,10 +125,19 @@ func TestAnIdleConnectionIsClosed(t *testing.T) {
 // TestSlowFramesHoldNoMemoryTheyDoNotCarry: 200 connections each announce a 15 MiB
 // frame and send 6 KiB of it. Allocating what the prefixes announce would take 3
 // GiB; the server holds what arrived.
+// signedStart returns the start of a signed send whose body announces size bytes:
+// its header and sent bytes of the body.
+func signedStart(t *testing.T, size, sent int) []byte {
+	t.Helper()
+	f := signedFrame(t, reqSendMessage, 1, sendExt("TopicA", ""), make([]byte, size))
+	header := int(binary.BigEndian.Uint32(f[4:]) & 0xFFFFFF)
+	return f[:8+header+sent]
+}
+
 func TestSlowFramesHoldNoMemoryTheyDoNotCarry(t *testing.T) {
 	e := newEnv(t)
 	const conns = 200
-	start := prefix(15<<20, 6<<10)
+	start := signedStart(t, 15<<20, 6<<10)
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
@@ -435,4 +445,47 @@ func TestPullAnswersAClientDoesNotReadAreBudgeted(t *testing.T) {
 		defer e.server.connsMu.Unlock()
 		return len(e.server.conns) == 1 && mem.InUse() == 0
 	})
+}
+
+// TestALargeFrameWithoutAKnownKeyIsRefusedUnread: a frame whose body needs more
+// than 4 KiB is read past its header only if the header names a known AccessKey.
+// Unsigned, or signed with a key nobody has, it is answered NO_PERMISSION at
+// once, before any of its body arrives, holds no memory, and the connection
+// ends, since the body still on the wire cannot be read as frames.
+func TestALargeFrameWithoutAKnownKeyIsRefusedUnread(t *testing.T) {
+	e := newEnv(t)
+	e.topic("TopicA", broker.Normal, 1)
+	for name, cmd := range map[string]*Command{
+		"unsigned": {Code: reqSendMessage, Opaque: 7, ExtFields: sendExt("TopicA", ""), Body: make([]byte, 1<<20)},
+		"unknown key": func() *Command {
+			c := &Command{Code: reqSendMessage, Opaque: 7, ExtFields: sendExt("TopicA", ""), Body: make([]byte, 1<<20)}
+			Sign(c, "LTAI-nobody", "whatever")
+			return c
+		}(),
+	} {
+		f, err := AppendFrame(nil, cmd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		header := int(binary.BigEndian.Uint32(f[4:]) & 0xFFFFFF)
+		c := dialRaw(t, e.nameAddr)
+		if _, err := c.conn.Write(f[:8+header]); err != nil { // the header only
+			t.Fatal(err)
+		}
+		_ = c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		res, err := ReadCommand(c.r)
+		if err != nil || res.Code != codeNoPermission || res.Opaque != 7 {
+			t.Fatalf("%s: %+v %v", name, res, err)
+		}
+		if took, _ := closedWithin(t, c.conn, 10*time.Second); took > 5*time.Second {
+			t.Errorf("%s: the connection stayed open %v", name, took)
+		}
+		if used := e.server.memory.InUse(); used != 0 {
+			t.Errorf("%s: %d bytes of frame memory held", name, used)
+		}
+	}
+	// Signed with the instance's key, the same frame is read and served.
+	if res := e.raw().call(reqSendMessage, sendExt("TopicA", ""), make([]byte, 1<<20), testAK, testSK); res.Code != codeSuccess {
+		t.Fatalf("the signed frame: %d %s", res.Code, res.Remark)
+	}
 }

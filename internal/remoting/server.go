@@ -71,6 +71,8 @@ type Server struct {
 	// memory holds the frames larger than smallFrame of every connection, being
 	// read or being served.
 	memory *membudget.Budget
+	// tenantMemory holds each instance's share of memory: the bodies of its frames.
+	tenantMemory *membudget.Tenants
 	// macs are the keyed signature states of the secrets in use.
 	macs macCache
 
@@ -162,6 +164,7 @@ func (s *Server) setup() {
 	s.store = parseHostPort(s.StoreAddr)
 	s.lim = s.Limits.withDefaults()
 	s.memory = membudget.New(s.lim.Memory)
+	s.tenantMemory = membudget.NewTenants(s.lim.InstanceMemory)
 	s.clients = newRegistry(s)
 	s.conns = map[*conn]struct{}{}
 }
