@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -39,6 +38,10 @@ type Broker interface {
 type handler struct {
 	broker Broker
 	now    func() time.Time
+	// memory bounds the request bodies held at once; a request waits up to
+	// bodyWait for its share.
+	memory   *bodyMemory
+	bodyWait time.Duration
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -77,9 +80,10 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		fail(&Error{http.StatusLengthRequired, "MissingContentLength", "A request body needs a Content-Length."})
 		return
 	}
-	body := make([]byte, r.ContentLength)
-	if _, err := io.ReadFull(r.Body, body); err != nil {
-		fail(&Error{http.StatusBadRequest, "InvalidArgument", "The request body could not be read."})
+	body, charged, e := h.readBody(r, instanceID, r.ContentLength)
+	defer h.memory.give(instanceID, charged)
+	if e != nil {
+		fail(e)
 		return
 	}
 	if e := checkContentMD5(r, body); e != nil {

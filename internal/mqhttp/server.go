@@ -33,6 +33,12 @@ type Limits struct {
 	// MaxConns and MaxConnsPerHost cap concurrent connections in total and per
 	// client address (defaults: connlimit's).
 	MaxConns, MaxConnsPerHost int
+	// BodyMemory and TenantBodyMemory bound the request bodies held at once by all
+	// requests and by one instance's (defaults DefaultBodyMemory and
+	// DefaultTenantBodyMemory; body.go); a request waits up to BodyWait for its
+	// share (default DefaultBodyWait), then is answered 503 Throttling.
+	BodyMemory, TenantBodyMemory int
+	BodyWait                     time.Duration
 }
 
 func (l Limits) withDefaults() Limits {
@@ -40,10 +46,16 @@ func (l Limits) withDefaults() Limits {
 		v   *time.Duration
 		def time.Duration
 	}{{&l.ReadHeaderTimeout, 10 * time.Second}, {&l.ReadTimeout, 60 * time.Second},
-		{&l.WriteTimeout, maxWait + 15*time.Second}, {&l.IdleTimeout, 120 * time.Second}} {
+		{&l.WriteTimeout, maxWait + 15*time.Second}, {&l.IdleTimeout, 120 * time.Second}, {&l.BodyWait, DefaultBodyWait}} {
 		if *d.v <= 0 {
 			*d.v = d.def
 		}
+	}
+	if l.BodyMemory <= 0 {
+		l.BodyMemory = DefaultBodyMemory
+	}
+	if l.TenantBodyMemory <= 0 {
+		l.TenantBodyMemory = DefaultTenantBodyMemory
 	}
 	return l
 }
@@ -73,7 +85,8 @@ type Server struct {
 	TLS       *tls.Config
 	PlainText func(net.Addr) bool
 
-	ready chan net.Addr
+	ready  chan net.Addr
+	memory *bodyMemory // set by Start
 }
 
 // NewServer returns a server for b on addr.
@@ -99,8 +112,9 @@ func (s *Server) Start(ctx context.Context) error {
 	defer cancel()
 	lim := s.Limits.withDefaults()
 	ln = wiretls.Listen(connlimit.Wrap(ln, lim.MaxConns, lim.MaxConnsPerHost, refuseConnection), s.TLS, s.PlainText)
+	s.memory = newBodyMemory(lim.BodyMemory, lim.TenantBodyMemory)
 	srv := &http.Server{
-		Handler:     &handler{broker: s.Broker, now: s.Now},
+		Handler:     &handler{broker: s.Broker, now: s.Now, memory: s.memory, bodyWait: lim.BodyWait},
 		BaseContext: func(net.Listener) context.Context { return baseCtx },
 		// Every phase of a request has a deadline, so a client that sends its
 		// request slowly, or never its last byte, gives its connection up.
