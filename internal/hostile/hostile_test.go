@@ -46,12 +46,12 @@ const (
 	minThroughputRatio = 0.70
 	// rssBound bounds the process's peak resident set (VmHWM) over the whole run:
 	// the issue's 512 MiB, half the memory limit of the manager's pod. What the
-	// process holds by design under this attack: remoting's frame budget (256 MiB,
-	// all connections together), mq-http's body budget (64 MiB), about 60 MiB of
-	// broker, controllers and caches at rest, some 30 MiB of goroutine stacks and
-	// buffers for the attackers' few thousand connections, and whatever the Go
-	// heap grows to past what is live before it collects (README, "The
-	// hostile-load test").
+	// process may hold by design is more: Pebble's block cache and memtables (up
+	// to 256 MiB, outside the Go heap), remoting's frame budget (256 MiB, all
+	// connections together), mq-http's body budget (64 MiB), stacks and buffers
+	// for the attackers' few thousand connections, and, with no Go memory limit
+	// set, a heap that grows to twice what is live before it is collected
+	// (README, "The hostile-load test").
 	rssBound = 512 << 20
 	// goroutineSlack and connSlack are how far above the baseline (the most seen
 	// while the good tenant worked alone) the process may stay once the attackers
@@ -241,7 +241,7 @@ func TestHostileLoad(t *testing.T) {
 	samples.mark()
 	sleep(ctx, sh.ramp)
 	var under []throughput
-	for i := range max(1, int((sh.attack-sh.ramp)/sh.window)) {
+	for i := range max(1, int((sh.attack-sh.ramp+sh.window/2)/sh.window)) {
 		under = append(under, window(fmt.Sprintf("under attack %d", i+1)))
 	}
 	peakGoroutines, peakSockets := samples.sinceMark()
