@@ -213,8 +213,8 @@ func TestHostileLoad(t *testing.T) {
 	t.Logf("baseline while the good tenant works alone: %s goroutines, %s connections on the endpoints, %s socket fds",
 		baseGoroutines, baseSockets.conns, baseSockets.fds)
 
-	// The attack: about 600 slow connections on each endpoint and 1,100 more
-	// from one address (past the 1,024 one address may hold), 19 kinds of
+	// The attack: 350 slow connections to mq-http and 300 to remoting, 1,100
+	// more to each from one address (past the 1,024 one address may hold), 19 kinds of
 	// malformed request ten times a second each, the greedy tenant publishing
 	// 500 messages a second (ten times its quota) over both protocols, and the
 	// careless tenant's producers that never read.
