@@ -56,6 +56,8 @@ envtest: ## Build etcd and kube-apiserver from Go modules into bin/k8s/ and prin
 RACE_PKGS = ./internal/broker ./internal/mqhttp ./internal/consistency ./internal/torture ./internal/clock ./internal/fsyncfloor ./internal/connlimit ./internal/wiretls
 # How long `make torture` runs the consistency check under faults.
 TORTURE_TIME ?= 10m
+# How long `make hostile` attacks the operator binary while a good tenant works.
+HOSTILE_TIME ?= 3m
 
 .PHONY: test
 test: manifests generate fmt vet ## Run all tests, envtest suites included, against binaries built by hack/.
@@ -67,6 +69,12 @@ test: manifests generate fmt vet ## Run all tests, envtest suites included, agai
 # history under the detector's memory overhead would not fit the machine.
 torture: ## Run the broker's consistency check under faults for TORTURE_TIME (default 10m); prints the seed, operations, messages, faults and violations.
 	go test -run '^TestTorture$$' -count=1 -v -timeout 0 ./internal/torture -torture.time=$(TORTURE_TIME)
+
+.PHONY: hostile
+# Without -race: it runs the operator binary as a process of its own, and the
+# short form (one window of each) runs in `make test` with the other non-race packages.
+hostile: ## Run the hostile-load test for HOSTILE_TIME (default 3m): the binary under slow, malformed and over-quota clients while a good tenant works; prints its throughput, memory, goroutines and sockets.
+	KUBEBUILDER_ASSETS="$$(hack/envtest.sh)" go test -run '^TestHostileLoad$$' -count=1 -v -timeout 0 ./internal/hostile -hostile.time=$(HOSTILE_TIME)
 
 .PHONY: bench
 bench: ## Run the Go benchmarks (take medians over BENCH_FLAGS' -count runs).
