@@ -12,8 +12,8 @@ import (
 // Default memory bounds: what every request in progress may hold at once, and
 // what one instance's may, of bodies being read and answers being written.
 const (
-	DefaultMemory         = 256 << 20
-	DefaultInstanceMemory = 64 << 20
+	DefaultMemory         = 128 << 20
+	DefaultInstanceMemory = 32 << 20
 )
 
 // errNoMemory: a request could not get the memory for its body or its answer

@@ -34,7 +34,8 @@ type Limits struct {
 	// client address (defaults: connlimit's).
 	MaxConns, MaxConnsPerHost int
 	// Memory bounds the bodies and answers all requests in progress hold at once
-	// (default 256 MiB), InstanceMemory one instance's (default 64 MiB).
+	// (default 128 MiB), InstanceMemory one instance's (default 32 MiB: a 4 MiB body
+	// escaped is at most 24 MiB, so one always fits).
 	Memory, InstanceMemory int
 }
 

@@ -26,14 +26,14 @@ type Limits struct {
 	// client address (defaults: connlimit's).
 	MaxConns, MaxConnsPerHost int
 	// Memory bounds the bytes of request frames larger than 4 KiB that all
-	// connections together hold, being read or being served (default 256 MiB);
+	// connections together hold, being read or being served (default 128 MiB);
 	// ConnMemory bounds one connection's (default 32 MiB, two of the largest frames).
 	// A frame's buffer grows as its bytes arrive, so a length prefix costs nothing
 	// until the bytes it announces come; a frame that cannot get memory within its
 	// FrameTimeout closes its connection.
 	Memory, ConnMemory int
 	// InstanceMemory bounds what one instance's frames hold of Memory (default
-	// 64 MiB). A frame whose body needs more than 4 KiB is admitted only once its
+	// 32 MiB, two of the largest frames). A frame whose body needs more than 4 KiB is admitted only once its
 	// header names a known AccessKey, and its body is that instance's: a client
 	// without a key holds at most a header, and a tenant's large frames wait on its
 	// own share.
@@ -46,13 +46,13 @@ type Limits struct {
 
 // Defaults of Limits.
 const (
-	DefaultIdleTimeout   = 120 * time.Second
-	DefaultFrameTimeout  = 30 * time.Second
-	DefaultWriteTimeout  = 30 * time.Second
-	DefaultMemory        = 256 << 20
-	DefaultConnMemory    = 2 * maxFrame
-	DefaultInstanceMemory = 64 << 20
-	DefaultOutboundBytes = 8 << 20
+	DefaultIdleTimeout    = 120 * time.Second
+	DefaultFrameTimeout   = 30 * time.Second
+	DefaultWriteTimeout   = 30 * time.Second
+	DefaultMemory         = 128 << 20
+	DefaultConnMemory     = 2 * maxFrame
+	DefaultInstanceMemory = 2 * maxFrame
+	DefaultOutboundBytes  = 8 << 20
 )
 
 func (l Limits) withDefaults() Limits {
