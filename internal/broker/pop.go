@@ -481,16 +481,12 @@ func (b *Broker) Ack(instanceID, topicName, groupID string, handles []string) ([
 			return nil, err
 		}
 		pq.mu.Lock()
-		d := pq.inflight[hd.pos]
-		switch {
-		case d != nil && d.token == hd.token && d.visibleAt == hd.expiry:
+		if d, err := pq.current(hd); err != nil {
+			errs[i] = err
+		} else {
 			pq.remove(d)
 			pq.markDone(d.offset)
 			touched[pq] = q
-		case d == nil && (hd.pos < pq.committed || pq.isDone(hd.pos)):
-			errs[i] = ErrHandleExpired // acknowledged already
-		default:
-			errs[i] = ErrInvalidHandle
 		}
 		pq.mu.Unlock()
 	}
