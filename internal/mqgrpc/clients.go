@@ -1,0 +1,98 @@
+package mqgrpc
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	pb "github.com/orderly-dev/orderly/internal/mqgrpc/apiv2"
+)
+
+// client is one client object of an application, as its Settings describe it.
+// The client id names it: one per client object (2.1).
+type client struct {
+	instance, id string
+	typ          pb.ClientType
+	// group is a consumer's group; topics are a producer's publishing topics or
+	// a consumer's subscribed ones (broker-side names).
+	group  string
+	topics []string
+	// longPolling is how long a consumer's receives wait when the request says
+	// nothing: what the Settings reply told it.
+	longPolling time.Duration
+	// lastSeen is when the client last called (unix nanoseconds).
+	lastSeen atomic.Int64
+	// stream is the client's live Telemetry stream, nil if none: where commands
+	// to the client go.
+	stream atomic.Pointer[telemetryStream]
+}
+
+func (c *client) touch(now time.Time) { c.lastSeen.Store(now.UnixNano()) }
+
+type clientKey struct{ instance, id string }
+
+// registry holds the clients that sent Settings, per instance and client id.
+type registry struct {
+	mu      sync.RWMutex
+	clients map[clientKey]*client
+}
+
+func newRegistry() *registry { return &registry{clients: map[clientKey]*client{}} }
+
+// get returns the client of the call, nil if it sent no Settings (or expired).
+func (r *registry) get(instance, id string) *client {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.clients[clientKey{instance, id}]
+}
+
+// put records a client's (new) Settings, keeping its Telemetry stream.
+func (r *registry) put(c *client, now time.Time) {
+	c.touch(now)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	k := clientKey{c.instance, c.id}
+	if old := r.clients[k]; old != nil {
+		c.stream.Store(old.stream.Load())
+	}
+	r.clients[k] = c
+}
+
+// remove forgets a client.
+func (r *registry) remove(instance, id string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.clients, clientKey{instance, id})
+}
+
+// expire forgets the clients silent since before.
+func (r *registry) expire(before time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for k, c := range r.clients {
+		if c.lastSeen.Load() < before.UnixNano() {
+			delete(r.clients, k)
+		}
+	}
+}
+
+// touch records a call of a known client.
+func (r *registry) touch(instance, id string, now time.Time) *client {
+	c := r.get(instance, id)
+	if c != nil {
+		c.touch(now)
+	}
+	return c
+}
+
+// telemetryStream is one Telemetry stream, on which commands to the client go.
+type telemetryStream struct {
+	mu   sync.Mutex
+	send func(*pb.TelemetryCommand) error
+}
+
+func (t *telemetryStream) write(cmd *pb.TelemetryCommand) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.send(cmd)
+}
