@@ -32,8 +32,9 @@ const (
 	testSK       = "grpcaccesskeysecret000000000000"
 )
 
-// serverTLS is the servers' TLS, signed by a test CA the clients trust.
-var serverTLS *tls.Config
+// serverTLS is the servers' TLS, signed by a test CA the clients trust;
+// clientTLS trusts it.
+var serverTLS, clientTLS *tls.Config
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "mqgrpc-certs")
@@ -58,13 +59,13 @@ func TestMain(m *testing.M) {
 			panic("no CA")
 		}
 		serverTLS = certs.Config()
+		clientTLS = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 		// The client skips verifying the server unless given a TLS
 		// configuration; these tests give it one that verifies against the CA,
 		// and see ALPN h2 negotiated (grpc-go refuses a server without it).
 		orig := rmq.NewRpcClient
 		rmq.NewRpcClient = func(target string, opts ...rmq.RpcClientOption) (rmq.RpcClient, error) {
-			cfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-			return orig(target, append(opts, rmq.WithRpcClientConnOption(rmq.WithTLSConfig(cfg)))...)
+			return orig(target, append(opts, rmq.WithRpcClientConnOption(rmq.WithTLSConfig(clientTLS.Clone())))...)
 		}
 		return m.Run()
 	}()

@@ -150,8 +150,9 @@ func (v *service) Telemetry(stream grpc.BidiStreamingServer[pb.TelemetryCommand,
 	ts := &telemetryStream{send: stream.Send}
 	c, release, st := v.s.begin(stream.Context())
 	if st != nil {
-		// A command with a status and nothing else: Node's startup, which waits
-		// for a Settings reply, fails on it rather than reconnecting forever (3.1.3).
+		// A command with a status and nothing else, then the end of the stream:
+		// the clients' startups, which wait for a Settings reply, fail on them
+		// rather than reconnecting forever (3.1.3).
 		return ts.write(&pb.TelemetryCommand{Status: st})
 	}
 	defer release()
@@ -187,13 +188,16 @@ func (s *Server) telemetry(c *call, stream grpc.BidiStreamingServer[pb.Telemetry
 			continue
 		}
 		cl, reply := s.settings(c, settings)
-		if cl != nil {
-			s.clients.put(cl, time.Now())
-			cl = s.clients.get(c.instance, c.clientID)
-			if cl != nil {
-				cl.stream.Store(ts)
-				bound = cl
-			}
+		if cl == nil {
+			// Refused: the status alone, then the end of the stream. Node's
+			// startup fails on the status; Go's (v5.1.4) on the end, and would
+			// wait forever on a status it ignores (3.1.3).
+			return ts.write(reply)
+		}
+		s.clients.put(cl, time.Now())
+		if cl = s.clients.get(c.instance, c.clientID); cl != nil {
+			cl.stream.Store(ts)
+			bound = cl
 		}
 		if err := ts.write(reply); err != nil {
 			return err
