@@ -15,7 +15,7 @@ func TestSignatureOfBothClientForms(t *testing.T) {
 	for _, v := range []string{
 		"MQv2-HMAC-SHA1 Credential=AK-example//Rocketmq, SignedHeaders=x-mq-date-time, Signature=2fc1a53315454ac452ebcabea4cf42a74da2ff85", // Go
 		"MQv2-HMAC-SHA1 Credential=AK-example, SignedHeaders=x-mq-date-time, Signature=2FC1A53315454AC452EBCABEA4CF42A74DA2FF85",           // Node
-		"MQv2-HMAC-SHA1 Signature=2fc1a53315454ac452ebcabea4cf42a74da2ff85,Credential=AK-example/r/Rocketmq",                                // any order, no spaces
+		"MQv2-HMAC-SHA1 Signature=2fc1a53315454ac452ebcabea4cf42a74da2ff85,Credential=AK-example/r/Rocketmq",                               // any order, no spaces
 	} {
 		ak, sig, err := parseAuthorization(v)
 		if err != nil || ak != "AK-example" || !bytes.Equal(sig, want) {
