@@ -81,6 +81,12 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
+	return newEnvWith(t, func(*mqgrpc.Server) {})
+}
+
+// newEnvWith starts a server that configure has adjusted.
+func newEnvWith(t *testing.T, configure func(*mqgrpc.Server)) *env {
+	t.Helper()
 	b, err := broker.Open(broker.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -92,6 +98,7 @@ func newEnv(t *testing.T) *env {
 	}
 	srv := mqgrpc.NewServer("127.0.0.1:0", "", b, testr.New(t))
 	srv.TLS = serverTLS // and no plain text: the Go client must speak TLS
+	configure(srv)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Start(ctx) }()

@@ -17,6 +17,9 @@ type client struct {
 	// a consumer's subscribed ones (broker-side names).
 	group  string
 	topics []string
+	// namespace is the one the client names its resources in ("" for none),
+	// which resources sent to it carry back.
+	namespace string
 	// longPolling is how long a consumer's receives wait when the request says
 	// nothing: what the Settings reply told it.
 	longPolling time.Duration
@@ -85,10 +88,33 @@ func (r *registry) touch(instance, id string, now time.Time) *client {
 	return c
 }
 
+// producers returns, for each topic of each instance, the live producer that
+// declared it and called last: the one its check-backs go to.
+func (r *registry) producers() map[clientKey]*client {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	out := map[clientKey]*client{}
+	for _, c := range r.clients {
+		if c.typ != pb.ClientType_PRODUCER || c.stream.Load() == nil {
+			continue
+		}
+		for _, t := range c.topics {
+			k := clientKey{c.instance, t}
+			if o := out[k]; o == nil || o.lastSeen.Load() < c.lastSeen.Load() {
+				out[k] = c
+			}
+		}
+	}
+	return out
+}
+
 // telemetryStream is one Telemetry stream, on which commands to the client go.
 type telemetryStream struct {
 	mu   sync.Mutex
 	send func(*pb.TelemetryCommand) error
+	// busy is set while the server pushes commands: one push at a time, and a
+	// client that does not read holds up none but its own.
+	busy atomic.Bool
 }
 
 func (t *telemetryStream) write(cmd *pb.TelemetryCommand) error {

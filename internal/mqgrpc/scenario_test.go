@@ -340,3 +340,73 @@ func consume(c mqsdk.MQConsumer, n int32, wait int64) ([]mqsdk.ConsumeMessageEnt
 		return nil, err
 	}
 }
+
+func TestUnresolvedTransactionIsRecoveredThroughTelemetry(t *testing.T) {
+	e := newEnv(t)
+	e.topic("tx", broker.Transactional, 1)
+	e.group("GID_tx", broker.HTTP, 0)
+	checked := make(chan string, 4)
+	checker := &rmq.TransactionChecker{Check: func(mv *rmq.MessageView) rmq.TransactionResolution {
+		checked <- mv.GetMessageId()
+		if body(mv) == "commit on check" {
+			return rmq.COMMIT
+		}
+		return rmq.ROLLBACK
+	}}
+	p := e.producer(rmq.WithTopics("tx"), rmq.WithTransactionChecker(checker))
+	var ids []string
+	for _, b := range []string{"commit on check", "roll back on check"} {
+		// Sent in a transaction the producer never ends, as after a crash.
+		receipts, err := p.SendWithTransaction(context.Background(), &rmq.Message{Topic: "tx", Body: []byte(b)}, p.BeginTransaction())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, receipts[0].MessageID)
+	}
+	c := e.consumer("GID_tx", 2*time.Second, "tx")
+	// The first check-back comes after the broker's check immunity (10 s).
+	got := receive(t, c, 1, 20*time.Second, broker.DefaultCheckImmunity+15*time.Second)
+	if body(got[0]) != "commit on check" || got[0].GetMessageId() != ids[0] {
+		t.Fatalf("received %q (%s)", body(got[0]), got[0].GetMessageId())
+	}
+	seen := map[string]bool{}
+	for len(seen) < 2 {
+		select {
+		case id := <-checked:
+			seen[id] = true
+		case <-time.After(5 * time.Second):
+			t.Fatalf("checked %v, want both of %v", seen, ids)
+		}
+	}
+	_ = c.Ack(context.Background(), got[0])
+	if mvs, err := c.Receive(context.Background(), 16, 20*time.Second); !isCode(err, 40401) {
+		t.Fatalf("the rolled-back message came too: %d, %v", len(mvs), err)
+	}
+}
+
+func TestNackedMessageIsRedeliveredThenDeadLettered(t *testing.T) {
+	e := newEnv(t)
+	e.topic("normal", broker.Normal, 2)
+	e.group("GID_nack", broker.HTTP, 2) // three deliveries in all
+	p := e.producer(rmq.WithTopics("normal"))
+	if _, err := p.Send(context.Background(), &rmq.Message{Topic: "normal", Body: []byte("poison")}); err != nil {
+		t.Fatal(err)
+	}
+	c := e.consumer("GID_nack", 2*time.Second, "normal")
+	for attempt := int32(1); attempt <= 3; attempt++ {
+		got := receive(t, c, 1, 20*time.Second, 10*time.Second)
+		if body(got[0]) != "poison" || got[0].GetDeliveryAttempt() != attempt {
+			t.Fatalf("delivery %d: %q, attempt %d", attempt, body(got[0]), got[0].GetDeliveryAttempt())
+		}
+		if err := c.ChangeInvisibleDuration(got[0], 0); err != nil { // a nack
+			t.Fatal(err)
+		}
+	}
+	if mvs, err := c.Receive(context.Background(), 16, 20*time.Second); !isCode(err, 40401) {
+		t.Fatalf("delivered past maxRedeliveries: %d, %v", len(mvs), err)
+	}
+	dead, _, err := e.broker.DeadLetters(testInstance, "GID_nack", 0, 16)
+	if err != nil || len(dead) != 1 || string(dead[0].Body) != "poison" {
+		t.Fatalf("dead letters %+v, %v", dead, err)
+	}
+}

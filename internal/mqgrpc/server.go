@@ -41,6 +41,7 @@ type Broker interface {
 	Publish(ctx context.Context, instanceID, topic string, msg broker.Message) (broker.PublishResult, error)
 	PublishBatch(ctx context.Context, instanceID, topic string, msgs []broker.Message) ([]broker.PublishResult, error)
 	EndTransaction(instanceID, topic, handle string, commit bool) error
+	TakeTransactionChecks(instanceID, producerGroup string, max int) ([]broker.Delivery, error)
 	Pop(ctx context.Context, instanceID, topic string, req broker.PopRequest) ([]broker.Delivery, error)
 	Ack(instanceID, topic, group string, handles []string) ([]error, error)
 	ChangeInvisibility(instanceID, topic, group, handle string, invisibility time.Duration) (string, error)
@@ -205,9 +206,9 @@ func withH2(cfg *tls.Config) *tls.Config {
 // client's preface.
 func refuse(c net.Conn, _ string) { _ = c.Close() }
 
-// housekeep forgets clients that went silent.
+// housekeep forgets clients that went silent and pushes due check-backs.
 func (s *Server) housekeep(ctx context.Context) {
-	t := time.NewTicker(10 * time.Second)
+	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
 		select {
@@ -215,6 +216,7 @@ func (s *Server) housekeep(ctx context.Context) {
 			return
 		case <-t.C:
 			s.clients.expire(time.Now().Add(-s.lim.ClientExpiry))
+			s.sendCheckBacks()
 		}
 	}
 }

@@ -211,7 +211,7 @@ func (s *Server) settings(c *call, in *pb.Settings) (*client, *pb.TelemetryComma
 	refuse := func(st *pb.Status) (*client, *pb.TelemetryCommand) { return nil, &pb.TelemetryCommand{Status: st} }
 	out := proto.Clone(in).(*pb.Settings)
 	out.Metric = &pb.Metric{On: false} // no collector: Go would dial one otherwise
-	cl := &client{instance: c.instance, id: c.clientID, typ: in.GetClientType()}
+	cl := &client{instance: c.instance, id: c.clientID, typ: in.GetClientType(), namespace: c.namespace}
 	switch pubSub := in.PubSub.(type) {
 	case *pb.Settings_Publishing:
 		for _, r := range pubSub.Publishing.GetTopics() {
@@ -222,6 +222,9 @@ func (s *Server) settings(c *call, in *pb.Settings) (*client, *pb.TelemetryComma
 				return refuse(st)
 			}
 			cl.topics = append(cl.topics, name)
+			if cl.namespace == "" {
+				cl.namespace = r.ResourceNamespace // Node sends no header
+			}
 		}
 		out.BackoffPolicy = producerBackoff
 		pub := out.GetPublishing()
