@@ -119,7 +119,7 @@ func (s *Server) popRequest(ctx context.Context, c *call, req *pb.ReceiveMessage
 		return out, "", statusf(pb.Code_ILLEGAL_INVISIBLE_TIME, "the request names no invisible duration")
 	}
 	// Auto-renewed receives name none: the broker's default then holds.
-	poll := defaultLongPolling
+	poll := s.lim.LongPolling
 	if cl := s.clients.get(c.instance, c.clientID); cl != nil && cl.longPolling > 0 {
 		poll = cl.longPolling
 	}

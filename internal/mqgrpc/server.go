@@ -60,12 +60,17 @@ type Limits struct {
 	// 120 s; the clients send a heartbeat every 10 s, and the Go client never says
 	// it is going away).
 	ClientExpiry time.Duration
+	// LongPolling is how long a receive waits for messages when the request names
+	// no time, and what the Settings reply tells consumers (default 20 s, the
+	// Apache proxy's; at most the broker's 30 s).
+	LongPolling time.Duration
 }
 
 // Defaults of Limits.
 const (
 	DefaultMaxStreams   = 1024
 	DefaultClientExpiry = 120 * time.Second
+	DefaultLongPolling  = 20 * time.Second
 )
 
 func (l Limits) withDefaults() Limits {
@@ -75,6 +80,10 @@ func (l Limits) withDefaults() Limits {
 	if l.ClientExpiry <= 0 {
 		l.ClientExpiry = DefaultClientExpiry
 	}
+	if l.LongPolling <= 0 {
+		l.LongPolling = DefaultLongPolling
+	}
+	l.LongPolling = min(l.LongPolling, broker.MaxPopWait)
 	return l
 }
 

@@ -43,8 +43,6 @@ var (
 	// dies on a producer reply without an exponential policy.
 	producerBackoff = &pb.RetryPolicy{MaxAttempts: 3, Strategy: &pb.RetryPolicy_ExponentialBackoff{ExponentialBackoff: &pb.ExponentialBackoff{
 		Initial: durationpb.New(10 * time.Millisecond), Max: durationpb.New(time.Second), Multiplier: 2}}}
-	// defaultLongPolling is how long a receive that names no time waits.
-	defaultLongPolling = 20 * time.Second
 )
 
 // consumerBackoff is a consumer group's retry policy: as many attempts as the
@@ -255,7 +253,7 @@ func (s *Server) settings(c *call, in *pb.Settings) (*client, *pb.TelemetryComma
 				fifo = true
 			}
 		}
-		cl.longPolling = defaultLongPolling
+		cl.longPolling = s.lim.LongPolling
 		reply := out.GetSubscription()
 		reply.Fifo = proto.Bool(fifo)
 		reply.ReceiveBatchSize = proto.Int32(broker.MaxPopMessages)
