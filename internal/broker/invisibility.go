@@ -62,7 +62,7 @@ func (b *Broker) DeadLetterDelivery(ctx context.Context, instanceID, topicName, 
 		return err
 	}
 	defer b.leave()
-	_, g, q, hd, err := b.receiptTarget(instanceID, topicName, groupID, receipt)
+	t, g, q, hd, err := b.receiptTarget(instanceID, topicName, groupID, receipt)
 	if err != nil {
 		return err
 	}
@@ -80,7 +80,13 @@ func (b *Broker) DeadLetterDelivery(ctx context.Context, instanceID, topicName, 
 		return err
 	}
 	b.touchGroup(g)
-	return b.buryAll(ctx, g, pq, q, []*delivery{d})
+	if err := b.buryAll(ctx, g, pq, q, []*delivery{d}); err != nil {
+		return err
+	}
+	if t.typ == Ordered {
+		t.signal() // the queue's next messages may be free now, as after an ack
+	}
+	return nil
 }
 
 // receiptTarget resolves what a receipt handle names for an HTTP group: the

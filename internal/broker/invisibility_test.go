@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -141,5 +142,50 @@ func TestDeadLetterDelivery(t *testing.T) {
 	}
 	if err := f.b.DeadLetterDelivery(ctx, inst, "t", "GID_http", "garbage"); !errors.Is(err, ErrInvalidHandle) {
 		t.Fatalf("forward of garbage: %v", err)
+	}
+}
+
+// A long poll waiting behind an ordered queue's batch in flight takes the next
+// messages as soon as the batch is acknowledged, or dead-lettered, not at its
+// deadline: push consumers keep such polls open on every queue.
+func TestOrderedLongPollWakesWhenTheBatchIsDone(t *testing.T) {
+	f := newFixture(t)
+	f.topic("orders", Ordered, 1)
+	f.group("GID_http", HTTP)
+	for i := range 4 {
+		f.publish("orders", Message{Body: []byte(fmt.Sprint(i)), ShardingKey: "k", Queue: AnyQueue})
+	}
+	for _, done := range []func(Delivery){
+		func(d Delivery) { f.ack("orders", "GID_http", d) },
+		func(d Delivery) {
+			if err := f.b.DeadLetterDelivery(context.Background(), inst, "orders", "GID_http", d.Handle); err != nil {
+				t.Fatal(err)
+			}
+		},
+	} {
+		head := f.pop("orders", PopRequest{Group: "GID_http", Max: 1, Orderly: true})
+		if len(head) != 1 {
+			t.Fatalf("popped %d", len(head))
+		}
+		got := make(chan []Delivery, 1)
+		go func() {
+			// The fake clock never reaches the deadline: only a wake-up ends it.
+			out, err := f.b.Pop(context.Background(), inst, "orders", PopRequest{Group: "GID_http", Max: 1, Orderly: true, Wait: 30 * time.Second})
+			if err != nil {
+				t.Error(err)
+			}
+			got <- out
+		}()
+		time.Sleep(50 * time.Millisecond) // let it wait
+		done(head[0])
+		select {
+		case next := <-got:
+			if len(next) != 1 {
+				t.Fatalf("after %s: popped %v", head[0].Body, bodies(next))
+			}
+			f.ack("orders", "GID_http", next...)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("the waiting poll was not woken after %s was done", head[0].Body)
+		}
 	}
 }

@@ -491,6 +491,11 @@ func (b *Broker) Ack(instanceID, topicName, groupID string, handles []string) ([
 		pq.mu.Unlock()
 	}
 	b.touchGroup(g)
+	if t.typ == Ordered && len(touched) > 0 {
+		// An ordered queue's next messages may be free now: a long poll waiting
+		// for them takes them at once rather than at its deadline.
+		t.signal()
+	}
 	return errs, b.storeProgress(g, touched)
 }
 
