@@ -19,6 +19,9 @@ const (
 	// to arrive: a receive that outlives its deadline loses its messages to the
 	// Go client.
 	pollMargin = 1500 * time.Millisecond
+	// maxAckEntries bounds one acknowledgement: the clients acknowledge one
+	// message a call.
+	maxAckEntries = 1024
 )
 
 // filterOf parses a subscription's filter: tags only.
@@ -80,6 +83,10 @@ func (v *service) ReceiveMessage(req *pb.ReceiveMessageRequest, stream grpc.Serv
 	msgs := make([]*pb.Message, len(ds))
 	for i := range ds {
 		msgs[i] = v.s.toWire(req.MessageQueue.Topic, &ds[i], now)
+		if req.AutoRenew {
+			v.s.renewals.add(ds[i].Handle, &renewal{instance: c.instance, topic: topic, group: popReq.Group, clientID: c.clientID,
+				invisibility: popReq.Invisibility, started: now, expiry: ds[i].NextConsumeTime})
+		}
 	}
 	return answer(okStatus(), msgs)
 }
@@ -117,8 +124,9 @@ func (s *Server) popRequest(ctx context.Context, c *call, req *pb.ReceiveMessage
 		out.Invisibility = inv
 	} else if !req.AutoRenew {
 		return out, "", statusf(pb.Code_ILLEGAL_INVISIBLE_TIME, "the request names no invisible duration")
+	} else {
+		out.Invisibility = renewInvisibility // and renewed (renew.go)
 	}
-	// Auto-renewed receives name none: the broker's default then holds.
 	poll := s.lim.LongPolling
 	if cl := s.clients.get(c.instance, c.clientID); cl != nil && cl.longPolling > 0 {
 		poll = cl.longPolling
@@ -145,12 +153,14 @@ func (v *service) AckMessage(ctx context.Context, req *pb.AckMessageRequest) (*p
 	if st != nil {
 		return &pb.AckMessageResponse{Status: st}, nil
 	}
-	if len(req.Entries) == 0 {
-		return &pb.AckMessageResponse{Status: statusf(pb.Code_BAD_REQUEST, "the request acknowledges nothing")}, nil
+	if len(req.Entries) == 0 || len(req.Entries) > maxAckEntries {
+		return &pb.AckMessageResponse{Status: statusf(pb.Code_BAD_REQUEST, "%d entries to acknowledge; 1 to %d", len(req.Entries), maxAckEntries)}, nil
 	}
 	handles := make([]string, len(req.Entries))
 	for i, e := range req.Entries {
-		handles[i] = e.ReceiptHandle
+		var release func()
+		handles[i], release = v.s.handle(e.ReceiptHandle)
+		defer release()
 	}
 	errs, err := v.s.Broker.Ack(c.instance, topic, group, handles)
 	if err != nil {
@@ -210,7 +220,10 @@ func (v *service) ChangeInvisibleDuration(ctx context.Context, req *pb.ChangeInv
 	if d == nil || !d.IsValid() || d.AsDuration() < 0 || d.AsDuration() > broker.MaxInvisibility {
 		return fail(statusf(pb.Code_ILLEGAL_INVISIBLE_TIME, "invisible duration %v is outside 0..%v", d.AsDuration(), broker.MaxInvisibility))
 	}
-	handle, err := v.s.Broker.ChangeInvisibility(c.instance, topic, group, req.ReceiptHandle, d.AsDuration())
+	// An auto-renewed delivery is the client's own from here: no longer renewed.
+	current, releaseHandle := v.s.handle(req.ReceiptHandle)
+	defer releaseHandle()
+	handle, err := v.s.Broker.ChangeInvisibility(c.instance, topic, group, current, d.AsDuration())
 	if err != nil {
 		return fail(ackStatus(err))
 	}
@@ -229,7 +242,9 @@ func (v *service) ForwardMessageToDeadLetterQueue(ctx context.Context, req *pb.F
 	if st != nil {
 		return &pb.ForwardMessageToDeadLetterQueueResponse{Status: st}, nil
 	}
-	if err := v.s.Broker.DeadLetterDelivery(ctx, c.instance, topic, group, req.ReceiptHandle); err != nil {
+	current, releaseHandle := v.s.handle(req.ReceiptHandle)
+	defer releaseHandle()
+	if err := v.s.Broker.DeadLetterDelivery(ctx, c.instance, topic, group, current); err != nil {
 		return &pb.ForwardMessageToDeadLetterQueueResponse{Status: ackStatus(err)}, nil
 	}
 	return &pb.ForwardMessageToDeadLetterQueueResponse{Status: okStatus()}, nil

@@ -231,3 +231,63 @@ func TestTLSAndPlainTextOnOnePort(t *testing.T) {
 		t.Fatalf("over plain text: %v, %v", res, err)
 	}
 }
+
+func TestAutoRenewedDeliveryStaysInvisibleUntilAcked(t *testing.T) {
+	e := newEnv(t)
+	e.topic("normal", broker.Normal, 1)
+	e.group("GID_renew", broker.HTTP, 0)
+	cl := rawClient(t, e)
+	ctx, cancel := context.WithTimeout(signed(context.Background(), testAK, testSK, ""), 30*time.Second)
+	defer cancel()
+	ns := func(name string) *pb.Resource { return &pb.Resource{Name: name} }
+	// Renewal is for live clients: this one sends its Settings.
+	stream, err := cl.Telemetry(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct := pb.ClientType_PUSH_CONSUMER
+	_ = stream.Send(&pb.TelemetryCommand{Command: &pb.TelemetryCommand_Settings{Settings: &pb.Settings{ClientType: &ct,
+		PubSub: &pb.Settings_Subscription{Subscription: &pb.Subscription{Group: ns("GID_renew"),
+			Subscriptions: []*pb.SubscriptionEntry{{Topic: ns("normal")}}}}}}})
+	if r, err := stream.Recv(); err != nil || r.Status.GetCode() != pb.Code_OK {
+		t.Fatalf("Settings: %v, %v", r, err)
+	}
+	if _, err := e.broker.Publish(context.Background(), testInstance, "normal", broker.Message{Body: []byte("slow"), Queue: broker.AnyQueue}); err != nil {
+		t.Fatal(err)
+	}
+	recv := func(autoRenew bool, inv time.Duration) []*pb.Message {
+		t.Helper()
+		short, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		rs, err := cl.ReceiveMessage(short, &pb.ReceiveMessageRequest{Group: ns("GID_renew"), MessageQueue: &pb.MessageQueue{Topic: ns("normal")},
+			BatchSize: 1, AutoRenew: autoRenew, InvisibleDuration: durationpb.New(inv)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []*pb.Message
+		for {
+			f, err := rs.Recv()
+			if err != nil {
+				return out
+			}
+			if m := f.GetMessage(); m != nil {
+				out = append(out, m)
+			}
+		}
+	}
+	got := recv(true, 4*time.Second)
+	if len(got) != 1 {
+		t.Fatalf("received %d", len(got))
+	}
+	// Twice its invisibility later, it is still in flight, renewed.
+	time.Sleep(8 * time.Second)
+	if again := recv(false, 10*time.Second); len(again) != 0 {
+		t.Fatalf("an auto-renewed delivery came again: %v", again)
+	}
+	// And the handle the client got still acknowledges it.
+	ack, err := cl.AckMessage(ctx, &pb.AckMessageRequest{Group: ns("GID_renew"), Topic: ns("normal"),
+		Entries: []*pb.AckMessageEntry{{MessageId: got[0].SystemProperties.MessageId, ReceiptHandle: got[0].SystemProperties.GetReceiptHandle()}}})
+	if err != nil || ack.Status.Code != pb.Code_OK {
+		t.Fatalf("ack with the first handle: %v, %v", ack, err)
+	}
+}

@@ -116,9 +116,10 @@ type Server struct {
 	TLS       *tls.Config
 	PlainText func(net.Addr) bool
 
-	ready   chan net.Addr
-	lim     Limits
-	clients *registry
+	ready    chan net.Addr
+	lim      Limits
+	clients  *registry
+	renewals renewals
 	// stopping ends when the server stops, and with it long polls and Telemetry
 	// streams.
 	stopping context.Context
@@ -215,7 +216,8 @@ func withH2(cfg *tls.Config) *tls.Config {
 // client's preface.
 func refuse(c net.Conn, _ string) { _ = c.Close() }
 
-// housekeep forgets clients that went silent and pushes due check-backs.
+// housekeep forgets clients that went silent, pushes due check-backs and renews
+// auto-renewed deliveries.
 func (s *Server) housekeep(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
@@ -226,6 +228,7 @@ func (s *Server) housekeep(ctx context.Context) {
 		case <-t.C:
 			s.clients.expire(time.Now().Add(-s.lim.ClientExpiry))
 			s.sendCheckBacks()
+			s.renew()
 		}
 	}
 }
