@@ -291,3 +291,40 @@ func TestAutoRenewedDeliveryStaysInvisibleUntilAcked(t *testing.T) {
 		t.Fatalf("ack with the first handle: %v, %v", ack, err)
 	}
 }
+
+func TestSilentClientsExpire(t *testing.T) {
+	e := newEnvWith(t, func(s *mqgrpc.Server) { s.Limits.ClientExpiry = 2 * time.Second })
+	e.topic("normal", broker.Normal, 1)
+	cl := rawClient(t, e)
+	ctx, cancel := context.WithTimeout(signed(context.Background(), testAK, testSK, ""), 20*time.Second)
+	defer cancel()
+	stream, err := cl.Telemetry(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct := pb.ClientType_PRODUCER
+	_ = stream.Send(&pb.TelemetryCommand{Command: &pb.TelemetryCommand_Settings{Settings: &pb.Settings{ClientType: &ct,
+		PubSub: &pb.Settings_Publishing{Publishing: &pb.Publishing{Topics: []*pb.Resource{{Name: "normal"}, {Name: "mistyped"}}}}}}})
+	r, err := stream.Recv()
+	if err != nil || r.Status.GetCode() != pb.Code_OK || r.GetSettings().GetPublishing().GetMaxBodySize() != broker.MaxBodySize ||
+		!r.GetSettings().GetPublishing().GetValidateMessageType() || r.GetSettings().GetBackoffPolicy().GetExponentialBackoff() == nil {
+		t.Fatalf("producer Settings reply %v, %v", r, err)
+	}
+	heartbeat := func() pb.Code {
+		hb, err := cl.Heartbeat(ctx, &pb.HeartbeatRequest{ClientType: ct})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return hb.Status.Code
+	}
+	for range 3 { // heartbeats keep it
+		if c := heartbeat(); c != pb.Code_OK {
+			t.Fatalf("heartbeat: %v", c)
+		}
+		time.Sleep(time.Second)
+	}
+	time.Sleep(4 * time.Second)
+	if c := heartbeat(); c != pb.Code_UNRECOGNIZED_CLIENT_TYPE {
+		t.Fatalf("heartbeat after 4 s of silence: %v", c)
+	}
+}
