@@ -1,6 +1,7 @@
 package mqgrpc
 
 import (
+	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -115,10 +116,23 @@ type telemetryStream struct {
 	// busy is set while the server pushes commands: one push at a time, and a
 	// client that does not read holds up none but its own.
 	busy atomic.Bool
+
+	// closed is set once the stream's call returns: nothing is sent on it
+	// after. It is not under mu, which a send blocked by a client that does not
+	// read holds until the call's end.
+	closed atomic.Bool
 }
+
+var errStreamClosed = errors.New("the Telemetry stream has ended")
 
 func (t *telemetryStream) write(cmd *pb.TelemetryCommand) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.closed.Load() {
+		return errStreamClosed
+	}
 	return t.send(cmd)
 }
+
+// close ends what may be sent on the stream; the call returns after it.
+func (t *telemetryStream) close() { t.closed.Store(true) }

@@ -146,6 +146,7 @@ func (v *service) NotifyClientTermination(ctx context.Context, req *pb.NotifyCli
 // server stops.
 func (v *service) Telemetry(stream grpc.BidiStreamingServer[pb.TelemetryCommand, pb.TelemetryCommand]) error {
 	ts := &telemetryStream{send: stream.Send}
+	defer ts.close() // before the call returns: check-backs may be on their way
 	c, release, st := v.s.begin(stream.Context())
 	if st != nil {
 		// A command with a status and nothing else, then the end of the stream:
