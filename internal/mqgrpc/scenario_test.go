@@ -414,3 +414,51 @@ func TestNackedMessageIsRedeliveredThenDeadLettered(t *testing.T) {
 		t.Fatalf("dead letters %+v, %v", dead, err)
 	}
 }
+
+func TestTagFilter(t *testing.T) {
+	e := newEnv(t)
+	e.topic("normal", broker.Normal, 2)
+	e.group("GID_tags", broker.HTTP, 0)
+	p := e.producer(rmq.WithTopics("normal"))
+	for _, tag := range []string{"TagA", "TagB", "TagC", "TagA"} {
+		m := &rmq.Message{Topic: "normal", Body: []byte(tag)}
+		m.SetTag(tag)
+		if _, err := p.Send(context.Background(), m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := rmq.NewSimpleConsumer(e.config("GID_tags"), rmq.WithSimpleAwaitDuration(time.Second),
+		rmq.WithSimpleSubscriptionExpressions(map[string]*rmq.FilterExpression{"normal": rmq.NewFilterExpression("TagA || TagC")}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer c.GracefulStop()
+	got := receive(t, c, 3, 20*time.Second, 10*time.Second)
+	var tags []string
+	for _, mv := range got {
+		tags = append(tags, body(mv))
+		_ = c.Ack(context.Background(), mv)
+	}
+	slices.Sort(tags)
+	if !slices.Equal(tags, []string{"TagA", "TagA", "TagC"}) {
+		t.Fatalf("received %v", tags)
+	}
+	if mvs, err := c.Receive(context.Background(), 16, 20*time.Second); !isCode(err, 40401) {
+		t.Fatalf("the filtered-out message came: %d, %v", len(mvs), err)
+	}
+	// SQL92 filters are not served.
+	sql, err := rmq.NewSimpleConsumer(e.config("GID_tags"), rmq.WithSimpleAwaitDuration(time.Second),
+		rmq.WithSimpleSubscriptionExpressions(map[string]*rmq.FilterExpression{"normal": rmq.NewFilterExpressionWithType("a > 1", rmq.SQL92)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sql.Start(); err == nil {
+		defer sql.GracefulStop()
+		if _, err := sql.Receive(context.Background(), 16, 20*time.Second); !isCode(err, 40010) {
+			t.Fatalf("an SQL92 receive: %v, want ILLEGAL_FILTER_EXPRESSION", err)
+		}
+	}
+}
