@@ -36,6 +36,7 @@ import (
 	"github.com/orderly-dev/orderly/internal/brokermetrics"
 	"github.com/orderly-dev/orderly/internal/consumer"
 	"github.com/orderly-dev/orderly/internal/devcluster"
+	"github.com/orderly-dev/orderly/internal/mqgrpc"
 	"github.com/orderly-dev/orderly/internal/mqhttp"
 	"github.com/orderly-dev/orderly/internal/podrunner"
 	"github.com/orderly-dev/orderly/internal/remoting"
@@ -81,6 +82,7 @@ func main() {
 		leaderElect   bool
 		httpAddr      string
 		tcpAddr       string
+		grpcAddr      string
 		advertiseHost string
 		runtimeImage  string
 		dataDir       string
@@ -97,6 +99,7 @@ func main() {
 	flag.BoolVar(&leaderElect, "leader-elect", false, "Enable leader election for the controllers.")
 	flag.StringVar(&httpAddr, "http-bind-address", ":9880", "Address the mq-http endpoint binds to.")
 	flag.StringVar(&tcpAddr, "tcp-bind-address", ":9876", "Address the RocketMQ remoting (name server and broker) endpoint binds to.")
+	flag.StringVar(&grpcAddr, "grpc-bind-address", ":9877", "Address the RocketMQ 5.x gRPC endpoint (apache.rocketmq.v2.MessagingService) binds to; 0 disables it.")
 	flag.StringVar(&dataDir, "data-dir", "", "Directory for the broker's data. Defaults to <dev-dir>/broker with --dev; required otherwise.")
 	flag.StringVar(&advertiseHost, "advertise-host", "", "Host name applications reach the broker at (in a cluster, the broker Service's DNS name). Defaults to 127.0.0.1 with --dev.")
 	flag.StringVar(&tlsCertDir, "tls-cert-dir", "", "Directory holding tls.crt, tls.key and (optionally) ca.crt, as a mounted kubernetes.io/tls Secret presents them (cert-manager's, say): both endpoints serve TLS with it, and reload it when it changes. Empty serves plain text only, except in dev mode, which makes its own CA.")
@@ -172,7 +175,7 @@ func main() {
 	}
 	if err := run(ctx, cfg, options{
 		metricsAddr: metricsAddr, probeAddr: probeAddr, leaderElect: leaderElect,
-		httpAddr: httpAddr, tcpAddr: tcpAddr, advertiseHost: advertiseHost, devKubeconfig: kubeconfig, dataDir: dataDir,
+		httpAddr: httpAddr, tcpAddr: tcpAddr, grpcAddr: grpcAddr, advertiseHost: advertiseHost, devKubeconfig: kubeconfig, dataDir: dataDir,
 		runtimeImage: runtimeImage, devPodDir: filepath.Join(devDir, "pods"), tlsCertDir: tlsCertDir, plainText: plainText,
 	}); err != nil {
 		setupLog.Error(err, "Manager exited with an error")
@@ -185,6 +188,7 @@ type options struct {
 	metricsAddr, probeAddr string
 	leaderElect            bool
 	httpAddr, tcpAddr      string
+	grpcAddr               string
 	advertiseHost          string
 	devKubeconfig          string
 	dataDir                string
@@ -278,6 +282,16 @@ func run(ctx context.Context, cfg *rest.Config, o options) error {
 	host := storeHost(o.advertiseHost)
 	tcpServer.StoreAddr = net.JoinHostPort(netip.AddrFrom4(host).String(), port(o.tcpAddr))
 	tcpServer.TLS, tcpServer.PlainText = tlsConfig, plain
+	grpcEndpoint := "off"
+	if o.grpcAddr != "0" {
+		grpcEndpoint = net.JoinHostPort(o.advertiseHost, port(o.grpcAddr)) + " (RocketMQ 5.x clients; TLS; namespace = the Instance id)"
+		// The 5.x clients dial TLS always: outside dev mode, --tls-cert-dir.
+		grpcServer := mqgrpc.NewServer(o.grpcAddr, net.JoinHostPort(o.advertiseHost, port(o.grpcAddr)), b, ctrl.Log.WithName("mqgrpc"))
+		grpcServer.TLS, grpcServer.PlainText = tlsConfig, plain
+		if err := mgr.Add(grpcServer); err != nil {
+			return err
+		}
+	}
 	if err := mgr.Add(tcpServer); err != nil {
 		return err
 	}
@@ -359,7 +373,7 @@ func run(ctx context.Context, cfg *rest.Config, o options) error {
 				return nil
 			case <-tcpServer.Listening():
 			}
-			fmt.Fprint(os.Stderr, devcluster.Banner(o.devKubeconfig, endpoints.HTTP, endpoints.TCP))
+			fmt.Fprint(os.Stderr, devcluster.Banner(o.devKubeconfig, endpoints.HTTP, endpoints.TCP, grpcEndpoint))
 			return nil
 		})); err != nil {
 			return err

@@ -484,6 +484,18 @@ func (b *Broker) LookupAccessKey(accessKeyID string) (instanceID, secret string,
 	return instanceID, secret, true
 }
 
+// CheckNamespace checks the namespace a request names against the instance its
+// AccessKey authenticates for. Clients name the instance as their namespace (the
+// remoting clients' "ns%" prefix, gRPC's x-mq-namespace and resource_namespace);
+// an empty one means the key's own. A key authenticates for its own instance
+// only, so any other namespace is refused.
+func CheckNamespace(namespace, instanceID string) error {
+	if namespace != "" && namespace != instanceID {
+		return fmt.Errorf("namespace %q is not the instance %q of the AccessKey", namespace, instanceID)
+	}
+	return nil
+}
+
 // info describes inst. b.mu should be held.
 func (inst *instance) info() InstanceInfo {
 	keys := make([]string, 0, len(inst.credentials))

@@ -489,21 +489,22 @@ func (b *Broker) Ack(instanceID, topicName, groupID string, handles []string) ([
 			return nil, err
 		}
 		pq.mu.Lock()
-		d := pq.inflight[hd.pos]
-		switch {
-		case d != nil && d.token == hd.token && d.visibleAt == hd.expiry:
+		if d, err := pq.current(hd); err != nil {
+			errs[i] = err
+		} else {
 			pq.remove(d)
 			pq.markDone(d.offset)
 			touched[pq] = q
 			g.counts.acked.Add(1)
-		case d == nil && (hd.pos < pq.committed || pq.isDone(hd.pos)):
-			errs[i] = ErrHandleExpired // acknowledged already
-		default:
-			errs[i] = ErrInvalidHandle
 		}
 		pq.mu.Unlock()
 	}
 	b.touchGroup(g)
+	if t.typ == Ordered && len(touched) > 0 {
+		// An ordered queue's next messages may be free now: a long poll waiting
+		// for them takes them at once rather than at its deadline.
+		t.signal()
+	}
 	return errs, b.storeProgress(g, touched)
 }
 

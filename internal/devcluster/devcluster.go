@@ -177,7 +177,7 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 
 // Banner is what dev mode prints once everything serves: where the kubeconfig is, the
 // broker's endpoints, and a first command to paste.
-func Banner(kubeconfig, httpEndpoint, tcpEndpoint string) string {
+func Banner(kubeconfig, httpEndpoint, tcpEndpoint, grpcEndpoint string) string {
 	rel := kubeconfig
 	if wd, err := os.Getwd(); err == nil {
 		if r, err := filepath.Rel(wd, kubeconfig); err == nil && !strings.HasPrefix(r, "..") {
@@ -190,6 +190,7 @@ Orderly is running with a local control plane (dev mode).
   kubeconfig     %[1]s
   mq-http        %[2]s
   tcp (remoting) %[3]s
+  grpc           %[5]s
 
 Try it in another shell:
 
@@ -200,5 +201,5 @@ Try it in another shell:
 
 Ctrl-C stops the operator and the control plane; state stays in %[4]s.
 
-`, rel, httpEndpoint, tcpEndpoint, filepath.Dir(rel))
+`, rel, httpEndpoint, tcpEndpoint, filepath.Dir(rel), grpcEndpoint)
 }

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
+
+	"github.com/orderly-dev/orderly/internal/broker"
 )
 
 // reqContext is what a request's credentials and names resolve to.
@@ -168,8 +170,8 @@ func (rc reqContext) resolveName(wire string) (namer, string, error) {
 	if !found {
 		ns, name = "", wire
 	}
-	if ns != "" && ns != rc.instance {
-		return namer{}, "", fmt.Errorf("namespace %q is not the instance %q of the AccessKey", ns, rc.instance)
+	if err := broker.CheckNamespace(ns, rc.instance); err != nil {
+		return namer{}, "", err
 	}
 	if name == "" {
 		return namer{}, "", fmt.Errorf("empty name %q", wire)

@@ -1,0 +1,240 @@
+package mqgrpc
+
+import (
+	"bytes"
+	"compress/gzip"
+	"compress/zlib"
+	"io"
+	"maps"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/orderly-dev/orderly/internal/broker"
+	pb "github.com/orderly-dev/orderly/internal/mqgrpc/apiv2"
+)
+
+// propMessageID holds the producer's message id. The 5.x clients make the id
+// themselves and expect it back in the send result, on delivery and in acks
+// (3.10); RocketMQ keeps it as the UNIQ_KEY property, where its 4.x clients read
+// their message ids, so a message sent over gRPC has the same id over remoting.
+const propMessageID = "UNIQ_KEY"
+
+// reservedProperties are property names RocketMQ gives a meaning of its own, on
+// this or another wire: a user property of that name is refused, as the Apache
+// proxy refuses system property names.
+var reservedProperties = map[string]bool{
+	propMessageID: true, "TAGS": true, "KEYS": true, "DELAY": true, "WAIT": true, "SHARDING_KEY": true,
+	"TRAN_MSG": true, "PGROUP": true, "CHECK_IMMUNITY_TIME_IN_SECONDS": true, "MSG_REGION": true, "TRACE_ON": true,
+	"REAL_TOPIC": true, "REAL_QID": true, "TIMER_DELIVER_MS": true, "TIMER_DELAY_SEC": true, "TIMER_DELAY_MS": true,
+	broker.PropertyRetryTopic: true, broker.PropertyOriginMessageID: true,
+	"__STARTDELIVERTIME": true, "__SHARDINGKEY": true, "__TransCheckT": true,
+}
+
+// maxMessageGroup bounds a message group, as the Apache proxy does (4.2).
+const maxMessageGroup = 64
+
+// fromWire turns a sent message into the broker's, checking what the protocol
+// asks of it (3.4, 4, 5), for topic, of type topicType.
+func fromWire(m *pb.Message, topic string, topicType broker.MessageType, now time.Time) (broker.Message, *pb.Status) {
+	sp := m.GetSystemProperties()
+	if sp == nil {
+		return broker.Message{}, statusf(pb.Code_MESSAGE_CORRUPTED, "the message has no system properties")
+	}
+	if sp.MessageId == "" {
+		return broker.Message{}, statusf(pb.Code_ILLEGAL_MESSAGE_ID, "the message has no message id")
+	}
+	if !printable(sp.MessageId) || len(sp.MessageId) > 128 {
+		return broker.Message{}, statusf(pb.Code_ILLEGAL_MESSAGE_ID, "message id %q is not printable ASCII of at most 128 characters", sp.MessageId)
+	}
+	body, st := decodeBody(m.Body, sp.BodyEncoding)
+	if st != nil {
+		return broker.Message{}, st
+	}
+	out := broker.Message{Body: body, Queue: broker.AnyQueue, BornHost: sp.BornHost, Keys: sp.Keys}
+	if sp.BornTimestamp != nil {
+		out.BornAt = sp.BornTimestamp.AsTime()
+	}
+	if sp.Tag != nil {
+		if t := *sp.Tag; strings.TrimSpace(t) == "" || strings.Contains(t, "|") || hasControl(t) {
+			return broker.Message{}, statusf(pb.Code_ILLEGAL_MESSAGE_TAG, "tag %q is blank, or holds '|' or a control character", t)
+		}
+		out.Tag = *sp.Tag
+	}
+	for _, k := range sp.Keys {
+		if strings.TrimSpace(k) == "" || hasControl(k) {
+			return broker.Message{}, statusf(pb.Code_ILLEGAL_MESSAGE_KEY, "key %q is blank or holds a control character", k)
+		}
+	}
+	out.Properties = make(map[string]string, len(m.UserProperties)+1)
+	for k, v := range m.UserProperties {
+		if k == "" || hasControl(k) || reservedProperties[k] {
+			return broker.Message{}, statusf(pb.Code_ILLEGAL_MESSAGE_PROPERTY_KEY, "property %q is empty, reserved or holds a control character", k)
+		}
+		out.Properties[k] = v
+	}
+	out.Properties[propMessageID] = sp.MessageId
+
+	typ := sp.MessageType
+	if typ == pb.MessageType_MESSAGE_TYPE_UNSPECIFIED {
+		// The clients always say; derive it as they would.
+		switch {
+		case sp.MessageGroup != nil:
+			typ = pb.MessageType_FIFO
+		case sp.DeliveryTimestamp != nil:
+			typ = pb.MessageType_DELAY
+		default:
+			typ = pb.MessageType_NORMAL
+		}
+	}
+	accepted := false
+	for _, a := range acceptedTypes(topicType) {
+		accepted = accepted || a == typ
+	}
+	if !accepted {
+		return broker.Message{}, statusf(pb.Code_MESSAGE_PROPERTY_CONFLICT_WITH_TYPE, "a %s message cannot go to a %s topic", typ, strings.ToLower(string(topicType)))
+	}
+	if (typ == pb.MessageType_FIFO) != (sp.MessageGroup != nil) {
+		return broker.Message{}, statusf(pb.Code_MESSAGE_PROPERTY_CONFLICT_WITH_TYPE, "a %s message with%s a message group", typ, map[bool]string{true: "", false: "out"}[sp.MessageGroup != nil])
+	}
+	if (typ == pb.MessageType_DELAY) != (sp.DeliveryTimestamp != nil) {
+		return broker.Message{}, statusf(pb.Code_MESSAGE_PROPERTY_CONFLICT_WITH_TYPE, "a %s message with%s a delivery time", typ, map[bool]string{true: "", false: "out"}[sp.DeliveryTimestamp != nil])
+	}
+	switch typ {
+	case pb.MessageType_FIFO:
+		g := *sp.MessageGroup
+		if strings.TrimSpace(g) == "" || len(g) >= maxMessageGroup || hasControl(g) {
+			return broker.Message{}, statusf(pb.Code_ILLEGAL_MESSAGE_GROUP, "message group %q is blank, %d bytes or more, or holds a control character", g, maxMessageGroup)
+		}
+		// The group is the sharding key: one group, one queue, the same one a
+		// message of that key gets over mq-http.
+		out.ShardingKey = g
+	case pb.MessageType_DELAY:
+		at := sp.DeliveryTimestamp.AsTime()
+		if !sp.DeliveryTimestamp.IsValid() || at.After(now.Add(broker.MaxDeliveryDelay)) {
+			return broker.Message{}, statusf(pb.Code_ILLEGAL_DELIVERY_TIME, "delivery time %s is more than %d days ahead",
+				at.UTC().Format(time.RFC3339), broker.MaxDeliveryDelay/(24*time.Hour))
+		}
+		if at.After(now) {
+			out.DeliverAt = at
+		}
+	case pb.MessageType_TRANSACTION:
+		out.Transactional = true
+		// The producer group of a transaction is its topic, as the Apache proxy
+		// keys transactions: check-backs go to producers that publish the topic.
+		out.ProducerGroup = topic
+		if d := sp.OrphanedTransactionRecoveryDuration; d != nil {
+			out.CheckImmunity = d.AsDuration()
+		}
+	}
+	return out, nil
+}
+
+// decodeBody returns a body as stored: the clients may send it gzipped (Go
+// decodes zlib as well), the broker keeps it plain, so that every wire reads it.
+func decodeBody(body []byte, enc pb.Encoding) ([]byte, *pb.Status) {
+	if len(body) == 0 {
+		return nil, statusf(pb.Code_MESSAGE_BODY_EMPTY, "the message body is empty")
+	}
+	if enc == pb.Encoding_GZIP {
+		var r io.ReadCloser
+		var err error
+		if len(body) >= 2 && body[0] == 0x1f && body[1] == 0x8b {
+			r, err = gzip.NewReader(bytes.NewReader(body))
+		} else {
+			r, err = zlib.NewReader(bytes.NewReader(body))
+		}
+		if err != nil {
+			return nil, statusf(pb.Code_MESSAGE_CORRUPTED, "the body is not gzip: %v", err)
+		}
+		defer r.Close()
+		plain, err := io.ReadAll(io.LimitReader(r, broker.MaxBodySize+1))
+		if err != nil {
+			return nil, statusf(pb.Code_MESSAGE_CORRUPTED, "the gzipped body does not decompress: %v", err)
+		}
+		body = plain
+	}
+	if len(body) > broker.MaxBodySize {
+		return nil, statusf(pb.Code_MESSAGE_BODY_TOO_LARGE, "the body is over %d bytes", broker.MaxBodySize)
+	}
+	return body, nil
+}
+
+func hasControl(s string) bool {
+	return strings.ContainsFunc(s, unicode.IsControl) || !utf8.ValidString(s)
+}
+
+func printable(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x21 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// toWire is a delivery as the clients read it (3.9). Every system property a
+// client dereferences is set: a message without them panics the Go client.
+func (s *Server) toWire(topic *pb.Resource, d *broker.Delivery, now time.Time) *pb.Message {
+	m := &d.StoredMessage
+	props := maps.Clone(m.Properties)
+	id := props[propMessageID]
+	if id == "" {
+		id = m.ID // published over mq-http, which names messages by the broker's id
+	}
+	delete(props, propMessageID)
+	sp := &pb.SystemProperties{
+		Keys:      m.Keys,
+		MessageId: id,
+		// MD5 in upper-case hex: what Node checks (Go compares lower case and
+		// ignores a mismatch).
+		BodyDigest:      &pb.Digest{Type: pb.DigestType_MD5, Checksum: m.BodyMD5},
+		BodyEncoding:    pb.Encoding_IDENTITY,
+		MessageType:     messageType(m),
+		BornHost:        m.BornHost,
+		StoreTimestamp:  timestamppb.New(m.StoreTime),
+		StoreHost:       s.Advertise,
+		ReceiptHandle:   proto.String(d.Handle),
+		QueueId:         int32(m.Queue),
+		QueueOffset:     proto.Int64(m.Offset),
+		DeliveryAttempt: proto.Int32(int32(max(d.ConsumedTimes, 1))),
+	}
+	born := m.BornAt
+	if born.IsZero() {
+		born = m.StoreTime
+	}
+	sp.BornTimestamp = timestamppb.New(born)
+	if m.Tag != "" {
+		sp.Tag = proto.String(m.Tag)
+	}
+	if !m.DeliverAt.IsZero() {
+		sp.DeliveryTimestamp = timestamppb.New(m.DeliverAt)
+	}
+	if m.ShardingKey != "" {
+		sp.MessageGroup = proto.String(m.ShardingKey)
+	}
+	if !d.NextConsumeTime.IsZero() {
+		sp.InvisibleDuration = durationpb.New(max(d.NextConsumeTime.Sub(now), 0))
+	}
+	return &pb.Message{Topic: topic, UserProperties: props, SystemProperties: sp, Body: m.Body}
+}
+
+// messageType says what a stored message is, as the Apache proxy derives it
+// from the message's properties.
+func messageType(m *broker.StoredMessage) pb.MessageType {
+	switch {
+	case m.Transactional:
+		return pb.MessageType_TRANSACTION
+	case !m.DeliverAt.IsZero():
+		return pb.MessageType_DELAY
+	case m.ShardingKey != "":
+		return pb.MessageType_FIFO
+	default:
+		return pb.MessageType_NORMAL
+	}
+}
