@@ -184,9 +184,19 @@ func TestHandlerTimeoutKillsTheHandlerAndItsChildren(t *testing.T) {
 	if pid == "" {
 		t.Fatal("the handler did not start its child")
 	}
-	// Gone, or a zombie waiting for a reaper: killed either way.
-	if stat, err := os.ReadFile("/proc/" + pid + "/stat"); err == nil {
-		if f := strings.Fields(string(stat)); len(f) > 2 && f[2] != "Z" {
+	// Gone, or a zombie waiting for a reaper: killed either way. The group's
+	// SIGKILL is sent before Run returns, but a process takes a moment to die, so
+	// the state is looked at until it is dead or a deadline passes.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		stat, err := os.ReadFile("/proc/" + pid + "/stat")
+		if err != nil {
+			break
+		}
+		f := strings.Fields(string(stat))
+		if len(f) <= 2 || f[2] == "Z" || f[2] == "X" {
+			break
+		}
+		if time.Now().After(deadline) {
 			t.Fatalf("the handler's child %s survived the timeout (state %s)", pid, f[2])
 		}
 	}
