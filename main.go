@@ -305,6 +305,9 @@ func run(ctx context.Context, cfg *rest.Config, o options) error {
 		TCP:  net.JoinHostPort(o.advertiseHost, port(o.tcpAddr)),
 		CA:   ca,
 	}
+	if o.grpcAddr != "0" {
+		endpoints.GRPC = net.JoinHostPort(o.advertiseHost, port(o.grpcAddr))
+	}
 	if err := (&controllers.InstanceReconciler{
 		Client:    mgr.GetClient(),
 		APIReader: mgr.GetAPIReader(),

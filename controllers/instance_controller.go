@@ -48,6 +48,8 @@ type Endpoints struct {
 	HTTP string
 	// TCP is the name-server address, host:port.
 	TCP string
+	// GRPC is the RocketMQ 5.x gRPC endpoint, host:port; empty when not served.
+	GRPC string
 	// CA is the PEM of the CA the endpoints' TLS certificate chains to, handed to
 	// applications in their Secret's caCert; empty without TLS or a known CA.
 	CA []byte
@@ -181,7 +183,7 @@ func (r *InstanceReconciler) reconcileNormal(ctx context.Context, inst *mqv1alph
 	}
 	inst.Status.InstanceID = id
 	inst.Status.CredentialsSecret = credentialsSecretName(inst)
-	inst.Status.Endpoints = mqv1alpha1.InstanceEndpoints{HTTP: r.Endpoints.HTTP, TCP: r.Endpoints.TCP}
+	inst.Status.Endpoints = mqv1alpha1.InstanceEndpoints{HTTP: r.Endpoints.HTTP, TCP: r.Endpoints.TCP, GRPC: r.Endpoints.GRPC}
 	if u, err := r.Broker.Usage(id); err == nil {
 		inst.Status.Usage = &mqv1alpha1.InstanceUsage{Topics: int32(u.Topics), Groups: int32(u.Groups),
 			Connections: int32(u.Connections), PublishRate: int32(u.PublishRate + 0.5),
@@ -301,6 +303,11 @@ func (r *InstanceReconciler) ensureSecret(ctx context.Context, inst *mqv1alpha1.
 	desired.Data[mqv1alpha1.SecretKeyInstanceID] = []byte(id)
 	desired.Data[mqv1alpha1.SecretKeyHTTPEndpoint] = []byte(r.Endpoints.HTTP)
 	desired.Data[mqv1alpha1.SecretKeyTCPEndpoint] = []byte(r.Endpoints.TCP)
+	if r.Endpoints.GRPC != "" {
+		desired.Data[mqv1alpha1.SecretKeyGRPCEndpoint] = []byte(r.Endpoints.GRPC)
+	} else {
+		delete(desired.Data, mqv1alpha1.SecretKeyGRPCEndpoint)
+	}
 	if len(r.Endpoints.CA) > 0 {
 		desired.Data[mqv1alpha1.SecretKeyCACert] = r.Endpoints.CA
 	} else {

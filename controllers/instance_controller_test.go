@@ -79,6 +79,7 @@ var _ = Describe("Instance controller", func() {
 		Expect(inst.Status.InstanceID).To(Equal(wantID))
 		Expect(inst.Status.Endpoints.HTTP).To(Equal(testEndpoints.HTTP))
 		Expect(inst.Status.Endpoints.TCP).To(Equal(testEndpoints.TCP))
+		Expect(inst.Status.Endpoints.GRPC).To(Equal(testEndpoints.GRPC))
 		Expect(inst.Status.CredentialsSecret).To(Equal("orders-credentials"))
 		Expect(inst.Finalizers).To(ContainElement(BrokerCleanupFinalizer))
 
@@ -88,6 +89,7 @@ var _ = Describe("Instance controller", func() {
 		Expect(secret.Data).To(HaveKeyWithValue(mqv1alpha1.SecretKeyInstanceID, []byte(wantID)))
 		Expect(secret.Data).To(HaveKeyWithValue(mqv1alpha1.SecretKeyHTTPEndpoint, []byte(testEndpoints.HTTP)))
 		Expect(secret.Data).To(HaveKeyWithValue(mqv1alpha1.SecretKeyTCPEndpoint, []byte(testEndpoints.TCP)))
+		Expect(secret.Data).To(HaveKeyWithValue(mqv1alpha1.SecretKeyGRPCEndpoint, []byte(testEndpoints.GRPC)))
 		ak := string(secret.Data[mqv1alpha1.SecretKeyAccessKeyID])
 		sk := string(secret.Data[mqv1alpha1.SecretKeyAccessKeySecret])
 		Expect(ak).To(HaveLen(24))

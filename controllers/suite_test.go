@@ -132,6 +132,7 @@ var _ = BeforeSuite(func() {
 	}()
 	Eventually(tcpServer.Listening()).Should(Receive(&addr))
 	testEndpoints.TCP = addr.String()
+	testEndpoints.GRPC = "127.0.0.1:9877" // not served by the suite: only carried
 	Expect((&InstanceReconciler{
 		Client:    mgr.GetClient(),
 		APIReader: mgr.GetAPIReader(),

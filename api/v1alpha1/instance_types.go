@@ -29,6 +29,9 @@ const (
 	SecretKeyInstanceID      = "instanceId"
 	SecretKeyHTTPEndpoint    = "httpEndpoint"
 	SecretKeyTCPEndpoint     = "tcpEndpoint"
+	// SecretKeyGRPCEndpoint is the gRPC endpoint (host:port) for the RocketMQ 5.x
+	// clients, when the manager serves it.
+	SecretKeyGRPCEndpoint = "grpcEndpoint"
 	// SecretKeyCACert holds the PEM of the CA the endpoints' TLS certificate chains
 	// to, when they serve TLS.
 	SecretKeyCACert = "caCert"
@@ -170,6 +173,10 @@ type InstanceEndpoints struct {
 	// tcp is the name-server address (host:port) for the RocketMQ TCP clients.
 	// +optional
 	TCP string `json:"tcp,omitempty"`
+	// grpc is the endpoint (host:port) for the RocketMQ 5.x gRPC clients; their
+	// namespace is the instance id.
+	// +optional
+	GRPC string `json:"grpc,omitempty"`
 }
 
 // InstanceStatus defines the observed state of an Instance.
