@@ -33,14 +33,15 @@ type groupRef struct {
 type txnRegistry struct {
 	mu     sync.Mutex
 	halves map[uint64]*halfState
-	checks map[checkKey]*checkQueue
+	checks map[checkKey]*halfHeap // by nextEvent
 	// topics lists, per producer group, the topics that have a check queue for it.
 	topics    map[groupRef]map[uint32]struct{}
-	deadlines deadlineQueue
+	deadlines halfHeap // by deadline
 }
 
 func newTxnRegistry() txnRegistry {
-	return txnRegistry{halves: map[uint64]*halfState{}, checks: map[checkKey]*checkQueue{}, topics: map[groupRef]map[uint32]struct{}{}}
+	return txnRegistry{halves: map[uint64]*halfState{}, checks: map[checkKey]*halfHeap{},
+		topics: map[groupRef]map[uint32]struct{}{}, deadlines: newDeadlineQueue()}
 }
 
 // register adds half messages that just became durable.
@@ -66,7 +67,7 @@ func (r *txnRegistry) index(h *halfState) {
 	k := checkKey{h.topic, h.producerGroup}
 	q := r.checks[k]
 	if q == nil {
-		q = &checkQueue{}
+		q = newCheckQueue()
 		r.checks[k] = q
 		g := groupRef{h.instance, h.producerGroup}
 		if r.topics[g] == nil {
@@ -171,49 +172,41 @@ func (r *txnRegistry) takeExpired(now int64) []*halfState {
 // its deadline if that comes first.
 func (h *halfState) nextEvent() int64 { return min(h.checkAt, h.deadline) }
 
-// checkQueue is a min-heap of half messages by nextEvent (container/heap).
-type checkQueue struct{ items []*halfState }
-
-func (q *checkQueue) Len() int           { return len(q.items) }
-func (q *checkQueue) Less(i, j int) bool { return q.items[i].nextEvent() < q.items[j].nextEvent() }
-func (q *checkQueue) Swap(i, j int) {
-	q.items[i], q.items[j] = q.items[j], q.items[i]
-	q.items[i].checkIdx, q.items[j].checkIdx = i, j
+// halfHeap is a min-heap of half messages by key (container/heap), which keeps
+// each one's index in it in the field pos names, for Fix and Remove.
+type halfHeap struct {
+	items []*halfState
+	key   func(*halfState) int64
+	pos   func(*halfState) *int
 }
-func (q *checkQueue) Push(x any) {
+
+// newCheckQueue orders half messages by when their check queue must look again.
+func newCheckQueue() *halfHeap {
+	return &halfHeap{key: (*halfState).nextEvent, pos: func(h *halfState) *int { return &h.checkIdx }}
+}
+
+// newDeadlineQueue orders half messages by deadline.
+func newDeadlineQueue() halfHeap {
+	return halfHeap{key: func(h *halfState) int64 { return h.deadline }, pos: func(h *halfState) *int { return &h.deadlineIdx }}
+}
+
+func (q *halfHeap) Len() int           { return len(q.items) }
+func (q *halfHeap) Less(i, j int) bool { return q.key(q.items[i]) < q.key(q.items[j]) }
+func (q *halfHeap) Swap(i, j int) {
+	q.items[i], q.items[j] = q.items[j], q.items[i]
+	*q.pos(q.items[i]), *q.pos(q.items[j]) = i, j
+}
+func (q *halfHeap) Push(x any) {
 	h := x.(*halfState)
-	h.checkIdx = len(q.items)
+	*q.pos(h) = len(q.items)
 	q.items = append(q.items, h)
 }
-func (q *checkQueue) Pop() any {
+func (q *halfHeap) Pop() any {
 	n := len(q.items) - 1
 	h := q.items[n]
 	q.items[n] = nil
 	q.items = q.items[:n]
-	h.checkIdx = -1
-	return h
-}
-
-// deadlineQueue is a min-heap of half messages by deadline (container/heap).
-type deadlineQueue struct{ items []*halfState }
-
-func (q *deadlineQueue) Len() int           { return len(q.items) }
-func (q *deadlineQueue) Less(i, j int) bool { return q.items[i].deadline < q.items[j].deadline }
-func (q *deadlineQueue) Swap(i, j int) {
-	q.items[i], q.items[j] = q.items[j], q.items[i]
-	q.items[i].deadlineIdx, q.items[j].deadlineIdx = i, j
-}
-func (q *deadlineQueue) Push(x any) {
-	h := x.(*halfState)
-	h.deadlineIdx = len(q.items)
-	q.items = append(q.items, h)
-}
-func (q *deadlineQueue) Pop() any {
-	n := len(q.items) - 1
-	h := q.items[n]
-	q.items[n] = nil
-	q.items = q.items[:n]
-	h.deadlineIdx = -1
+	*q.pos(h) = -1
 	return h
 }
 
