@@ -42,8 +42,15 @@ var hostileTime = flag.Duration("hostile.time", 0,
 // Bounds the test asserts.
 const (
 	// minThroughputRatio: the good tenant's publishes and consumptions a second
-	// under attack, and just after it, against its rate alone.
-	minThroughputRatio = 0.70
+	// under attack, and just after it, against its rate alone, in the full form
+	// (make hostile). The short form that make test runs asserts only
+	// shortMinThroughputRatio: its attack lasts seconds, on a CI machine whose
+	// two cores this test's own attackers share with the process, so its ratio
+	// moves by a tenth from run to run (0.68 to 0.87 measured). It still catches
+	// what the attacks did before they were bounded: the good tenant's rate fell
+	// to 0.04 of its rate alone, and to 0 for 8 KiB frames.
+	minThroughputRatio      = 0.70
+	shortMinThroughputRatio = 0.50
 	// rssBound bounds the process's peak resident set (VmHWM) over the whole run:
 	// the 512 MiB, half the memory limit of the manager's pod. What the
 	// process may hold by design is more: Pebble's block cache and memtables (up
@@ -319,10 +326,14 @@ drain:
 	// The whole attack (its windows together) and the window after it; the
 	// other processes' share of the machine is in the message, since on two
 	// cores it moves the ratio as much as an attack can.
+	minRatio := minThroughputRatio
+	if *hostileTime == 0 {
+		minRatio = shortMinThroughputRatio
+	}
 	for _, w := range []throughput{underAll, recovered} {
-		if pubRatio(w) < minThroughputRatio || conRatio(w) < minThroughputRatio {
+		if pubRatio(w) < minRatio || conRatio(w) < minRatio {
 			t.Errorf("%s: the good tenant published %.0f/s and consumed %.0f/s, %.2f and %.2f of its rates alone (%.0f/s, %.0f/s); at least %.2f expected (other processes used %.2f cores then, %.2f alone)",
-				w.name, w.published, w.consumed, pubRatio(w), conRatio(w), alone.published, alone.consumed, minThroughputRatio, w.others, alone.others)
+				w.name, w.published, w.consumed, pubRatio(w), conRatio(w), alone.published, alone.consumed, minRatio, w.others, alone.others)
 		}
 	}
 	if peakRSS > rssBound {
