@@ -263,11 +263,6 @@ func run(ctx context.Context, cfg *rest.Config, o options) error {
 			setupLog.Error(err, "Unable to close the broker cleanly")
 		}
 	}()
-	// The data plane's figures, on the manager's metrics endpoint beside the
-	// controllers'.
-	if err := metrics.Registry.Register(brokermetrics.New(b)); err != nil {
-		return fmt.Errorf("unable to register the broker's metrics: %w", err)
-	}
 	tlsConfig, plain, ca, err := serverTLS(o)
 	if err != nil {
 		return fmt.Errorf("unable to set up TLS: %w", err)
@@ -283,6 +278,7 @@ func run(ctx context.Context, cfg *rest.Config, o options) error {
 	tcpServer.StoreAddr = net.JoinHostPort(netip.AddrFrom4(host).String(), port(o.tcpAddr))
 	tcpServer.TLS, tcpServer.PlainText = tlsConfig, plain
 	grpcEndpoint := "off"
+	servers := map[string]brokermetrics.Server{}
 	if o.grpcAddr != "0" {
 		grpcEndpoint = net.JoinHostPort(o.advertiseHost, port(o.grpcAddr)) + " (RocketMQ 5.x clients; TLS; namespace = the Instance id)"
 		// The 5.x clients dial TLS always: outside dev mode, --tls-cert-dir.
@@ -291,9 +287,16 @@ func run(ctx context.Context, cfg *rest.Config, o options) error {
 		if err := mgr.Add(grpcServer); err != nil {
 			return err
 		}
+		servers["grpc"] = grpcServer
 	}
 	if err := mgr.Add(tcpServer); err != nil {
 		return err
+	}
+	servers["http"], servers["tcp"] = httpServer, tcpServer
+	// The data plane's figures, on the manager's metrics endpoint beside the
+	// controllers'.
+	if err := metrics.Registry.Register(brokermetrics.New(b, servers)); err != nil {
+		return fmt.Errorf("unable to register the broker's metrics: %w", err)
 	}
 
 	httpScheme := "http://"

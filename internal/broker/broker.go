@@ -155,6 +155,7 @@ type instance struct {
 	credentials map[string]string // AccessKey id -> secret
 	autoCreate  AutoCreatePolicy
 	quota       *quota
+	stats       *instanceStats
 	topics      map[string]*topic
 	groups      map[string]*group
 }
@@ -199,7 +200,10 @@ type Broker struct {
 	timers     timers
 	locks      locks
 	writeStats writeStats
-	loops      sync.WaitGroup
+	// syncLatency and unknownKeyRefusals: observe.go.
+	syncLatency        latency
+	unknownKeyRefusals atomic.Uint64
+	loops              sync.WaitGroup
 	failed     failure
 }
 
@@ -399,7 +403,8 @@ func (b *Broker) EnsureInstance(cfg InstanceConfig) error {
 
 func newInstance(id string) *instance {
 	limits, _ := Limits{}.withDefaults()
-	return &instance{id: id, topics: map[string]*topic{}, groups: map[string]*group{}, quota: newQuota(limits)}
+	return &instance{id: id, topics: map[string]*topic{}, groups: map[string]*group{}, quota: newQuota(limits),
+		stats: &instanceStats{}}
 }
 
 // DeleteInstance removes the instance and everything it holds, if owner owns it.
@@ -585,6 +590,9 @@ func (b *Broker) recover() error {
 	if err := b.recoverHalves(); err != nil {
 		return err
 	}
+	if err := b.countTimers(); err != nil {
+		return err
+	}
 	last, err := b.store.lastKey([]byte{kindLog}, []byte{kindLog + 1})
 	if err != nil {
 		return err
@@ -661,6 +669,16 @@ type WriteStats struct {
 	Commits  int64         // group commits that reached the disk
 	Messages int64         // messages they carried
 	SyncWait time.Duration // time spent waiting for the disk
+}
+
+// StorageStats reports the store's size, the engine's write amplification and
+// compaction debt, and the disk's free space.
+func (b *Broker) StorageStats() (StorageStats, error) {
+	if err := b.enter(); err != nil {
+		return StorageStats{}, err
+	}
+	defer b.leave()
+	return b.store.stats(), nil
 }
 
 // WriteStats reports the write path's counters, for metrics and benchmarks.

@@ -122,7 +122,7 @@ func (b *Broker) SendBack(ctx context.Context, instanceID, groupID string, seq u
 	if int(m.ReconsumeTimes) >= maxReconsumeTimes || delayLevel < 0 {
 		err := b.publishSystem(ctx, instanceID, DLQTopic(groupID), c)
 		if err == nil {
-			g.counts.deadLettered.Add(1)
+			g.countsOn(c.Properties[PropertyRetryTopic]).deadLettered.Add(1)
 		}
 		return err
 	}
@@ -132,7 +132,7 @@ func (b *Broker) SendBack(ctx context.Context, instanceID, groupID string, seq u
 	c.DelayLevel = delayLevel
 	err = b.publishSystem(ctx, instanceID, RetryTopic(groupID), c)
 	if err == nil {
-		g.counts.redelivered.Add(1)
+		g.countsOn(c.Properties[PropertyRetryTopic]).redelivered.Add(1)
 	}
 	return err
 }

@@ -60,8 +60,9 @@ type group struct {
 	// lastConsume is when the group last consumed (ms): popped, acknowledged,
 	// committed an offset or locked a queue.
 	lastConsume atomic.Int64
-	// counts are what the group consumed since the broker opened, for metrics.
-	counts groupCounts
+	// counts are what the group consumed since the broker opened, per topic
+	// name (*groupCounts), for metrics: see countsOn.
+	counts sync.Map
 
 	mu sync.Mutex
 	// pop holds the pop-style consume state of each queue the group has consumed,
@@ -272,6 +273,25 @@ func (b *Broker) recoverGroup(id string, raw []byte) error {
 // touchGroup records that g consumed just now.
 func (b *Broker) touchGroup(g *group) { g.lastConsume.Store(b.now().UnixMilli()) }
 
+// firstStoreTime is when the first message of q in [from, to) became
+// deliverable (its index entry's store time), zero if there is none: offsets
+// removed from the middle (re-driven dead letters) are skipped.
+func (b *Broker) firstStoreTime(q *queue, from, to uint64) (time.Time, error) {
+	it, err := b.store.iter(queueKey(q.topic.id, q.id, from), queueKey(q.topic.id, q.id, to))
+	if err != nil {
+		return time.Time{}, err
+	}
+	defer it.close()
+	if !it.first() {
+		return time.Time{}, nil
+	}
+	e, ok := decodeIndexEntry(it.value())
+	if !ok {
+		return time.Time{}, fmt.Errorf("corrupt index entry %x", it.key())
+	}
+	return fromMillis(e.storeTime), nil
+}
+
 // GroupTopicStats is a group's progress on one topic.
 type GroupTopicStats struct {
 	Topic string
@@ -280,6 +300,12 @@ type GroupTopicStats struct {
 	Backlog int64
 	// InFlight is how many are handed out and not yet acknowledged (HTTP groups).
 	InFlight int64
+	// OldestAge is how long the oldest message of the backlog has been
+	// deliverable, by the broker's clock (zero with no backlog).
+	OldestAge time.Duration
+	// GroupCounts are the group's consumption of the topic since the broker
+	// opened.
+	GroupCounts
 }
 
 // groupCounts count a group's consumption since the broker opened.
@@ -299,11 +325,32 @@ func (c *groupCounts) read() GroupCounts {
 	return GroupCounts{Delivered: c.delivered.Load(), Redelivered: c.redelivered.Load(), Acked: c.acked.Load(), DeadLettered: c.deadLettered.Load()}
 }
 
+func (c *GroupCounts) add(o GroupCounts) {
+	c.Delivered += o.Delivered
+	c.Redelivered += o.Redelivered
+	c.Acked += o.Acked
+	c.DeadLettered += o.DeadLettered
+}
+
+// countsOn returns the group's counters of one topic, by name: a TCP group's
+// retry topic counts apart from the topic its messages came from, as RocketMQ
+// shows it. A topic deleted and declared again keeps counting where it was.
+func (g *group) countsOn(topic string) *groupCounts {
+	if c, ok := g.counts.Load(topic); ok {
+		return c.(*groupCounts)
+	}
+	c, _ := g.counts.LoadOrStore(topic, &groupCounts{})
+	return c.(*groupCounts)
+}
+
 // GroupStats describes a group's consumption.
 type GroupStats struct {
 	GroupInfo
+	// GroupCounts are the sums over Topics, deleted topics included.
 	GroupCounts
-	// Topics are the topics the group has consumed, sorted by name.
+	// Topics are the topics the group has consumed, sorted by name: those it
+	// has a backlog on, and the system topics it consumed (a TCP group's retry
+	// topic), which have counts only.
 	Topics      []GroupTopicStats
 	DeadLetters int64
 	// LastConsumeTime is zero if the group never consumed since the broker started.
@@ -322,7 +369,7 @@ func (b *Broker) GroupStats(instanceID, groupID string) (GroupStats, error) {
 		b.mu.RUnlock()
 		return GroupStats{}, err
 	}
-	out := GroupStats{GroupInfo: g.info(), GroupCounts: g.counts.read(), LastConsumeTime: fromMillis(g.lastConsume.Load())}
+	out := GroupStats{GroupInfo: g.info(), LastConsumeTime: fromMillis(g.lastConsume.Load())}
 	if dlq, ok := b.instances[instanceID].topics[DLQTopic(groupID)]; ok {
 		out.DeadLetters = dlq.queues[0].messages()
 	}
@@ -377,10 +424,35 @@ func (b *Broker) GroupStats(instanceID, groupID string) (GroupStats, error) {
 			byTopic[q.topic.name] = s
 		}
 		if d := q.durable.Load(); d > c {
-			s.Backlog += int64(d - max64(c, q.min.Load()))
+			from := max64(c, q.min.Load())
+			s.Backlog += int64(d - from)
+			oldest, err := b.firstStoreTime(q, from, d)
+			if err != nil {
+				return GroupStats{}, err
+			}
+			if age := b.now().Sub(oldest); !oldest.IsZero() && age > s.OldestAge {
+				s.OldestAge = age
+			}
 		}
 		s.InFlight += inflight[q]
 	}
+	g.counts.Range(func(k, v any) bool {
+		name, c := k.(string), v.(*groupCounts).read()
+		out.GroupCounts.add(c)
+		b.mu.RLock()
+		t, ok := b.instances[instanceID].topics[name]
+		b.mu.RUnlock()
+		if !ok || t.deleted.Load() {
+			return true
+		}
+		s := byTopic[name]
+		if s == nil {
+			s = &GroupTopicStats{Topic: name}
+			byTopic[name] = s
+		}
+		s.GroupCounts = c
+		return true
+	})
 	for _, s := range byTopic {
 		out.Topics = append(out.Topics, *s)
 	}

@@ -157,6 +157,7 @@ func (b *Broker) popOnce(ctx context.Context, g *group, t *topic, req PopRequest
 	var wake int64
 	throttled := false
 	budget := MaxReadBytes
+	counts := g.countsOn(t.name)
 	// Start at a different queue each time so busy queues do not starve the rest.
 	start := int(t.rr.Add(1))
 	for i := 0; i < len(queues) && len(out) < req.Max && budget > 0; i++ {
@@ -174,9 +175,9 @@ func (b *Broker) popOnce(ctx context.Context, g *group, t *topic, req PopRequest
 		}
 		for _, d := range r.out {
 			if d.ConsumedTimes > 1 {
-				g.counts.redelivered.Add(1)
+				counts.redelivered.Add(1)
 			} else {
-				g.counts.delivered.Add(1)
+				counts.delivered.Add(1)
 			}
 		}
 		out = append(out, r.out...)
@@ -189,6 +190,7 @@ func (b *Broker) popOnce(ctx context.Context, g *group, t *topic, req PopRequest
 	if len(out) > 0 {
 		wake = 0
 	} else if throttled && !more {
+		t.stats.throttled.Add(1)
 		return nil, time.Time{}, false, 0, fmt.Errorf("%w: group %q holds %d or more unacknowledged messages on a queue of %q; acknowledge some first",
 			ErrThrottled, g.name, MaxPendingPerQueue, t.name)
 	}
@@ -258,6 +260,7 @@ func (b *Broker) popQueue(pq *popQueue, q *queue, req PopRequest, now int64, max
 		}
 		next, err := v.scan(pq.cursor, req.Filter, budget, pq.markDone, func(ix indexed, m StoredMessage) bool {
 			d := &delivery{offset: ix.offset, seq: ix.entry.seq, firstConsume: now, heapIdx: -1}
+			q.topic.stats.consume.observe(time.Duration(now-ix.entry.storeTime) * time.Millisecond)
 			pq.inflight[ix.offset] = d
 			r.out = append(r.out, pq.hand(q, d, m, now, visibleAt))
 			return len(r.out) < max && !full()
@@ -346,7 +349,7 @@ func (b *Broker) buryAll(ctx context.Context, g *group, pq *popQueue, q *queue, 
 		delete(pq.inflight, d.offset)
 		pq.markDone(d.offset)
 		pq.mu.Unlock()
-		g.counts.deadLettered.Add(1)
+		g.countsOn(q.topic.name).deadLettered.Add(1)
 	}
 	return b.storeProgress(g, map[*popQueue]*queue{pq: q})
 }
@@ -495,7 +498,7 @@ func (b *Broker) Ack(instanceID, topicName, groupID string, handles []string) ([
 			pq.remove(d)
 			pq.markDone(d.offset)
 			touched[pq] = q
-			g.counts.acked.Add(1)
+			g.countsOn(t.name).acked.Add(1)
 		}
 		pq.mu.Unlock()
 	}

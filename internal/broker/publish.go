@@ -20,6 +20,8 @@ const (
 // appendRequest is one publish call on its way through the write path.
 type appendRequest struct {
 	topic   *topic
+	// stats are the publishing instance's, nil for the broker's own writes.
+	stats   *instanceStats
 	entries []appendEntry
 	results []PublishResult
 	err     error
@@ -47,6 +49,8 @@ type appendEntry struct {
 	// remove lists keys deleted in the same batch: the timer or half-message entry
 	// of a record being delivered, so delivery happens exactly once.
 	remove [][]byte
+	// timer: the entry delivers a timer come due (one fewer pending).
+	timer bool
 }
 
 // hasKeys reports whether the entry's record has 'k' entries, which go with it.
@@ -77,6 +81,8 @@ type commitItem struct {
 	halves []*halfState
 	// earliestTimer is the earliest timer the batch stored (ms), zero if none.
 	earliestTimer int64
+	// timers are the changes to topics' pending timers: stored less delivered.
+	timers map[*topic]int64
 	// firstSeq is the log's next sequence before the batch.
 	firstSeq uint64
 }
@@ -109,11 +115,19 @@ func (b *Broker) PublishBatch(ctx context.Context, instanceID, topicName string,
 	if total > MaxBatchBytes {
 		return nil, fmt.Errorf("%w: a batch of %d bytes of bodies; at most %d", ErrInvalidArgument, total, MaxBatchBytes)
 	}
+	start := time.Now()
 	req, err := b.prepareAppend(instanceID, topicName, msgs, total, false)
 	if err != nil {
 		return nil, err
 	}
-	return b.append(ctx, req)
+	res, err := b.append(ctx, req)
+	if err == nil {
+		req.stats.publish.observe(time.Since(start))
+		c := &req.topic.published[wireOf(ctx)]
+		c.messages.Add(uint64(len(msgs)))
+		c.bytes.Add(uint64(total))
+	}
+	return res, err
 }
 
 // append hands req, from prepareAppend, to the writer and waits until it is
@@ -155,6 +169,9 @@ func (b *Broker) prepareAppend(instanceID, topicName string, msgs []Message, tot
 		}
 	}
 	req := &appendRequest{topic: t, entries: make([]appendEntry, len(msgs)), done: make(chan struct{})}
+	if !system {
+		req.stats = b.instances[instanceID].stats
+	}
 	now := b.now()
 	for i := range msgs {
 		q, err := t.pickQueue(&msgs[i])
@@ -201,7 +218,8 @@ func (b *Broker) admitLocked(t *topic, instanceID string, msgs []Message, total 
 	if t.system {
 		return fmt.Errorf("%w: %q is a system topic", ErrInvalidArgument, t.name)
 	}
-	q := b.instances[instanceID].quota
+	inst := b.instances[instanceID]
+	q := inst.quota
 	if limit := q.get().MaxMessageSize; limit < MaxBodySize {
 		for i := range msgs {
 			if len(msgs[i].Body) > limit {
@@ -210,7 +228,11 @@ func (b *Broker) admitLocked(t *topic, instanceID string, msgs []Message, total 
 		}
 	}
 	// Rates are of the machine's resources, so they run on the wall clock.
-	return q.admitPublish(time.Now(), len(msgs), total)
+	err := q.admitPublish(time.Now(), len(msgs), total)
+	if err != nil {
+		inst.stats.throttled.Add(1)
+	}
+	return err
 }
 
 // pickQueue chooses msg's queue and checks that msg fits t's type. b.mu should be
@@ -350,10 +372,20 @@ func (b *Broker) applyEntry(w writeBatch, item *commitItem, e *appendEntry, now 
 		res.TxnHandle = handle{kind: transactionHandle, topic: t.id, pos: seq, token: e.half.token, expiry: e.half.checkAt}.String()
 		item.halves = append(item.halves, e.half)
 	case e.dueAt > now:
+		if item.timers == nil {
+			item.timers = map[*topic]int64{}
+		}
+		item.timers[t]++
 		w.set(timerKey(e.dueAt, seq), pending.encode())
 		w.set(refKey(seq), nil) // pending: not deliverable, so not sent back either
 		item.earliestTimer = minNonZero(item.earliestTimer, e.dueAt)
 	default:
+		if e.timer {
+			if item.timers == nil {
+				item.timers = map[*topic]int64{}
+			}
+			item.timers[t]--
+		}
 		offset := e.queue.next
 		e.queue.next++
 		storeTime := e.store
@@ -382,7 +414,9 @@ func (b *Broker) syncLoop() {
 		if err == nil {
 			start := time.Now()
 			err = item.wait()
-			b.writeStats.syncWait.Add(int64(time.Since(start)))
+			took := time.Since(start)
+			b.writeStats.syncWait.Add(int64(took))
+			b.syncLatency.observe(took)
 		}
 		if err != nil {
 			err = fmt.Errorf("failed to store messages: %w", err)
@@ -399,6 +433,9 @@ func (b *Broker) syncLoop() {
 				t.signal()
 			}
 			b.txns.register(item.halves)
+			for t, n := range item.timers {
+				t.timers.Add(n)
+			}
 			if item.earliestTimer != 0 {
 				b.timers.wake(item.earliestTimer)
 			}

@@ -178,6 +178,7 @@ func (b *Broker) AcquireConnection(instanceID string) (release func(), err error
 	limit := int64(q.get().Connections)
 	if n := q.conns.Add(1); n > limit {
 		q.conns.Add(-1)
+		inst.stats.throttled.Add(1)
 		return nil, fmt.Errorf("%w: instance %q holds its limit of %d connections", ErrThrottled, instanceID, limit)
 	}
 	var once sync.Once

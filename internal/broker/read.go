@@ -283,7 +283,7 @@ func (b *Broker) Pull(ctx context.Context, instanceID, groupID, topicName string
 		})
 		return len(res.Messages) > 0 || res.NextOffset != offset, false, time.Time{}, err
 	})
-	g.counts.delivered.Add(uint64(len(res.Messages)))
+	g.countsOn(q.topic.name).delivered.Add(uint64(len(res.Messages)))
 	return res, err
 }
 
@@ -354,7 +354,9 @@ func (b *Broker) pullOnce(q *queue, offset int64, max int, filter TagFilter) (Pu
 	}
 	defer v.close()
 	budget := MaxReadBytes
-	next, err := v.scan(uint64(offset), filter, &budget, func(uint64) {}, func(_ indexed, m StoredMessage) bool {
+	now := b.now().UnixMilli()
+	next, err := v.scan(uint64(offset), filter, &budget, func(uint64) {}, func(ix indexed, m StoredMessage) bool {
+		q.topic.stats.consume.observe(time.Duration(now-ix.entry.storeTime) * time.Millisecond)
 		res.Messages = append(res.Messages, m)
 		return len(res.Messages) < max
 	})

@@ -25,6 +25,7 @@ type store struct {
 	db    *pebble.DB
 	cache *pebble.Cache
 	sync  bool // fsync each commit (the default); false is the relaxed flush mode
+	dir   string
 }
 
 // Memory. Pebble charges its memtables to the block cache, so the cache is sized
@@ -70,7 +71,35 @@ func openStore(dir string, syncWrites bool) (*store, error) {
 		cache.Unref()
 		return nil, fmt.Errorf("failed to open store in %q: %w", dir, err)
 	}
-	return &store{db: db, cache: cache, sync: syncWrites}, nil
+	return &store{db: db, cache: cache, sync: syncWrites, dir: dir}, nil
+}
+
+// StorageStats describe the store on disk, for metrics.
+type StorageStats struct {
+	// Size is what the store's files take on disk (tables, logs, manifests).
+	Size uint64
+	// WriteAmplification is the engine's bytes written to tables (flushes and
+	// compactions) per byte written to its write-ahead log, since it opened.
+	WriteAmplification float64
+	// CompactionDebt is the engine's estimate of the bytes compactions must
+	// rewrite before its levels are in shape: debt that keeps growing means
+	// writes outrun compaction, and writes stall once it is too high.
+	CompactionDebt uint64
+	// DiskFree and DiskSize are the filesystem's that holds the store: free for
+	// an unprivileged writer, and in all; both zero for a store in memory.
+	DiskFree, DiskSize uint64
+}
+
+func (s *store) stats() StorageStats {
+	m := s.db.Metrics()
+	total := m.Total()
+	out := StorageStats{Size: m.DiskSpaceUsage(), WriteAmplification: total.WriteAmp(), CompactionDebt: m.Compact.EstimatedDebt}
+	var fs unix.Statfs_t
+	if s.dir != "" && unix.Statfs(s.dir, &fs) == nil {
+		out.DiskFree = fs.Bavail * uint64(fs.Bsize)
+		out.DiskSize = fs.Blocks * uint64(fs.Bsize)
+	}
+	return out
 }
 
 func (s *store) close() error {

@@ -112,7 +112,7 @@ func (b *Broker) deliverDueTimers() (int, int64, error) {
 		}
 		seq := binary.BigEndian.Uint64(key[9:])
 		reqs = append(reqs, &appendRequest{topic: q.topic, done: make(chan struct{}), entries: []appendEntry{{
-			queue: q, seq: seq, tagHash: p.tagHash, store: p.store, size: p.size, remove: [][]byte{key, refKey(seq)},
+			queue: q, seq: seq, tagHash: p.tagHash, store: p.store, size: p.size, remove: [][]byte{key, refKey(seq)}, timer: true,
 		}}})
 	}
 	if err := it.close(); err != nil {
@@ -143,6 +143,25 @@ func (b *Broker) deliverDueTimers() (int, int64, error) {
 		return len(reqs) + len(orphans), 0, err
 	}
 	return len(reqs) + len(orphans), int64(binary.BigEndian.Uint64(next[1:])), nil
+}
+
+// countTimers counts each topic's pending timers from the store, at recovery.
+func (b *Broker) countTimers() error {
+	it, err := b.store.iter([]byte{kindTimer}, []byte{kindTimer + 1})
+	if err != nil {
+		return err
+	}
+	defer it.close()
+	for ok := it.first(); ok; ok = it.next() {
+		p, valid := decodePendingEntry(it.value())
+		if !valid {
+			return fmt.Errorf("corrupt timer entry %x", it.key())
+		}
+		if t := b.topicsByID[p.topic]; t != nil {
+			t.timers.Add(1)
+		}
+	}
+	return nil
 }
 
 // submit passes internal requests (deliveries of stored records) through the writer

@@ -67,6 +67,12 @@ type TopicInfo struct {
 	// it was created (offsets are never reused), and their stored size.
 	Published      uint64
 	PublishedBytes uint64
+	// PublishedBy counts the publishes acknowledged since the broker opened, by
+	// the wire they came in on (wires with none left out), bodies' bytes with
+	// them; a half message counts when sent, a timer message when stored.
+	PublishedBy []WireCount
+	// PendingTimers is how many timer messages wait for their delivery time.
+	PendingTimers int64
 }
 
 // topic is one topic. Its configuration fields are guarded by Broker.mu.
@@ -83,6 +89,14 @@ type topic struct {
 	system  bool
 	deleted atomic.Bool
 	rr      atomic.Uint32 // round-robin queue choice
+	// published counts the application's publishes by wire since the broker
+	// opened, bodies' bytes with them (observe.go).
+	published wireCounts
+	// stats are its instance's (observe.go).
+	stats *instanceStats
+	// timers counts its timer messages not yet due, as stored (the syncer's,
+	// once durable; counted from the store at recovery).
+	timers atomic.Int64
 
 	// notify is closed, and replaced, whenever messages become deliverable, to wake
 	// every long poll on the topic at once.
@@ -208,7 +222,7 @@ func (b *Broker) ensureTopicLocked(inst *instance, cfg TopicConfig, system bool)
 		}
 	} else {
 		t = &topic{id: b.counters.NextTopicID, instance: instanceID, name: cfg.Name, typ: cfg.Type, owner: cfg.Owner,
-			system: system, notify: make(chan struct{})}
+			system: system, notify: make(chan struct{}), stats: b.instances[instanceID].stats}
 	}
 	w := b.store.newBatch()
 	c := b.counters
@@ -334,7 +348,8 @@ func (t *topic) info() TopicInfo {
 		publishedBytes += total
 	}
 	return TopicInfo{Name: t.name, Type: t.typ, Queues: len(t.queues), Retention: t.retention, Owner: t.owner,
-		System: t.system, Messages: n, Bytes: size, Published: published, PublishedBytes: publishedBytes}
+		System: t.system, Messages: n, Bytes: size, Published: published, PublishedBytes: publishedBytes,
+		PublishedBy: t.published.read(), PendingTimers: t.timers.Load()}
 }
 
 // signal wakes everything waiting for messages on t.
@@ -368,7 +383,7 @@ func (b *Broker) recoverTopic(id string, raw []byte) error {
 		return nil // its instance was deleted; the topic goes with it
 	}
 	t := &topic{id: binary.BigEndian.Uint32([]byte(id)), instance: m.Instance, name: m.Name, typ: m.Type,
-		retention: m.Retention, owner: m.Owner, system: m.System, notify: make(chan struct{})}
+		retention: m.Retention, owner: m.Owner, system: m.System, notify: make(chan struct{}), stats: inst.stats}
 	for i := range m.Queues {
 		q := &queue{topic: t, id: i}
 		if last, err := b.store.lastKey(queueKey(t.id, i, 0), queueKey(t.id, i+1, 0)); err != nil {

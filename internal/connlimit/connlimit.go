@@ -7,6 +7,7 @@ package connlimit
 import (
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -29,9 +30,10 @@ type Listener struct {
 	// without a word.
 	refuse func(c net.Conn, reason string)
 
-	mu     sync.Mutex
-	open   int
-	byHost map[string]int
+	mu      sync.Mutex
+	open    int
+	byHost  map[string]int
+	refused atomic.Uint64
 }
 
 // Wrap caps ln at total connections and perHost per client address (zero: the
@@ -55,6 +57,7 @@ func (l *Listener) Accept() (net.Conn, error) {
 		}
 		host := HostOf(c.RemoteAddr())
 		if reason := l.admit(host); reason != "" {
+			l.refused.Add(1)
 			go l.turnAway(c, reason)
 			continue
 		}
@@ -91,6 +94,22 @@ func (l *Listener) Open() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.open
+}
+
+// Stats are a listener's connections, for metrics.
+type Stats struct {
+	// Open connections now; Refused past a cap since the listener was made.
+	Open    int
+	Refused uint64
+}
+
+// Stats reports the listener's connections; a nil listener (a server not yet
+// listening) has none.
+func (l *Listener) Stats() Stats {
+	if l == nil {
+		return Stats{}
+	}
+	return Stats{Open: l.Open(), Refused: l.refused.Load()}
 }
 
 func (l *Listener) turnAway(c net.Conn, reason string) {

@@ -50,21 +50,26 @@ func (s *Server) authenticate(ctx context.Context) (*call, *pb.Status) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	auth := lastValue(md, mdAuthorization)
 	if auth == "" {
+		s.Broker.NoteAuthFailure("")
 		return nil, statusf(pb.Code_UNAUTHORIZED, "the request is not signed: set the client's credentials to the Instance's AccessKey pair")
 	}
 	dateTime := lastValue(md, mdDateTime)
 	if dateTime == "" {
+		s.Broker.NoteAuthFailure("")
 		return nil, statusf(pb.Code_UNAUTHORIZED, "the request is signed but carries no %s", mdDateTime)
 	}
 	accessKey, sig, err := parseAuthorization(auth)
 	if err != nil {
+		s.Broker.NoteAuthFailure("")
 		return nil, statusf(pb.Code_UNAUTHORIZED, "%v", err)
 	}
 	instance, secret, ok := s.Broker.LookupAccessKey(accessKey)
 	if !ok {
+		s.Broker.NoteAuthFailure("")
 		return nil, statusf(pb.Code_UNAUTHORIZED, "unknown AccessKey %q", accessKey)
 	}
 	if !hmac.Equal(sig, sign(secret, dateTime)) {
+		s.Broker.NoteAuthFailure(instance)
 		return nil, statusf(pb.Code_UNAUTHORIZED, "the request signature does not match")
 	}
 	// No clock-skew check: the Go client writes its local time with a literal Z,

@@ -57,6 +57,7 @@ func (s *Server) send(ctx context.Context, c *call, msgs []*pb.Message) ([]*pb.S
 	}
 	var results []broker.PublishResult
 	var err error
+	ctx = broker.WithWire(ctx, broker.WireGRPC)
 	if len(out) == 1 {
 		var r broker.PublishResult
 		r, err = s.Broker.Publish(ctx, c.instance, topic, out[0])

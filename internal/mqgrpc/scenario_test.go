@@ -48,6 +48,12 @@ func TestWrongSignatureIsRefused(t *testing.T) {
 	if info, err := e.broker.Topic(testInstance, "normal"); err != nil || info.Messages != 0 {
 		t.Fatalf("topic %+v, %v", info, err)
 	}
+	if s, err := e.broker.InstanceStats(testInstance); err != nil || s.AuthFailures == 0 {
+		t.Errorf("the wrong secret's refusals were not counted against the instance: %+v %v", s, err)
+	}
+	if e.broker.Stats().UnknownKeyRefusals == 0 {
+		t.Error("unknown and missing keys' refusals were not counted")
+	}
 }
 
 func TestAnotherInstancesNamespaceIsRefused(t *testing.T) {

@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -46,6 +47,8 @@ type Broker interface {
 	Ack(instanceID, topic, group string, handles []string) ([]error, error)
 	ChangeInvisibility(instanceID, topic, group, handle string, invisibility time.Duration) (string, error)
 	DeadLetterDelivery(ctx context.Context, instanceID, topic, group, handle string) error
+	// NoteAuthFailure counts a refused signature, for metrics.
+	NoteAuthFailure(instanceID string)
 }
 
 // Limits bound what connections may hold. Zero fields take the defaults.
@@ -99,6 +102,8 @@ const shutdownGrace = 10 * time.Second
 type Server struct {
 	// Addr is the listen address, host:port.
 	Addr string
+	// listener is the capped listener once serving, for Connections.
+	listener atomic.Pointer[connlimit.Listener]
 	// Advertise is the host:port clients reach the endpoint at; routes carry it,
 	// and the clients send everything but the route queries there.
 	Advertise string
@@ -137,6 +142,10 @@ func (s *Server) NeedLeaderElection() bool { return false }
 // Listening yields the bound address once the server listens.
 func (s *Server) Listening() <-chan net.Addr { return s.ready }
 
+// Connections reports the server's open connections and those refused past its
+// caps, for metrics.
+func (s *Server) Connections() connlimit.Stats { return s.listener.Load().Stats() }
+
 // Start listens and serves until ctx ends, then stops gracefully.
 func (s *Server) Start(ctx context.Context) error {
 	ln := s.Listener
@@ -157,7 +166,9 @@ func (s *Server) Start(ctx context.Context) error {
 	s.clients = newRegistry()
 	s.stopping, s.stop = context.WithCancel(context.Background())
 	defer s.stop()
-	ln = wiretls.Listen(connlimit.Wrap(ln, s.lim.MaxConns, s.lim.MaxConnsPerHost, refuse), withH2(s.TLS), s.PlainText)
+	capped := connlimit.Wrap(ln, s.lim.MaxConns, s.lim.MaxConnsPerHost, refuse)
+	s.listener.Store(capped)
+	ln = wiretls.Listen(capped, withH2(s.TLS), s.PlainText)
 	srv := grpc.NewServer(
 		grpc.MaxRecvMsgSize(maxRecvMessage),
 		grpc.MaxConcurrentStreams(uint32(s.lim.MaxStreams)),

@@ -61,7 +61,9 @@ func authenticate(r *http.Request, creds Credentials, now time.Time) (string, *E
 	want := sign(secret, stringToSign(r))
 	got, err := base64.StdEncoding.DecodeString(signature)
 	if err != nil || !hmac.Equal(got, want) {
-		return "", &Error{http.StatusForbidden, "SignatureDoesNotMatch", "The request signature we calculated does not match the signature you provided."}
+		// The instance is returned with the refusal, to count it against the
+		// instance whose key was used.
+		return instanceID, &Error{http.StatusForbidden, "SignatureDoesNotMatch", "The request signature we calculated does not match the signature you provided."}
 	}
 	return instanceID, nil
 }

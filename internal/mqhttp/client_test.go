@@ -56,4 +56,12 @@ func TestClientInvisibilityExtension(t *testing.T) {
 	if _, err := bad.Consume(ctx, req); !IsCode(err, "SignatureDoesNotMatch") {
 		t.Fatalf("bad signature: %v", err)
 	}
+	// Counted against the instance whose key it named, for the metrics.
+	if s, err := e.broker.InstanceStats(testInstance); err != nil || s.AuthFailures != 1 {
+		t.Fatalf("auth failures counted: %+v %v", s, err)
+	}
+	// Publishes are counted as mq-http's.
+	if info, err := e.broker.Topic(testInstance, "MQ_ORDER"); err != nil || len(info.PublishedBy) != 1 || info.PublishedBy[0].Wire != broker.WireHTTP {
+		t.Fatalf("publishes by wire: %+v %v", info.PublishedBy, err)
+	}
 }

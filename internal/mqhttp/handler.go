@@ -32,6 +32,9 @@ type Broker interface {
 	Ack(instanceID, topic, group string, handles []string) ([]error, error)
 	EndTransaction(instanceID, topic, handle string, commit bool) error
 	AcquireConnection(instanceID string) (release func(), err error)
+	// NoteAuthFailure and NoteThrottled count refusals for metrics.
+	NoteAuthFailure(instanceID string)
+	NoteThrottled(instanceID string)
 }
 
 // handler serves the mq-http API: one resource, /topics/{topic}/messages, whose
@@ -76,6 +79,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// among them), and the body is checked against Content-MD5 once read.
 	instanceID, e := authenticate(r, h.broker, h.now())
 	if e != nil {
+		h.broker.NoteAuthFailure(instanceID)
 		refuse(e)
 		return
 	}
@@ -101,6 +105,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// the server's memory, taken before it is allocated and given back when the
 	// request ends, its answer written.
 	mem := h.memory.request(instanceID, time.Now().Add(h.memoryWait), r.Context().Done())
+	mem.refused = func() { h.broker.NoteThrottled(instanceID) }
 	defer mem.release()
 	body, err := readBody(r.Context(), r.Body, r.ContentLength, mem)
 	switch {
@@ -200,7 +205,7 @@ func (h *handler) publish(q *request) {
 		q.fail(e)
 		return
 	}
-	res, err := h.broker.Publish(q.r.Context(), q.instance, q.topic, msg)
+	res, err := h.broker.Publish(broker.WithWire(q.r.Context(), broker.WireHTTP), q.instance, q.topic, msg)
 	if err != nil {
 		q.fail(brokerError(err))
 		return

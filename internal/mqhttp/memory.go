@@ -45,19 +45,29 @@ type requestMemory struct {
 	deadline    time.Time
 	done        <-chan struct{}
 	held        int
+	// refused, if set, is told of each Take that found no memory in time.
+	refused func()
 }
 
 func (b *budgets) request(instance string, deadline time.Time, done <-chan struct{}) *requestMemory {
 	return &requestMemory{all: b.all, tenant: b.instance(instance), instance: instance, deadline: deadline, done: done}
 }
 
+func (m *requestMemory) noteRefused() {
+	if m.refused != nil {
+		m.refused()
+	}
+}
+
 // Take takes n bytes, waiting for them until the request's deadline.
 func (m *requestMemory) Take(ctx context.Context, n int) error {
 	if !m.tenant.Take(n, m.held, m.deadline, m.done) {
+		m.noteRefused()
 		return fmt.Errorf("%w: the requests of instance %s hold %d bytes", errNoMemory, m.instance, m.tenant.InUse())
 	}
 	if !m.all.Take(n, m.held, m.deadline, m.done) {
 		m.tenant.Give(n)
+		m.noteRefused()
 		return fmt.Errorf("%w: the server's requests hold %d bytes", errNoMemory, m.all.InUse())
 	}
 	m.held += n

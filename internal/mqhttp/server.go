@@ -11,6 +11,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -70,9 +71,11 @@ func refuseConnection(c net.Conn, reason string) {
 // Server serves the mq-http endpoint. It is a manager.Runnable.
 type Server struct {
 	// Addr is the listen address, host:port.
-	Addr   string
-	Broker Broker
-	Log    logr.Logger
+	Addr string
+	// listener is the capped listener once serving, for Connections.
+	listener atomic.Pointer[connlimit.Listener]
+	Broker   Broker
+	Log      logr.Logger
 	// Now is the clock requests' Date headers are checked against.
 	Now func() time.Time
 	// Limits bound connections; zero fields take the defaults.
@@ -100,6 +103,10 @@ func (s *Server) NeedLeaderElection() bool { return false }
 // Listening returns a channel that yields the bound address once the server listens.
 func (s *Server) Listening() <-chan net.Addr { return s.ready }
 
+// Connections reports the server's open connections and those refused past its
+// caps, for metrics.
+func (s *Server) Connections() connlimit.Stats { return s.listener.Load().Stats() }
+
 // Start listens and serves until ctx ends, then shuts down gracefully.
 func (s *Server) Start(ctx context.Context) error {
 	ln, err := net.Listen("tcp", s.Addr)
@@ -112,7 +119,9 @@ func (s *Server) Start(ctx context.Context) error {
 	lim := s.Limits.withDefaults()
 	h := newHandler(s.Broker, s.Now, lim)
 	s.memory = h.memory
-	ln = wiretls.Listen(connlimit.Wrap(ln, lim.MaxConns, lim.MaxConnsPerHost, refuseConnection), s.TLS, s.PlainText)
+	capped := connlimit.Wrap(ln, lim.MaxConns, lim.MaxConnsPerHost, refuseConnection)
+	s.listener.Store(capped)
+	ln = wiretls.Listen(capped, s.TLS, s.PlainText)
 	srv := &http.Server{
 		Handler:     h,
 		BaseContext: func(net.Listener) context.Context { return baseCtx },

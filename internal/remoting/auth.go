@@ -32,10 +32,12 @@ func (s *Server) authenticate(req *Command) (reqContext, *Command) {
 	ak := req.ExtFields["AccessKey"]
 	sig := req.ExtFields["Signature"]
 	if ak == "" || sig == "" {
+		s.Broker.NoteAuthFailure("")
 		return reqContext{}, response(req, codeNoPermission, "the request is not signed: set the client's credentials to the Instance's AccessKey pair")
 	}
 	instance, secret, ok := s.Broker.LookupAccessKey(ak)
 	if !ok {
+		s.Broker.NoteAuthFailure("")
 		return reqContext{}, response(req, codeNoPermission, fmt.Sprintf("unknown AccessKey %q", ak))
 	}
 	got, err := base64.StdEncoding.DecodeString(sig)
@@ -44,6 +46,7 @@ func (s *Server) authenticate(req *Command) (reqContext, *Command) {
 		ok = hmac.Equal(got, signature(&s.macs, secret, req.ExtFields, req.Body, false))
 	}
 	if !ok {
+		s.Broker.NoteAuthFailure(instance)
 		return reqContext{}, response(req, codeNoPermission, "the request signature does not match")
 	}
 	return reqContext{instance: instance}, nil

@@ -200,6 +200,7 @@ func (c *conn) next(r *bufio.Reader) (*Command, frameCharge, error) {
 		ch.tenant = c.s.tenantMemory.Of(instance)
 		return func(n, held int) error {
 			if !ch.tenant.Take(n, ch.tenantHeld, deadline, c.closed) {
+				c.s.Broker.NoteThrottled(instance)
 				return fmt.Errorf("%w: instance %s's frames hold %d bytes", errNoMemory, instance, ch.tenant.InUse())
 			}
 			if err := take(n, held); err != nil {

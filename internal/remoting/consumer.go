@@ -286,6 +286,7 @@ func (s *Server) pull(ctx context.Context, rc reqContext, c *conn, req *Command)
 		case errors.Is(err, context.Canceled):
 			return nil
 		case errors.Is(err, errNoMemory):
+			s.Broker.NoteThrottled(rc.instance)
 			return response(req, codeSystemBusy, err.Error())
 		}
 		return brokerError(req, err)

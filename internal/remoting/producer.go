@@ -187,6 +187,7 @@ func (s *Server) send(ctx context.Context, rc reqContext, c *conn, req *Command,
 
 // publish stores msgs on the topic, one or a batch.
 func (s *Server) publish(ctx context.Context, instance, topic string, msgs []broker.Message) ([]broker.PublishResult, error) {
+	ctx = broker.WithWire(ctx, broker.WireTCP)
 	if len(msgs) == 1 {
 		res, err := s.Broker.Publish(ctx, instance, topic, msgs[0])
 		return []broker.PublishResult{res}, err

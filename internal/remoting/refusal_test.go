@@ -84,6 +84,14 @@ func TestUnsignedAndWronglySignedRequestsAreRefused(t *testing.T) {
 			t.Errorf("%s: code %d %q, body %q", name, res.Code, res.Remark, res.Body)
 		}
 	}
+	// Counted for the metrics: the wrong secret against its instance, the rest
+	// as unknown.
+	if s, err := e.broker.InstanceStats(testInstance); err != nil || s.AuthFailures != 1 {
+		t.Errorf("auth failures of the instance: %+v %v", s, err)
+	}
+	if n := e.broker.Stats().UnknownKeyRefusals; n != 2 {
+		t.Errorf("unknown-key refusals: %d, want 2", n)
+	}
 	res := c.call(reqGetRouteInfo, map[string]string{"topic": testInstance + "%TopicA"}, nil, testAK, testSK)
 	if res.Code != codeSuccess || !strings.Contains(string(res.Body), `"brokerAddrs":{"0":"`+e.nameAddr+`"}`) {
 		t.Fatalf("signed: code %d %q %s", res.Code, res.Remark, res.Body)

@@ -41,6 +41,8 @@ const (
 type Server struct {
 	// Addr is the listen address.
 	Addr string
+	// listener is the capped listener once serving, for Connections.
+	listener atomic.Pointer[connlimit.Listener]
 	// Advertise is the host:port clients reach the broker at; routes carry it.
 	Advertise string
 	// StoreAddr is the IPv4 host:port records carry as the store host; orderly
@@ -91,6 +93,10 @@ func (s *Server) NeedLeaderElection() bool { return false }
 // Listening yields the bound address once the server listens.
 func (s *Server) Listening() <-chan net.Addr { return s.ready }
 
+// Connections reports the server's open connections and those refused past its
+// caps, for metrics.
+func (s *Server) Connections() connlimit.Stats { return s.listener.Load().Stats() }
+
 // Start listens and serves until ctx ends.
 func (s *Server) Start(ctx context.Context) error {
 	ln := s.Listener
@@ -108,7 +114,9 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	s.setup()
 	refusals := newRefusalLog(s.Log)
-	ln = wiretls.Listen(connlimit.Wrap(ln, s.lim.MaxConns, s.lim.MaxConnsPerHost, refusals.refuse), s.TLS, s.PlainText)
+	capped := connlimit.Wrap(ln, s.lim.MaxConns, s.lim.MaxConnsPerHost, refusals.refuse)
+	s.listener.Store(capped)
+	ln = wiretls.Listen(capped, s.TLS, s.PlainText)
 	s.ready <- ln.Addr()
 	s.Log.Info("Serving RocketMQ remoting (name server and broker)", "address", ln.Addr().String(), "advertise", s.Advertise)
 
