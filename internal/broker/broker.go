@@ -204,7 +204,7 @@ type Broker struct {
 	syncLatency        latency
 	unknownKeyRefusals atomic.Uint64
 	loops              sync.WaitGroup
-	failed     failure
+	failed             failure
 }
 
 // syncSlots is how many batches may be applied and not yet durable. One: while the

@@ -19,7 +19,7 @@ const (
 
 // appendRequest is one publish call on its way through the write path.
 type appendRequest struct {
-	topic   *topic
+	topic *topic
 	// stats are the publishing instance's, nil for the broker's own writes.
 	stats   *instanceStats
 	entries []appendEntry
