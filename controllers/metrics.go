@@ -50,6 +50,13 @@ func forgetResourceState(kind string, key types.NamespacedName) {
 	resourceReady.DeleteLabelValues(kind, key.Namespace, key.Name)
 }
 
+// Collectors are the controllers' own metrics, registered on controller-runtime's
+// registry; exported for the test that checks the dashboards and alerts in
+// config/monitoring against what the manager serves.
+func Collectors() []prometheus.Collector {
+	return []prometheus.Collector{driftRepairs, brokerCallSeconds, resourceReady}
+}
+
 func init() {
-	metrics.Registry.MustRegister(driftRepairs, brokerCallSeconds, resourceReady)
+	metrics.Registry.MustRegister(Collectors()...)
 }
