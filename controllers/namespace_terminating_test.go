@@ -9,6 +9,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -127,5 +128,35 @@ func TestConsumerInATerminatingNamespace(t *testing.T) {
 	}
 	if attempts != 1 {
 		t.Errorf("%d attempts to create a pod, want 1", attempts)
+	}
+}
+
+// TestTopicOfAnInstanceBeingDeleted: a Topic whose Instance is being deleted waits
+// instead of declaring itself into a tenant the Instance's finalizer is removing,
+// which would fail, and be retried, until the Topic's own deletion.
+func TestTopicOfAnInstanceBeingDeleted(t *testing.T) {
+	inst := &mqv1alpha1.Instance{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "going", Name: "demo", Finalizers: []string{BrokerCleanupFinalizer},
+			DeletionTimestamp: ptr.To(metav1.Now())},
+		Status: mqv1alpha1.InstanceStatus{InstanceID: "MQ_INST_going_demo",
+			Conditions: []metav1.Condition{{Type: mqv1alpha1.ConditionReady, Status: metav1.ConditionTrue, Reason: mqv1alpha1.ReasonReconciled,
+				LastTransitionTime: metav1.Now()}}},
+	}
+	topic := &mqv1alpha1.Topic{ObjectMeta: metav1.ObjectMeta{Namespace: "going", Name: "orders", Finalizers: []string{BrokerCleanupFinalizer}},
+		Spec: mqv1alpha1.TopicSpec{InstanceRef: mqv1alpha1.InstanceReference{Name: "demo"}}}
+	var attempts int
+	c := createRefused(t, &corev1.Pod{}, &attempts, inst, topic)
+	r := NewTopicReconciler(c, events.NewFakeRecorder(16), untouchedTopicBroker{t}, 0)
+
+	if _, err := r.Reconcile(context.Background(), ctrl.Request{NamespacedName: client.ObjectKeyFromObject(topic)}); err != nil {
+		t.Fatalf("Reconcile: %v", err)
+	}
+	got := &mqv1alpha1.Topic{}
+	if err := c.Get(context.Background(), client.ObjectKeyFromObject(topic), got); err != nil {
+		t.Fatal(err)
+	}
+	cond := meta.FindStatusCondition(got.Status.Conditions, mqv1alpha1.ConditionReady)
+	if cond == nil || cond.Status != metav1.ConditionFalse || cond.Reason != mqv1alpha1.ReasonInstanceNotReady {
+		t.Errorf("Ready condition %+v, want False with reason %s", cond, mqv1alpha1.ReasonInstanceNotReady)
 	}
 }
