@@ -151,7 +151,7 @@ func StartControllerManager(opts ControllerManagerOptions) (stop func() error, e
 			return errors.New("kube-controller-manager did not stop within 20s of SIGTERM; killed")
 		}
 	}
-	opts.Log.Info("Started kube-controller-manager", "pid", cmd.Process.Pid, "controllers", controllers, "log", logPath)
+	started := time.Now()
 
 	ctx, cancel := context.WithTimeout(context.Background(), opts.StartTimeout)
 	defer cancel()
@@ -171,6 +171,8 @@ func StartControllerManager(opts ControllerManagerOptions) (stop func() error, e
 		}
 		return nil, fmt.Errorf("kube-controller-manager did not come up: %w; its log ends:\n%s", err, tail(logPath, 20))
 	}
+	opts.Log.Info("kube-controller-manager is ready", "pid", cmd.Process.Pid, "controllers", controllers,
+		"took", time.Since(started).Round(time.Millisecond), "log", logPath)
 	return stop, nil
 }
 
