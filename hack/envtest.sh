@@ -5,7 +5,7 @@
 # KUBEBUILDER_ASSETS on its last line, and nothing else on stdout.
 #
 # Binaries land in bin/k8s/<version>/ and are reused when present, so a warm call
-# takes well under a second; a cold one takes about four minutes on two cores.
+# takes well under a second; a cold one takes about eight minutes on two cores.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
