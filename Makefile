@@ -46,7 +46,7 @@ vet: ## Run go vet.
 	go vet ./...
 
 .PHONY: envtest
-envtest: ## Build etcd and kube-apiserver from Go modules into bin/k8s/ and print the KUBEBUILDER_ASSETS directory.
+envtest: ## Build etcd, kube-apiserver and kube-controller-manager from Go modules into bin/k8s/ and print the KUBEBUILDER_ASSETS directory.
 	@hack/envtest.sh
 
 # Packages whose tests run under the race detector. The rest are tested without

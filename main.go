@@ -54,6 +54,9 @@ func init() {
 }
 
 func main() {
+	// In dev mode the control-plane processes are started through this binary, which
+	// makes them die with the manager and then becomes them.
+	devcluster.RunIfChild()
 	// The same binary is the consumer runtime of MessageConsumer pods: an init
 	// container copies it into the pod, and it wraps the user's command.
 	if len(os.Args) > 1 {
@@ -90,9 +93,9 @@ func main() {
 		plainText     string
 		memoryLimit   int64
 	)
-	flag.BoolVar(&dev, "dev", false, "Run a local control plane (etcd and kube-apiserver) instead of connecting to a cluster.")
+	flag.BoolVar(&dev, "dev", false, "Run a local control plane (etcd, kube-apiserver and kube-controller-manager) instead of connecting to a cluster.")
 	flag.StringVar(&devDir, "dev-dir", "bin/dev", "With --dev: directory for the control plane's state and the kubeconfig.")
-	flag.StringVar(&assetsDir, "dev-assets", envOr("KUBEBUILDER_ASSETS", "bin/k8s/1.36.3"), "With --dev: directory holding the etcd and kube-apiserver binaries.")
+	flag.StringVar(&assetsDir, "dev-assets", envOr("KUBEBUILDER_ASSETS", "bin/k8s/1.36.3"), "With --dev: directory holding the etcd, kube-apiserver and kube-controller-manager binaries.")
 	flag.StringVar(&crdDir, "dev-crds", "config/crd/bases", "With --dev: directory of CRDs to install.")
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "Address the metrics endpoint binds to; 0 disables it.")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "Address the health probe endpoint binds to.")

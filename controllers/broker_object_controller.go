@@ -201,8 +201,11 @@ func (r *brokerObjectReconciler[T]) instance(ctx context.Context, obj T) (*mqv1a
 		}
 		return nil, false, fmt.Errorf("failed to get Instance %s: %w", key, err)
 	}
+	// An Instance being deleted takes its tenant from the broker at any moment:
+	// declaring into it would fail once it has, and be retried until this object's
+	// own deletion (a namespace deletes both) or the Instance's end.
 	usable := meta.IsStatusConditionTrue(inst.Status.Conditions, mqv1alpha1.ConditionReady) &&
-		inst.Status.InstanceID != "" && inst.Allows(obj.GetNamespace())
+		inst.Status.InstanceID != "" && inst.Allows(obj.GetNamespace()) && inst.DeletionTimestamp.IsZero()
 	return inst, usable, nil
 }
 

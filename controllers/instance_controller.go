@@ -114,6 +114,12 @@ func (r *InstanceReconciler) reconcileNormal(ctx context.Context, inst *mqv1alph
 	id := EffectiveInstanceID(inst)
 	cred, err := r.ensureSecret(ctx, inst, id)
 	if err != nil {
+		if namespaceTerminating(err) {
+			// The namespace controller deleted the Secret and deletes this Instance
+			// next, which wakes it: retrying would only fail until then.
+			ctrl.LoggerFrom(ctx).V(1).Info("Not recreating the credentials Secret: the namespace is being deleted")
+			return nil
+		}
 		var conflict *secretConflictError
 		if errors.As(err, &conflict) {
 			r.setReady(inst, metav1.ConditionFalse, mqv1alpha1.ReasonSecretConflict, conflict.Error())
@@ -404,4 +410,11 @@ func (r *InstanceReconciler) sameIDInstances(ctx context.Context, o client.Objec
 		}
 	}
 	return reqs, nil
+}
+
+// namespaceTerminating reports whether err is the apiserver refusing to create an
+// object in a namespace that is being deleted. What the namespace holds is deleted
+// with it, so a reconciler that gets it has nothing to retry.
+func namespaceTerminating(err error) bool {
+	return apierrors.HasStatusCause(err, corev1.NamespaceTerminatingCause)
 }

@@ -360,6 +360,12 @@ func (r *MessageConsumerReconciler) startPods(ctx context.Context, s *consumerSc
 			return err
 		}
 		if err := r.Create(ctx, pod); err != nil {
+			if namespaceTerminating(err) {
+				// The namespace controller deleted the pods first and deletes the
+				// consumer next, which wakes it: retrying would only fail until then.
+				ctrl.LoggerFrom(ctx).V(1).Info("Not replacing pods: the namespace is being deleted")
+				return nil
+			}
 			return fmt.Errorf("failed to create a pod: %w", err)
 		}
 		r.Recorder.Eventf(mc, pod, corev1.EventTypeNormal, "SuccessfulCreate", "Reconcile", "Created pod %s", pod.Name)

@@ -26,6 +26,7 @@ import (
 	mqv1alpha1 "github.com/orderly-dev/orderly/api/v1alpha1"
 	"github.com/orderly-dev/orderly/internal/broker"
 	"github.com/orderly-dev/orderly/internal/consumer"
+	"github.com/orderly-dev/orderly/internal/devcluster"
 	"github.com/orderly-dev/orderly/internal/mqhttp"
 	"github.com/orderly-dev/orderly/internal/podrunner"
 	"github.com/orderly-dev/orderly/internal/remoting"
@@ -39,6 +40,9 @@ var (
 	testRunner *podrunner.Runner
 	testBroker *broker.Broker
 	cancelMgr  context.CancelFunc
+	// stopKCM stops the suite's kube-controller-manager, which deletes namespaces and
+	// collects owned objects as in a cluster.
+	stopKCM func() error
 
 	// testEndpoints are the suite's mq-http and remoting servers, filled in once
 	// they listen.
@@ -51,6 +55,7 @@ var (
 // pods: the pod runner starts it as `<test binary> consume -- <handler>` with
 // runtimeEnv set, and it runs the consumer runtime as `orderly consume` would.
 func TestMain(m *testing.M) {
+	devcluster.RunIfChild() // etcd and kube-apiserver are started through this binary
 	if os.Getenv(runtimeEnv) == "1" && len(os.Args) > 1 && os.Args[1] == "consume" {
 		os.Exit(consumer.Main(os.Args[2:]))
 	}
@@ -83,7 +88,16 @@ var _ = BeforeSuite(func() {
 		ErrorIfCRDPathMissing: true,
 		BinaryAssetsDirectory: assets,
 	}
-	cfg, err := testEnv.Start()
+	// Started so that etcd and kube-apiserver die with this binary, however it ends.
+	cfg, err := devcluster.StartEnvironment(testEnv, GinkgoT().TempDir())
+	Expect(err).NotTo(HaveOccurred())
+	kcmUser, err := testEnv.AddUser(envtest.User{Name: "system:kube-controller-manager", Groups: []string{"system:masters"}}, nil)
+	Expect(err).NotTo(HaveOccurred())
+	stopKCM, err = devcluster.StartControllerManager(devcluster.ControllerManagerOptions{
+		Config: kcmUser.Config(), AssetsDir: assets, Dir: GinkgoT().TempDir(),
+		ServiceAccountKeyFile: filepath.Join(testEnv.ControlPlane.GetAPIServer().CertDir, "sa-signer.key"),
+		Log:                   logf.Log.WithName("kube-controller-manager"),
+	})
 	Expect(err).NotTo(HaveOccurred())
 
 	scheme := runtime.NewScheme()
@@ -179,6 +193,9 @@ var _ = AfterSuite(func() {
 	}
 	if testRunner != nil {
 		testRunner.StopAll()
+	}
+	if stopKCM != nil {
+		Expect(stopKCM()).To(Succeed())
 	}
 	if testEnv != nil {
 		Expect(testEnv.Stop()).To(Succeed())

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# envtest.sh builds the control-plane binaries envtest needs (kube-apiserver and etcd)
-# from Go modules, because this network reaches the Go module proxy but not the
+# envtest.sh builds the control-plane binaries envtest and dev mode need (etcd,
+# kube-apiserver and kube-controller-manager) from Go modules, because this network reaches the Go module proxy but not the
 # release archives setup-envtest downloads. It prints the directory to use as
 # KUBEBUILDER_ASSETS on its last line, and nothing else on stdout.
 #
 # Binaries land in bin/k8s/<version>/ and are reused when present, so a warm call
-# takes well under a second; a cold one takes about four minutes on two cores.
+# takes well under a second; a cold one takes about eight minutes on two cores.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -17,6 +17,7 @@ mkdir -p "$dir"
 
 # k8s.io/kubernetes is not in the public checksum database; its go.sum entries are
 # committed in hack/envtest/kube-apiserver/go.sum, which is what we trust instead.
+# That module builds kube-controller-manager too, from the same pins.
 export GONOSUMDB=k8s.io/kubernetes
 export GOFLAGS=-mod=readonly
 export CGO_ENABLED=0
@@ -41,9 +42,29 @@ kube_ldflags="-s -w -X $vpkg.gitVersion=v$K8S_VERSION -X $vpkg.gitMajor=$major -
  -X $vpkg.gitTreeState=clean -X $vpkg.buildDate=1970-01-01T00:00:00Z \
  -X k8s.io/client-go/pkg/version.gitVersion=v$K8S_VERSION"
 
-build kube-apiserver kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$kube_ldflags" &
-apiserver_pid=$!
+# kube-apiserver and kube-controller-manager come from one module and share most of
+# their packages: one `go build` of both compiles each shared package once (two
+# builds side by side would each compile it) and links the two binaries in parallel.
+build_kube() {
+	local missing=() name
+	for name in kube-apiserver kube-controller-manager; do
+		[[ -x "$dir/$name" ]] || missing+=("$name")
+	done
+	((${#missing[@]})) || return 0
+	echo "envtest: building ${missing[*]} (cold builds take a few minutes)" >&2
+	local tmp="$dir/.build"
+	rm -rf "$tmp" && mkdir -p "$tmp"
+	(cd "$root/hack/envtest/kube-apiserver" &&
+		go build -trimpath -ldflags "$kube_ldflags" -o "$tmp/" "${missing[@]/#/k8s.io/kubernetes/cmd/}")
+	for name in "${missing[@]}"; do
+		mv "$tmp/$name" "$dir/$name"
+	done
+	rmdir "$tmp"
+}
+
+build_kube &
+kube_pid=$!
 build etcd etcd go.etcd.io/etcd/server/v3 "-s -w -X go.etcd.io/etcd/api/v3/version.Version=${ETCD_VERSION#v}"
-wait "$apiserver_pid"
+wait "$kube_pid"
 
 echo "$dir"
