@@ -36,11 +36,11 @@ type Access struct {
 }
 
 func (a Access) String() string {
-	obj := a.Resource
+	obj := a.Resource + "." + mqv1alpha1.GroupVersion.Group
 	if a.Name != "" {
 		obj += "/" + a.Name
 	}
-	return fmt.Sprintf("%s %s.%s in namespace %q", a.Verb, obj, mqv1alpha1.GroupVersion.Group, a.Namespace)
+	return fmt.Sprintf("%s %s in namespace %q", a.Verb, obj, a.Namespace)
 }
 
 // Reviewer authenticates bearer tokens and authorizes what their users ask for.
