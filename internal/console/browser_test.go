@@ -258,7 +258,7 @@ func TestConsoleInABrowser(t *testing.T) {
 	// the whole topic is backlog again.
 	br.do(chromedp.SetValue(chromedp.CSS(row+"select.reset-topic"), "orders"))
 	br.do(chromedp.SetValue(chromedp.CSS(row+"input.reset-time"), time.Now().Add(-time.Hour).Format("2006-01-02T15:04:05")))
-	br.do(chromedp.Click(chromedp.CSS(row+"form.reset button")))
+	br.do(chromedp.Click(chromedp.CSS(row + "form.reset button")))
 	br.waitText("#notice", "Reset GID_http on orders: offsets 0")
 	br.waitText(row+"td.inflight", "0")
 	br.waitText(row+"td.pertopic", "orders: 7 (0 in flight)")
