@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -34,6 +35,7 @@ import (
 	"github.com/orderly-dev/orderly/controllers"
 	"github.com/orderly-dev/orderly/internal/broker"
 	"github.com/orderly-dev/orderly/internal/brokermetrics"
+	"github.com/orderly-dev/orderly/internal/console"
 	"github.com/orderly-dev/orderly/internal/consumer"
 	"github.com/orderly-dev/orderly/internal/devcluster"
 	"github.com/orderly-dev/orderly/internal/mqgrpc"
@@ -86,6 +88,7 @@ func main() {
 		httpAddr      string
 		tcpAddr       string
 		grpcAddr      string
+		consoleAddr   string
 		advertiseHost string
 		runtimeImage  string
 		dataDir       string
@@ -103,6 +106,7 @@ func main() {
 	flag.StringVar(&httpAddr, "http-bind-address", ":9880", "Address the mq-http endpoint binds to.")
 	flag.StringVar(&tcpAddr, "tcp-bind-address", ":9876", "Address the RocketMQ remoting (name server and broker) endpoint binds to.")
 	flag.StringVar(&grpcAddr, "grpc-bind-address", ":9877", "Address the RocketMQ 5.x gRPC endpoint (apache.rocketmq.v2.MessagingService) binds to; 0 disables it.")
+	flag.StringVar(&consoleAddr, "console-bind-address", "", "Address the web console binds to; empty (the default) leaves it off. Callers sign in with a Kubernetes bearer token, which the apiserver reviews.")
 	flag.StringVar(&dataDir, "data-dir", "", "Directory for the broker's data. Defaults to <dev-dir>/broker with --dev; required otherwise.")
 	flag.StringVar(&advertiseHost, "advertise-host", "", "Host name applications reach the broker at (in a cluster, the broker Service's DNS name). Defaults to 127.0.0.1 with --dev.")
 	flag.StringVar(&tlsCertDir, "tls-cert-dir", "", "Directory holding tls.crt, tls.key and (optionally) ca.crt, as a mounted kubernetes.io/tls Secret presents them (cert-manager's, say): both endpoints serve TLS with it, and reload it when it changes. Empty serves plain text only, except in dev mode, which makes its own CA.")
@@ -178,7 +182,7 @@ func main() {
 	}
 	if err := run(ctx, cfg, options{
 		metricsAddr: metricsAddr, probeAddr: probeAddr, leaderElect: leaderElect,
-		httpAddr: httpAddr, tcpAddr: tcpAddr, grpcAddr: grpcAddr, advertiseHost: advertiseHost, devKubeconfig: kubeconfig, dataDir: dataDir,
+		httpAddr: httpAddr, tcpAddr: tcpAddr, grpcAddr: grpcAddr, consoleAddr: consoleAddr, advertiseHost: advertiseHost, devKubeconfig: kubeconfig, dataDir: dataDir,
 		runtimeImage: runtimeImage, devPodDir: filepath.Join(devDir, "pods"), tlsCertDir: tlsCertDir, plainText: plainText,
 	}); err != nil {
 		setupLog.Error(err, "Manager exited with an error")
@@ -192,6 +196,7 @@ type options struct {
 	leaderElect            bool
 	httpAddr, tcpAddr      string
 	grpcAddr               string
+	consoleAddr            string // empty: no console
 	advertiseHost          string
 	devKubeconfig          string
 	dataDir                string
@@ -301,6 +306,27 @@ func run(ctx context.Context, cfg *rest.Config, o options) error {
 	if err := metrics.Registry.Register(brokermetrics.New(b, servers)); err != nil {
 		return fmt.Errorf("unable to register the broker's metrics: %w", err)
 	}
+	consoleEndpoint := "off"
+	noConsole := make(chan net.Addr, 1)
+	noConsole <- nil // nothing to wait for
+	var consoleListening <-chan net.Addr = noConsole
+	if o.consoleAddr != "" {
+		clientset, err := kubernetes.NewForConfig(mgr.GetConfig())
+		if err != nil {
+			return fmt.Errorf("unable to make the console's apiserver client: %w", err)
+		}
+		consoleServer := console.NewServer(o.consoleAddr, b, mgr.GetClient(), console.KubeReviewer{Client: clientset}, ctrl.Log.WithName("console"))
+		consoleServer.TLS, consoleServer.PlainText = tlsConfig, plain
+		consoleListening = consoleServer.Listening()
+		if err := mgr.Add(consoleServer); err != nil {
+			return err
+		}
+		scheme := "http://"
+		if tlsConfig != nil {
+			scheme = "https://"
+		}
+		consoleEndpoint = scheme + net.JoinHostPort(o.advertiseHost, port(o.consoleAddr)) + " (sign in with a token: kubectl create token)"
+	}
 
 	httpScheme := "http://"
 	if tlsConfig != nil {
@@ -382,7 +408,12 @@ func run(ctx context.Context, cfg *rest.Config, o options) error {
 				return nil
 			case <-tcpServer.Listening():
 			}
-			fmt.Fprint(os.Stderr, devcluster.Banner(o.devKubeconfig, endpoints.HTTP, endpoints.TCP, grpcEndpoint))
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-consoleListening:
+			}
+			fmt.Fprint(os.Stderr, devcluster.Banner(o.devKubeconfig, endpoints.HTTP, endpoints.TCP, grpcEndpoint, consoleEndpoint))
 			return nil
 		})); err != nil {
 			return err

@@ -60,6 +60,12 @@
 //     rates, message size; Usage and AcquireConnection.
 //   - autocreate.go: topics and groups created on first use.
 //   - lookup.go: MessageByID and MessagesByKey, for diagnosis.
+//   - browse.go: MessagesBetween (a topic's messages in a time range) and
+//     MessageState (a message's place in its queue and its state with each group
+//     consuming the topic), for diagnosis.
+//   - reset.go: ResetOffsets, a group's consumption of a topic moved to a time,
+//     for TCP groups (committed offsets, and consumers moved on their next pull)
+//     and HTTP groups (pop state) alike.
 //   - keys.go: the key layout of the store, and the rule that every record has one
 //     owner at a time.
 //   - store.go: the store, the only file that knows the engine is Pebble: write
@@ -86,8 +92,9 @@
 //     group.mu (to drop the groups' pop state on it) and topic.notifyMu (to end
 //     its long polls), a group's or an instance's deletion locks.mu (to release
 //     its queue locks), and declarations, publishes and Usage quota.mu.
-//   - group.mu: a group's pop state per queue (group.pop). Under it GroupStats
-//     takes each popQueue.mu.
+//   - group.mu: a group's pop state per queue (group.pop) and its pending
+//     resets (group.resets). Under it GroupStats and MessageState take each
+//     popQueue.mu.
 //   - popQueue.mu: one group's pop-style state on one queue.
 //
 // The other locks take no lock while held: locks.mu (queue locks), quota.mu and
@@ -129,6 +136,9 @@
 //     retention's unsynced ones (reclaimQueue): each batch writes the queue's trim
 //     state as the one before it left it.
 //   - Broker.reapMu is held across the reaper's unsynced commits.
+//   - group.mu is held across the unsynced commit of a TCP group's offsets by
+//     CommitOffset while a reset is pending, and by ResetOffsets: a consumer's
+//     commit of its old position and the reset then land in order.
 //
 // No other lock is held across a write. popQueue.mu is held across a queue view's
 // reads, serializing the pops of one group on one queue, which must agree on the

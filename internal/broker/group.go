@@ -68,6 +68,11 @@ type group struct {
 	// pop holds the pop-style consume state of each queue the group has consumed,
 	// created on first use.
 	pop map[*queue]*popQueue
+	// resets are the offsets a TCP group was reset to (ResetOffsets) on queues no
+	// consumer has pulled from since; resetsPending counts them, so that pulls
+	// and commits look under mu only while there are some.
+	resets        map[*queue]uint64
+	resetsPending atomic.Int32
 }
 
 type groupMeta struct {

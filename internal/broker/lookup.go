@@ -21,7 +21,9 @@ func (b *Broker) MessageByID(instanceID, id string) (StoredMessage, error) {
 }
 
 // MessagesByKey returns up to max messages of the topic published with key, oldest
-// first, for diagnosis.
+// first, for diagnosis. It stops before the message whose record would take what
+// it returns past MaxReadBytes (always returning one), as a pull does, so that a
+// lookup holds no more in memory than one read.
 func (b *Broker) MessagesByKey(instanceID, topicName, key string, max int) ([]StoredMessage, error) {
 	if err := b.enter(); err != nil {
 		return nil, err
@@ -52,11 +54,16 @@ func (b *Broker) MessagesByKey(instanceID, topicName, key string, max int) ([]St
 		return nil, err
 	}
 	out := make([]StoredMessage, 0, len(seqs))
+	budget := MaxReadBytes
 	for _, seq := range seqs {
 		m, err := b.messageBySeq(instanceID, seq)
 		if err != nil {
 			continue // reclaimed since it was indexed
 		}
+		if len(out) > 0 && len(m.Body) > budget {
+			break
+		}
+		budget -= len(m.Body)
 		out = append(out, m)
 	}
 	return out, nil

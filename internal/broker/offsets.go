@@ -48,9 +48,19 @@ func (b *Broker) CommitOffset(instanceID, groupID, topicName string, queueID int
 	if offset < 0 || offset > int64(q.durable.Load()) {
 		return fmt.Errorf("%w: offset %d outside 0..%d", ErrInvalidArgument, offset, q.durable.Load())
 	}
+	b.touchGroup(g)
+	if g.resetsPending.Load() > 0 {
+		// A consumer that has not pulled since a reset commits its old position:
+		// ignored, or it would undo the reset. The check and the write are one
+		// step under g.mu, so a reset cannot land between them.
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		if _, ok := g.resets[q]; ok {
+			return nil
+		}
+	}
 	w := b.store.newBatch()
 	w.set(offsetKey(g.id, q.topic.id, q.id), binary.BigEndian.AppendUint64(nil, uint64(offset)))
-	b.touchGroup(g)
 	return b.store.commitNoSync(w)
 }
 
@@ -79,10 +89,17 @@ func (b *Broker) OffsetAt(instanceID, topicName string, queueID int, ts time.Tim
 		return 0, err
 	}
 	defer v.close()
+	off, err := v.offsetAt(ts.UnixMilli())
+	return int64(off), err
+}
+
+// offsetAt returns the first offset of the view whose entry was stored at or after
+// target (ms); the queue's bounds when target is before its first or after its last.
+func (v *queueView) offsetAt(target int64) (uint64, error) {
 	// Store times grow with offsets (to within the moment between a publisher
 	// reading the clock and the writer ordering it), so a binary search over the
-	// offsets finds the first at or after ts with a seek per step.
-	target := ts.UnixMilli()
+	// offsets finds the first at or after target with a seek per step.
+	q := v.q
 	lo, hi := q.min.Load(), v.end
 	for lo < hi {
 		mid := lo + (hi-lo)/2
@@ -104,7 +121,7 @@ func (b *Broker) OffsetAt(instanceID, topicName string, queueID int, ts time.Tim
 			lo = queueKeyOffset(v.idx.key()) + 1
 		}
 	}
-	return int64(lo), nil
+	return lo, nil
 }
 
 // queue resolves one queue of a topic.

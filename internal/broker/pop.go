@@ -339,6 +339,16 @@ func (b *Broker) buryAll(ctx context.Context, g *group, pq *popQueue, q *queue, 
 			}
 		}
 		pq.mu.Lock()
+		if pq.inflight[d.offset] != d {
+			// A reset forgot it meanwhile (ResetOffsets): the group's state
+			// here is no longer the one it was buried from.
+			pq.mu.Unlock()
+			if err != nil {
+				return err
+			}
+			g.countsOn(q.topic.name).deadLettered.Add(1)
+			continue
+		}
 		if err != nil {
 			// Back into flight, due at once: the next pop tries again.
 			d.burying = false

@@ -273,6 +273,9 @@ func (b *Broker) Pull(ctx context.Context, instanceID, groupID, topicName string
 	if max <= 0 || max > 1024 {
 		return PullResult{}, fmt.Errorf("%w: pull of %d messages; 1 to 1024", ErrInvalidArgument, max)
 	}
+	if to, moved := b.takeReset(g, q, offset); moved {
+		return PullResult{NextOffset: to, MinOffset: int64(q.min.Load()), MaxOffset: int64(q.durable.Load())}, nil
+	}
 	var res PullResult
 	err = b.longPoll(ctx, q.topic, b.clock.Now().Add(wait), func() (bool, bool, time.Time, error) {
 		err := readWithin(ctx, func() (int, int, error) {

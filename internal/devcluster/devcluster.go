@@ -237,8 +237,8 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 }
 
 // Banner is what dev mode prints once everything serves: where the kubeconfig is, the
-// broker's endpoints, and a first command to paste.
-func Banner(kubeconfig, httpEndpoint, tcpEndpoint, grpcEndpoint string) string {
+// broker's endpoints and the web console, and a first command to paste.
+func Banner(kubeconfig, httpEndpoint, tcpEndpoint, grpcEndpoint, consoleEndpoint string) string {
 	rel := kubeconfig
 	if wd, err := os.Getwd(); err == nil {
 		if r, err := filepath.Rel(wd, kubeconfig); err == nil && !strings.HasPrefix(r, "..") {
@@ -252,6 +252,7 @@ Orderly is running with a local control plane (dev mode).
   mq-http        %[2]s
   tcp (remoting) %[3]s
   grpc           %[5]s
+  console        %[6]s
 
 Try it in another shell:
 
@@ -262,5 +263,5 @@ Try it in another shell:
 
 Ctrl-C stops the operator and the control plane; state stays in %[4]s.
 
-`, rel, httpEndpoint, tcpEndpoint, filepath.Dir(rel), grpcEndpoint)
+`, rel, httpEndpoint, tcpEndpoint, filepath.Dir(rel), grpcEndpoint, consoleEndpoint)
 }
