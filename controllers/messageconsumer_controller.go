@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/selection"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -58,7 +59,14 @@ func ConsumerPodSelector() labels.Selector {
 // ConsumerBroker is the part of the broker the MessageConsumer controller reads.
 type ConsumerBroker interface {
 	GroupStats(instanceID, groupID string) (broker.GroupStats, error)
+	// WorkerProgress is what the group's workers (the pods' runtimes, by pod UID)
+	// last reported.
+	WorkerProgress(instanceID, groupID string) (map[string]broker.WorkerProgress, error)
 }
+
+// DefaultProgressPeriod is how often the counts of a MessageConsumer with running
+// pods are read from the broker.
+const DefaultProgressPeriod = 5 * time.Second
 
 // +kubebuilder:rbac:groups=mq.orderly.dev,resources=messageconsumers,verbs=get;list;watch;update;patch;delete
 // +kubebuilder:rbac:groups=mq.orderly.dev,resources=messageconsumers/status,verbs=get;update;patch
@@ -77,6 +85,9 @@ type MessageConsumerReconciler struct {
 	RuntimeImage string
 	// Now is the clock; tests may replace it.
 	Now func() time.Time
+	// ProgressPeriod is how often the running pods' counts are read
+	// (DefaultProgressPeriod when zero).
+	ProgressPeriod time.Duration
 }
 
 // Reconcile runs one pass over a MessageConsumer, in the shape of cluster-api's
@@ -124,6 +135,7 @@ func (r *MessageConsumerReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		r.account,             // finished pods' counts
 		r.reconcileFinished,   // Complete or Failed in an earlier pass: stop, expire after the TTL
 		r.resolveDependencies, // the Instance, Topic and ConsumerGroup, or wait for them
+		r.readProgress,        // the running pods' counts so far
 		r.admitTemplate,       // may the namespace run the template's pods?
 		r.reconcileSuspend,    // spec.suspend holds the pods off
 		r.reconcileLimits,     // activeDeadlineSeconds and backoffLimit
@@ -174,6 +186,10 @@ type consumerScope struct {
 	// counts are written (endPass).
 	counts  podCounts
 	release []*corev1.Pod
+	// progress is the running pods' share of the counts (status.inProgress):
+	// what they last reported (readProgress), less the final counts of those
+	// that finished since (account).
+	progress mqv1alpha1.ConsumerCounts
 
 	// waiting says why the consumer waits for its Instance, Topic or ConsumerGroup;
 	// deps are the three, once they are usable (resolveDependencies).
@@ -232,10 +248,14 @@ type dependencies struct {
 
 func newConsumerScope(mc *mqv1alpha1.MessageConsumer, now time.Time) *consumerScope {
 	st := mc.Status
-	return &consumerScope{mc: mc, now: now, counts: podCounts{
+	progress := ptr.Deref(st.InProgress, mqv1alpha1.ConsumerCounts{})
+	return &consumerScope{mc: mc, now: now, progress: progress, counts: podCounts{
 		succeeded: st.Succeeded, failed: st.Failed,
-		messagesHandled: st.MessagesHandled, handlerFailures: st.HandlerFailures,
-		countedPods: slices.Clone(st.CountedPods),
+		// The status's totals include the running pods' share, which is kept
+		// apart until they finish.
+		messagesHandled: max(0, st.MessagesHandled-progress.MessagesHandled),
+		handlerFailures: max(0, st.HandlerFailures-progress.HandlerFailures),
+		countedPods:     slices.Clone(st.CountedPods),
 	}}
 }
 

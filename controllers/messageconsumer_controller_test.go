@@ -230,6 +230,36 @@ var _ = Describe("MessageConsumer", func() {
 		Expect(bodies).To(ConsistOf("3", "7"))
 	})
 
+	It("shows the counts moving while its pods run", func(ctx SpecContext) {
+		e := newConsumerEnv(ctx, "Normal", 2, 2)
+		e.publish(ctx, 5, 0)
+		mc := e.messageConsumer("live", 1, mqv1alpha1.CompletionForever, corev1.EnvVar{Name: "FAIL", Value: "3"})
+		mc.Spec.HandlerTimeoutSeconds = 1
+		Expect(k8sClient.Create(ctx, mc)).To(Succeed())
+		// A Forever consumer's pod never ends: every count here comes from the
+		// broker, where its runtime reports them.
+		Eventually(func(g Gomega) {
+			g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(mc), mc)).To(Succeed())
+			g.Expect(mc.Status.MessagesHandled).To(BeEquivalentTo(4))
+			// The poison message: its delivery and two redeliveries failed.
+			g.Expect(mc.Status.HandlerFailures).To(BeEquivalentTo(3))
+			g.Expect(mc.Status.InProgress).To(Equal(&mqv1alpha1.ConsumerCounts{MessagesHandled: 4, HandlerFailures: 3}))
+			g.Expect(mc.Status.Active).To(BeEquivalentTo(1))
+			g.Expect(mc.Status.Succeeded + mc.Status.Failed).To(BeZero())
+		}, "60s").Should(Succeed())
+		e.publish(ctx, 2, 0)
+		Eventually(func(g Gomega) {
+			g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(mc), mc)).To(Succeed())
+			g.Expect(mc.Status.MessagesHandled).To(BeEquivalentTo(6))
+		}, "30s").Should(Succeed())
+		// Deleted, the pod stops and its final count replaces its report: the
+		// total stays.
+		Expect(k8sClient.Delete(ctx, mc)).To(Succeed())
+		Eventually(func(g Gomega) {
+			g.Expect(consumerPods(ctx, mc)).To(BeEmpty())
+		}, "30s").Should(Succeed())
+	})
+
 	It("loses nothing and breaks no order when a pod is killed mid-message", func(ctx SpecContext) {
 		e := newConsumerEnv(ctx, "Ordered", 1, 16)
 		e.publish(ctx, 10, 1)

@@ -16,6 +16,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	mqv1alpha1 "github.com/orderly-dev/orderly/api/v1alpha1"
 	"github.com/orderly-dev/orderly/internal/consumer"
@@ -33,12 +34,54 @@ import (
 // on counts the stored status has moved past, and start pods for messages
 // already handled, before its status patch found the conflict.
 func (r *MessageConsumerReconciler) account(_ context.Context, s *consumerScope) (ctrl.Result, bool, error) {
-	counted := len(s.counts.countedPods)
+	before := s.counts
 	s.release = countFinished(&s.counts, s.pods)
-	if len(s.counts.countedPods) > counted {
+	if !slices.ContainsFunc(s.pods, running) {
+		s.progress = mqv1alpha1.ConsumerCounts{}
+	}
+	if len(s.counts.countedPods) > len(before.countedPods) {
+		// The pods just counted leave the running share. A pod's final count is at
+		// least what it last reported, so taking the final counts off it keeps the
+		// totals from going backwards until readProgress reads the rest again.
+		s.progress.MessagesHandled = max(0, s.progress.MessagesHandled-(s.counts.messagesHandled-before.messagesHandled))
+		s.progress.HandlerFailures = max(0, s.progress.HandlerFailures-(s.counts.handlerFailures-before.handlerFailures))
 		return ctrl.Result{RequeueAfter: time.Millisecond}, true, nil
 	}
 	return ctrl.Result{}, false, nil
+}
+
+// running reports whether a pod counts toward the running share: it holds its
+// tracking finalizer and has not finished.
+func running(p *corev1.Pod) bool {
+	return controllerutil.ContainsFinalizer(p, TrackingFinalizer) && !isTerminal(p)
+}
+
+// readProgress reads the running pods' counts so far from the broker, where each
+// pod's runtime reports them with every consume, and asks to run again while pods
+// run so the counts keep moving. The broker being unable to answer is not this
+// pass's failure: the counts stay as they were.
+func (r *MessageConsumerReconciler) readProgress(ctx context.Context, s *consumerScope) (ctrl.Result, bool, error) {
+	if !slices.ContainsFunc(s.pods, running) {
+		return ctrl.Result{}, false, nil
+	}
+	period := r.ProgressPeriod
+	if period <= 0 {
+		period = DefaultProgressPeriod
+	}
+	reports, err := r.Broker.WorkerProgress(s.deps.instance.Status.InstanceID, s.deps.group.Status.GroupID)
+	if err != nil {
+		logf.FromContext(ctx).V(1).Info("cannot read the pods' progress", "error", err.Error())
+		return ctrl.Result{RequeueAfter: period}, false, nil
+	}
+	var p mqv1alpha1.ConsumerCounts
+	for _, pod := range s.pods {
+		if rep, ok := reports[string(pod.UID)]; ok && running(pod) {
+			p.MessagesHandled += rep.Handled
+			p.HandlerFailures += rep.Failed
+		}
+	}
+	s.progress = p
+	return ctrl.Result{RequeueAfter: period}, false, nil
 }
 
 // countFinished adds to counts the finished pods that still hold the tracking

@@ -107,6 +107,8 @@ func (r *MessageConsumerReconciler) podFor(mc *mqv1alpha1.MessageConsumer, deps 
 		{Name: consumer.EnvMode, Value: string(mode)},
 		{Name: consumer.EnvHandlerTimeout, Value: strconv.Itoa(int(mc.Spec.HandlerTimeoutSeconds))},
 		{Name: consumer.EnvTerminationLog, Value: corev1.TerminationMessagePathDefault},
+		// The runtime names itself by the pod's UID in the progress it reports.
+		{Name: consumer.EnvWorker, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.uid"}}},
 	}
 	if budget > 0 {
 		env = append(env, corev1.EnvVar{Name: consumer.EnvMaxMessages, Value: strconv.FormatInt(budget, 10)})

@@ -24,7 +24,12 @@ func deriveStatus(s *consumerScope) {
 	// say what became of that generation.
 	st.ObservedGeneration = s.mc.Generation
 	st.Succeeded, st.Failed = s.counts.succeeded, s.counts.failed
-	st.MessagesHandled, st.HandlerFailures = s.counts.messagesHandled, s.counts.handlerFailures
+	st.MessagesHandled = s.counts.messagesHandled + s.progress.MessagesHandled
+	st.HandlerFailures = s.counts.handlerFailures + s.progress.HandlerFailures
+	st.InProgress = nil
+	if s.progress != (mqv1alpha1.ConsumerCounts{}) {
+		st.InProgress = ptr.To(s.progress)
+	}
 	st.CountedPods = s.counts.countedPods
 
 	set := func(typ string, status metav1.ConditionStatus, reason, msg string) {

@@ -78,6 +78,15 @@ func TestDeriveStatus(t *testing.T) {
 			st.Succeeded, st.MessagesHandled, st.HandlerFailures, st.CountedPods = 2, 15, 3, []string{"uid-1", "uid-2"}
 		},
 	}, {
+		name: "the running pods' share is added to the finished pods' counts",
+		found: func(s *consumerScope) {
+			s.progress = mqv1alpha1.ConsumerCounts{MessagesHandled: 4, HandlerFailures: 1}
+		},
+		want: func(st *mqv1alpha1.MessageConsumerStatus) {
+			st.MessagesHandled, st.HandlerFailures = 14, 3
+			st.InProgress = &mqv1alpha1.ConsumerCounts{MessagesHandled: 4, HandlerFailures: 1}
+		},
+	}, {
 		name: "waiting for a dependency keeps the pods as they were",
 		found: func(s *consumerScope) {
 			s.waiting = &refusal{mqv1alpha1.ReasonWaitingForDependencies, `Topic "work" is not Ready`}

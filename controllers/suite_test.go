@@ -161,7 +161,7 @@ var _ = BeforeSuite(func() {
 
 	Expect((&MessageConsumerReconciler{
 		Client: mgr.GetClient(), Scheme: scheme, Recorder: mgr.GetEventRecorder("orderly-messageconsumer"),
-		Broker: testBroker, RuntimeImage: "orderly:test",
+		Broker: testBroker, RuntimeImage: "orderly:test", ProgressPeriod: 500 * time.Millisecond,
 	}).SetupWithManager(mgr)).To(Succeed())
 
 	// envtest has no kubelet: the runner runs MessageConsumer pods as local

@@ -179,6 +179,14 @@ const (
 	ConsumerFailed ConsumerState = "Failed"
 )
 
+// ConsumerCounts count a MessageConsumer's messages.
+type ConsumerCounts struct {
+	// +optional
+	MessagesHandled int64 `json:"messagesHandled,omitempty"`
+	// +optional
+	HandlerFailures int64 `json:"handlerFailures,omitempty"`
+}
+
 // MessageConsumerStatus defines the observed state of a MessageConsumer.
 type MessageConsumerStatus struct {
 	// observedGeneration is the generation this status describes.
@@ -199,12 +207,18 @@ type MessageConsumerStatus struct {
 	// +optional
 	Failed int32 `json:"failed,omitempty"`
 	// messagesHandled were acknowledged after the handler succeeded, and
-	// handlerFailures are handler runs that failed, as the pods reported when they
-	// finished.
+	// handlerFailures are handler runs that failed: what the finished pods
+	// reported when they ended, plus inProgress.
 	// +optional
 	MessagesHandled int64 `json:"messagesHandled,omitempty"`
 	// +optional
 	HandlerFailures int64 `json:"handlerFailures,omitempty"`
+	// inProgress is the running pods' share of messagesHandled and
+	// handlerFailures: what each reported to the broker with its latest consume
+	// call, read every few seconds while pods run. A pod's share becomes its
+	// final count when it finishes.
+	// +optional
+	InProgress *ConsumerCounts `json:"inProgress,omitempty"`
 	// effectiveParallelism is how many pods can work at once: parallelism, capped
 	// by the queue count on an ordered topic.
 	// +optional

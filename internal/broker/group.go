@@ -63,6 +63,8 @@ type group struct {
 	// counts are what the group consumed since the broker opened, per topic
 	// name (*groupCounts), for metrics: see countsOn.
 	counts sync.Map
+	// workers are the latest progress reports of the group's named workers.
+	workers workerBook
 
 	mu sync.Mutex
 	// pop holds the pop-style consume state of each queue the group has consumed,

@@ -53,6 +53,9 @@ type PopRequest struct {
 	Orderly bool
 	// Invisibility overrides the default invisibility window.
 	Invisibility time.Duration
+	// Progress, when set, is the calling worker's report (see WorkerProgress),
+	// noted before the pop waits.
+	Progress *WorkerProgress
 }
 
 // Delivery is one message handed to a consumer.
@@ -113,6 +116,11 @@ func (b *Broker) Pop(ctx context.Context, instanceID, topicName string, req PopR
 	if req.Wait < 0 || req.Wait > MaxPopWait {
 		return nil, fmt.Errorf("%w: wait of %v; 0 to %v", ErrInvalidArgument, req.Wait, MaxPopWait)
 	}
+	if req.Progress != nil {
+		if err := req.Progress.validate(); err != nil {
+			return nil, err
+		}
+	}
 	t, g, err := b.consumerTarget(instanceID, topicName, req.Group, HTTP)
 	if err != nil {
 		return nil, err
@@ -127,6 +135,9 @@ func (b *Broker) Pop(ctx context.Context, instanceID, topicName string, req PopR
 		}
 	}
 	b.touchGroup(g)
+	if req.Progress != nil {
+		g.workers.note(*req.Progress)
+	}
 	var out []Delivery
 	err = b.longPoll(ctx, t, b.clock.Now().Add(req.Wait), func() (bool, bool, time.Time, error) {
 		// more: a scan stopped at its bound on entries the filter rules out, so

@@ -25,6 +25,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/orderly-dev/orderly/internal/broker"
 	"github.com/orderly-dev/orderly/internal/mqhttp"
 )
 
@@ -57,6 +58,10 @@ const (
 	EnvIdleSeconds     = "ORDERLY_IDLE_SECONDS"
 	EnvHandlerTimeout  = "ORDERLY_HANDLER_TIMEOUT_SECONDS"
 	EnvTerminationLog  = "ORDERLY_TERMINATION_LOG"
+	// EnvWorker names this runtime to the broker (the pod's UID, through the
+	// downward API): with it, every consume carries the runtime's counts so far,
+	// which the controller shows while the pod runs.
+	EnvWorker = "ORDERLY_WORKER"
 	// EnvCACert holds the PEM of the CA an https endpoint's certificate chains to
 	// (the Instance Secret's caCert); empty trusts the system's roots.
 	EnvCACert = "ORDERLY_CA_CERT"
@@ -94,6 +99,8 @@ type Config struct {
 	TerminationLog string
 	// CACert is the PEM of the CA to trust for an https endpoint, or empty.
 	CACert string
+	// Worker, when set, names the runtime in the progress it reports.
+	Worker string
 }
 
 // Result counts a runtime's messages.
@@ -112,7 +119,7 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		AccessKeyID: getenv(EnvAccessKeyID), AccessKeySecret: getenv(EnvAccessKeySecret),
 		Topic: getenv(EnvTopic), Group: getenv(EnvGroup), TagFilter: getenv(EnvTagFilter),
 		Ordered: getenv(EnvOrdered) == "true", Mode: Mode(getenv(EnvMode)),
-		TerminationLog: getenv(EnvTerminationLog), CACert: getenv(EnvCACert),
+		TerminationLog: getenv(EnvTerminationLog), CACert: getenv(EnvCACert), Worker: getenv(EnvWorker),
 		IdleTimeout: 5 * time.Second, HandlerTimeout: 300 * time.Second,
 	}
 	var errs []error
@@ -189,9 +196,13 @@ func (r *Runtime) Run(ctx context.Context) (Result, error) {
 		if r.Config.Mode == Messages && res.Handled >= r.Config.MaxMessages {
 			return res, nil
 		}
+		var progress *broker.WorkerProgress
+		if r.Config.Worker != "" {
+			progress = &broker.WorkerProgress{Worker: r.Config.Worker, Handled: res.Handled, Failed: res.Failed}
+		}
 		msgs, err := r.client.Consume(ctx, mqhttp.ConsumeRequest{
 			Topic: r.Config.Topic, Group: r.Config.Group, Tag: r.Config.TagFilter, Orderly: r.Config.Ordered,
-			Max: 1, Wait: wait, Invisible: r.Config.HandlerTimeout,
+			Max: 1, Wait: wait, Invisible: r.Config.HandlerTimeout, Progress: progress,
 		})
 		switch {
 		case mqhttp.IsCode(err, "MessageNotExist"):

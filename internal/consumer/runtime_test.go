@@ -109,9 +109,16 @@ func TestFailureLeavesTheMessageForRedeliveryThenDeadLetters(t *testing.T) {
 	e.publish("bad", "good")
 	rt := &Runtime{Config: e.config(Drain), Command: e.handler()}
 	rt.Config.IdleTimeout = 3 * time.Second // longer than the 1 s invisibility
+	rt.Config.Worker = "pod-uid-1"
 	res, err := rt.Run(context.Background())
 	if err != nil || res != (Result{Handled: 1, Failed: 2}) {
 		t.Fatalf("result %+v, %v", res, err)
+	}
+	// Each consume carried the counts so far, the last one (which found the
+	// topic drained) the final counts: what the controller shows while pods run.
+	progress, err := e.broker.WorkerProgress(instanceID, "G")
+	if want := (broker.WorkerProgress{Worker: "pod-uid-1", Handled: 1, Failed: 2}); err != nil || progress["pod-uid-1"] != want {
+		t.Fatalf("reported %v %v, want %+v", progress, err, want)
 	}
 	if got := strings.Join(e.lines(), " "); got != "bad/1/key/tag bad/2/key/tag good/1/key/tag" {
 		t.Fatalf("handler saw %q", got)
@@ -213,9 +220,9 @@ func TestBadCredentialsAreFatal(t *testing.T) {
 
 func TestConfigFromEnv(t *testing.T) {
 	full := map[string]string{EnvEndpoint: "http://x", EnvInstanceID: "i", EnvAccessKeyID: "a", EnvAccessKeySecret: "s",
-		EnvTopic: "T", EnvGroup: "G", EnvOrdered: "true", EnvMode: "Messages", EnvMaxMessages: "5", EnvIdleSeconds: "90", EnvHandlerTimeout: "7"}
+		EnvTopic: "T", EnvGroup: "G", EnvOrdered: "true", EnvMode: "Messages", EnvMaxMessages: "5", EnvIdleSeconds: "90", EnvHandlerTimeout: "7", EnvWorker: "uid"}
 	cfg, err := ConfigFromEnv(func(k string) string { return full[k] })
-	if err != nil || !cfg.Ordered || cfg.MaxMessages != 5 || cfg.IdleTimeout != 30*time.Second || cfg.HandlerTimeout != 7*time.Second {
+	if err != nil || !cfg.Ordered || cfg.Worker != "uid" || cfg.MaxMessages != 5 || cfg.IdleTimeout != 30*time.Second || cfg.HandlerTimeout != 7*time.Second {
 		t.Fatalf("%+v %v", cfg, err)
 	}
 	for key, bad := range map[string]string{EnvTopic: "", EnvMode: "Sometimes", EnvMaxMessages: "0", EnvHandlerTimeout: "-1"} {

@@ -17,6 +17,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/orderly-dev/orderly/internal/broker"
 )
 
 // InvisibleSecondsHeader is an Orderly extension of consume requests: the
@@ -25,6 +27,32 @@ import (
 // runtime sends its handler timeout, so that a failed message comes back when the
 // handler's deadline would have passed rather than after the fixed default.
 const InvisibleSecondsHeader = "X-Orderly-Invisible-Seconds"
+
+// ProgressHeader is an Orderly extension of consume requests: the calling
+// worker's progress report, "<worker> <handled> <failed>" (see
+// broker.WorkerProgress). The consumer runtime of MessageConsumer pods sends it
+// with every consume, so that the controller can show counts that move while the
+// pods run. The public SDKs never send it.
+const ProgressHeader = "X-Orderly-Worker-Progress"
+
+// FormatProgress is the ProgressHeader value of p.
+func FormatProgress(p broker.WorkerProgress) string {
+	return p.Worker + " " + strconv.FormatInt(p.Handled, 10) + " " + strconv.FormatInt(p.Failed, 10)
+}
+
+// parseProgress reads a ProgressHeader value; the broker checks the worker name.
+func parseProgress(v string) (*broker.WorkerProgress, bool) {
+	f := strings.Split(v, " ")
+	if len(f) != 3 {
+		return nil, false
+	}
+	handled, err1 := strconv.ParseInt(f[1], 10, 64)
+	failed, err2 := strconv.ParseInt(f[2], 10, 64)
+	if err1 != nil || err2 != nil {
+		return nil, false
+	}
+	return &broker.WorkerProgress{Worker: f[0], Handled: handled, Failed: failed}, true
+}
 
 // maxInvisible bounds InvisibleSecondsHeader: 12 hours, as RocketMQ 5 bounds
 // ChangeInvisibleDuration.
@@ -112,6 +140,8 @@ type ConsumeRequest struct {
 	Wait              time.Duration
 	// Invisible, when set, is sent as InvisibleSecondsHeader.
 	Invisible time.Duration
+	// Progress, when set, is sent as ProgressHeader.
+	Progress *broker.WorkerProgress
 }
 
 // Consume pops messages. No message is the APIError MessageNotExist, as the
@@ -131,6 +161,9 @@ func (c *Client) Consume(ctx context.Context, req ConsumeRequest) ([]ConsumedMes
 	header := http.Header{}
 	if req.Invisible > 0 {
 		header.Set(InvisibleSecondsHeader, strconv.Itoa(int(req.Invisible/time.Second)))
+	}
+	if req.Progress != nil {
+		header.Set(ProgressHeader, FormatProgress(*req.Progress))
 	}
 	status, body, err := c.Do(ctx, http.MethodGet, "/topics/"+url.PathEscape(req.Topic)+"/messages?"+q.Encode(), nil, header)
 	if err != nil {

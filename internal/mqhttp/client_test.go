@@ -2,6 +2,7 @@ package mqhttp
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -63,5 +64,35 @@ func TestClientInvisibilityExtension(t *testing.T) {
 	// Publishes are counted as mq-http's.
 	if info, err := e.broker.Topic(testInstance, "MQ_ORDER"); err != nil || len(info.PublishedBy) != 1 || info.PublishedBy[0].Wire != broker.WireHTTP {
 		t.Fatalf("publishes by wire: %+v %v", info.PublishedBy, err)
+	}
+}
+
+// The progress extension: a consume carrying a worker's report leaves it with the
+// broker whether or not a message comes, and a malformed one is refused as the
+// protocol refuses a bad parameter.
+func TestClientProgressExtension(t *testing.T) {
+	e := newEnv(t)
+	e.topic("T", broker.Normal, 1)
+	e.group("GID_rt", broker.HTTP)
+	ctx := context.Background()
+	c := &Client{Endpoint: e.endpoint, AccessKeyID: testAK, AccessKeySecret: testSK, InstanceID: testInstance}
+	req := ConsumeRequest{Topic: "T", Group: "GID_rt", Max: 1,
+		Progress: &broker.WorkerProgress{Worker: "0c6f-uid", Handled: 41, Failed: 2}}
+	if _, err := c.Consume(ctx, req); !IsCode(err, "MessageNotExist") {
+		t.Fatalf("consume: %v", err)
+	}
+	got, err := e.broker.WorkerProgress(testInstance, "GID_rt")
+	if err != nil || got["0c6f-uid"] != *req.Progress {
+		t.Fatalf("progress %v %v", got, err)
+	}
+	for _, bad := range []string{"uid 1", "uid 1 2 3", "uid x 2", "uid 1 -2", "two  1 2", strings.Repeat("u", 65) + " 1 2"} {
+		status, body, err := c.Do(ctx, "GET", "/topics/T/messages?consumer=GID_rt&numOfMessages=1&ns="+testInstance,
+			nil, map[string][]string{ProgressHeader: {bad}})
+		if err != nil || !IsCode(apiError(status, body), "InvalidArgument") {
+			t.Fatalf("progress %q: %d %s %v", bad, status, body, err)
+		}
+	}
+	if got, _ := e.broker.WorkerProgress(testInstance, "GID_rt"); len(got) != 1 {
+		t.Fatalf("refused reports were noted: %v", got)
 	}
 }

@@ -247,6 +247,14 @@ func (h *handler) consume(q *request, trans string) {
 		}
 		invisible = time.Duration(s) * time.Second
 	}
+	var progress *broker.WorkerProgress
+	if v := q.r.Header.Get(ProgressHeader); v != "" {
+		var ok bool
+		if progress, ok = parseProgress(v); !ok {
+			q.fail(invalidArgument("The value of " + ProgressHeader + " should be a worker name and two counts, separated by spaces."))
+			return
+		}
+	}
 	var ds []broker.Delivery
 	// The records read are the request's memory until the answer is written.
 	ctx := broker.WithReadBudget(q.r.Context(), q.mem)
@@ -260,6 +268,7 @@ func (h *handler) consume(q *request, trans string) {
 		}
 		ds, err = h.broker.Pop(ctx, q.instance, q.topic, broker.PopRequest{
 			Group: group, Max: n, Wait: wait, Filter: filter, Orderly: trans == "order", Invisibility: invisible,
+			Progress: progress,
 		})
 	}
 	switch {

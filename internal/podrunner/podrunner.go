@@ -303,7 +303,8 @@ func (r *Runner) StopAll() {
 	}
 }
 
-// environment resolves the container's env: values, and secretKeyRef from Secrets.
+// environment resolves the container's env: values, secretKeyRef from Secrets,
+// and fieldRef of the pod's uid, name and namespace.
 func (r *Runner) environment(ctx context.Context, pod *corev1.Pod, c *corev1.Container) ([]string, error) {
 	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.TempDir()}
 	for _, e := range c.Env {
@@ -324,8 +325,15 @@ func (r *Runner) environment(ctx context.Context, pod *corev1.Pod, c *corev1.Con
 				return nil, fmt.Errorf("secret %q has no key %q", ref.Name, ref.Key)
 			}
 			env = append(env, e.Name+"="+string(v))
+		case e.ValueFrom.FieldRef != nil:
+			v, ok := map[string]string{"metadata.uid": string(pod.UID), "metadata.name": pod.Name,
+				"metadata.namespace": pod.Namespace}[e.ValueFrom.FieldRef.FieldPath]
+			if !ok {
+				return nil, fmt.Errorf("env %s: field %s is not supported by the local runner", e.Name, e.ValueFrom.FieldRef.FieldPath)
+			}
+			env = append(env, e.Name+"="+v)
 		default:
-			return nil, fmt.Errorf("env %s: only values and secretKeyRef are supported by the local runner", e.Name)
+			return nil, fmt.Errorf("env %s: only values, secretKeyRef and fieldRef are supported by the local runner", e.Name)
 		}
 	}
 	return env, nil
