@@ -26,6 +26,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	mqv1alpha1 "github.com/orderly-dev/orderly/api/v1alpha1"
+	"github.com/orderly-dev/orderly/internal/devcluster"
 )
 
 // BenchmarkDeclare1000TopicsAndGroups measures what issue 5 asks: the time from
@@ -52,7 +53,7 @@ func BenchmarkDeclare1000TopicsAndGroups(b *testing.B) {
 		ErrorIfCRDPathMissing: true,
 		BinaryAssetsDirectory: assets,
 	}
-	cfg, err := env.Start()
+	cfg, err := devcluster.StartEnvironment(env, b.TempDir()) // its children die with the benchmark
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -273,7 +274,7 @@ func startManager(b *testing.B, bin, kubeconfig, dataDir string) *managerProcess
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
 	out := &bytes.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
+	if err := devcluster.StartChild(cmd); err != nil { // it dies with the test
 		b.Fatal(err)
 	}
 	return &managerProcess{cmd: cmd, out: out}

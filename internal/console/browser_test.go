@@ -23,6 +23,7 @@ import (
 
 	mqv1alpha1 "github.com/orderly-dev/orderly/api/v1alpha1"
 	"github.com/orderly-dev/orderly/internal/broker"
+	"github.com/orderly-dev/orderly/internal/devcluster"
 )
 
 // chromiumPath is where Debian's chromium package installs the browser; .ci/run
@@ -58,7 +59,7 @@ func TestConsoleInABrowser(t *testing.T) {
 		CRDDirectoryPaths: []string{filepath.Join("..", "..", "config", "crd", "bases")}, ErrorIfCRDPathMissing: true,
 		BinaryAssetsDirectory: assets,
 	}
-	cfg, err := env.Start()
+	cfg, err := devcluster.StartEnvironment(env, t.TempDir()) // its children die with the test
 	if err != nil {
 		t.Fatal(err)
 	}

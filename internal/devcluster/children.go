@@ -2,6 +2,7 @@ package devcluster
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -65,4 +66,15 @@ func alive(pid int) bool {
 		return false
 	}
 	return s[i+2] != 'Z' && s[i+2] != 'X'
+}
+
+// StartChild starts cmd as a child that dies with this process, as the control
+// plane's do: with a parent-death signal, forked from the spawner thread, in a
+// process group of its own. Tests that run the operator binary use it, so that a
+// test killed by its timeout leaves no manager behind.
+func StartChild(cmd *exec.Cmd) error {
+	cmd.SysProcAttr = childSysProcAttr()
+	var err error
+	onSpawnerThread(func() { err = cmd.Start() })
+	return err
 }

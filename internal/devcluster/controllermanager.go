@@ -123,8 +123,7 @@ func StartControllerManager(opts ControllerManagerOptions) (stop func() error, e
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = childSysProcAttr()
-	onSpawnerThread(func() { err = cmd.Start() })
+	err = StartChild(cmd)
 	_ = logFile.Close() // the child has its own descriptor
 	if err != nil {
 		return nil, fmt.Errorf("failed to start kube-controller-manager: %w", err)

@@ -34,6 +34,7 @@ import (
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	mqv1alpha1 "github.com/orderly-dev/orderly/api/v1alpha1"
+	"github.com/orderly-dev/orderly/internal/devcluster"
 )
 
 var hostileTime = flag.Duration("hostile.time", 0,
@@ -134,7 +135,9 @@ func TestHostileLoad(t *testing.T) {
 		ErrorIfCRDPathMissing: true,
 		BinaryAssetsDirectory: assets,
 	}
-	cfg, err := env.Start()
+	// Through devcluster, so that etcd and kube-apiserver die with this test
+	// even when it is killed.
+	cfg, err := devcluster.StartEnvironment(env, t.TempDir())
 	if err != nil {
 		t.Fatalf("envtest (KUBEBUILDER_ASSETS=%s; make envtest builds it): %v", assets, err)
 	}
@@ -807,7 +810,7 @@ func startOrderly(t *testing.T, bin, kubeconfig, dir string, ports []int) *order
 		"--advertise-host=127.0.0.1", "--runtime-image=orderly:hostile", "--data-dir="+filepath.Join(dir, "data"))
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := cmd.Start(); err != nil {
+	if err := devcluster.StartChild(cmd); err != nil { // it dies with the test
 		t.Fatal(err)
 	}
 	o := &orderly{cmd: cmd, log: logFile, exited: make(chan struct{})}
