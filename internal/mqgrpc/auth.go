@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc/metadata"
 
@@ -32,12 +33,13 @@ type call struct {
 	namespace string
 }
 
-// lastValue returns the last value of a metadata key. The Go client signs its
-// already signed context again on each send retry, so a retry carries every
-// x-mq-* header and authorization once per attempt, oldest first (2.1); the last
-// authorization goes with the last x-mq-date-time.
-func lastValue(md metadata.MD, key string) string {
-	vs := md.Get(key)
+// lastValue returns the last value of an incoming metadata key. The Go client
+// signs its already signed context again on each send retry, so a retry carries
+// every x-mq-* header and authorization once per attempt, oldest first (2.1); the
+// last authorization goes with the last x-mq-date-time. It reads the key alone
+// rather than copying the whole metadata (which cost 2% of a send's CPU).
+func lastValue(ctx context.Context, key string) string {
+	vs := metadata.ValueFromIncomingContext(ctx, key)
 	if len(vs) == 0 {
 		return ""
 	}
@@ -47,13 +49,12 @@ func lastValue(md metadata.MD, key string) string {
 // authenticate verifies a call's signature (2.2) and reads its client id. Every
 // call must be signed: each instance's topics are reached with its own keys.
 func (s *Server) authenticate(ctx context.Context) (*call, *pb.Status) {
-	md, _ := metadata.FromIncomingContext(ctx)
-	auth := lastValue(md, mdAuthorization)
+	auth := lastValue(ctx, mdAuthorization)
 	if auth == "" {
 		s.Broker.NoteAuthFailure("")
 		return nil, statusf(pb.Code_UNAUTHORIZED, "the request is not signed: set the client's credentials to the Instance's AccessKey pair")
 	}
-	dateTime := lastValue(md, mdDateTime)
+	dateTime := lastValue(ctx, mdDateTime)
 	if dateTime == "" {
 		s.Broker.NoteAuthFailure("")
 		return nil, statusf(pb.Code_UNAUTHORIZED, "the request is signed but carries no %s", mdDateTime)
@@ -74,11 +75,11 @@ func (s *Server) authenticate(ctx context.Context) (*call, *pb.Status) {
 	}
 	// No clock-skew check: the Go client writes its local time with a literal Z,
 	// up to 14 hours off, and the Apache proxy checks none either (2.2).
-	clientID := lastValue(md, mdClientID)
+	clientID := lastValue(ctx, mdClientID)
 	if clientID == "" {
 		return nil, statusf(pb.Code_CLIENT_ID_REQUIRED, "the request carries no %s", mdClientID)
 	}
-	return &call{instance: instance, clientID: clientID, namespace: lastValue(md, mdNamespace)}, nil
+	return &call{instance: instance, clientID: clientID, namespace: lastValue(ctx, mdNamespace)}, nil
 }
 
 // sign is the signature both clients compute: HMAC-SHA1 keyed with the secret
@@ -87,6 +88,22 @@ func sign(secret, dateTime string) []byte {
 	mac := hmac.New(sha1.New, []byte(secret))
 	mac.Write([]byte(dateTime))
 	return mac.Sum(nil)
+}
+
+// SignedMetadata is the metadata of a client's call, signed at now as the Node
+// client signs it (plain AccessKey, upper-case hex): what Orderly's own tools and
+// tests send with the generated stubs. An empty secret leaves it unsigned.
+func SignedMetadata(accessKey, secret, namespace, clientID string, now time.Time) metadata.MD {
+	dt := now.UTC().Format("20060102T150405Z")
+	md := metadata.Pairs(mdClientID, clientID, mdDateTime, dt, "x-mq-language", "HTTP", "x-mq-protocol", "v2")
+	if namespace != "" {
+		md.Set(mdNamespace, namespace)
+	}
+	if secret != "" {
+		md.Set(mdAuthorization, "MQv2-HMAC-SHA1 Credential="+accessKey+", SignedHeaders=x-mq-date-time, Signature="+
+			strings.ToUpper(hex.EncodeToString(sign(secret, dt))))
+	}
+	return md
 }
 
 // maxAuthorization bounds the header parsed: a real one is about 120 bytes.

@@ -2,9 +2,7 @@ package mqgrpc_test
 
 import (
 	"context"
-	"crypto/hmac"
 	"crypto/md5"
-	"crypto/sha1"
 	"crypto/tls"
 	"fmt"
 	"testing"
@@ -38,17 +36,7 @@ func rawClient(t *testing.T, e *env) pb.MessagingServiceClient {
 // signed is ctx with the metadata of a client call, signed with ak and sk in the
 // Node form (plain AccessKey, upper-case hex) unless sk is empty.
 func signed(ctx context.Context, ak, sk, namespace string) context.Context {
-	dt := time.Now().UTC().Format("20060102T150405Z")
-	kv := []string{"x-mq-client-id", "test@1@0@raw", "x-mq-date-time", dt, "x-mq-language", "HTTP", "x-mq-protocol", "v2"}
-	if namespace != "" {
-		kv = append(kv, "x-mq-namespace", namespace)
-	}
-	if sk != "" {
-		mac := hmac.New(sha1.New, []byte(sk))
-		mac.Write([]byte(dt))
-		kv = append(kv, "authorization", fmt.Sprintf("MQv2-HMAC-SHA1 Credential=%s, SignedHeaders=x-mq-date-time, Signature=%X", ak, mac.Sum(nil)))
-	}
-	return metadata.AppendToOutgoingContext(ctx, kv...)
+	return metadata.NewOutgoingContext(ctx, mqgrpc.SignedMetadata(ak, sk, namespace, "test@1@0@raw", time.Now()))
 }
 
 // rawQueryRoute asks for the route of "normal" with md, nil for unsigned.

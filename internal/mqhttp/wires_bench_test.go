@@ -1,0 +1,299 @@
+package mqhttp
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"io"
+	"os"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/orderly-dev/orderly/internal/broker"
+	"github.com/orderly-dev/orderly/internal/mqgrpc"
+	pb "github.com/orderly-dev/orderly/internal/mqgrpc/apiv2"
+	"github.com/orderly-dev/orderly/internal/wiretls"
+)
+
+// BenchmarkWires runs the mq-http and the RocketMQ 5.x gRPC endpoints side by side,
+// in one run, over the same broker settings and with the same load: 64 concurrent
+// senders of 1 KiB messages, each waiting for its answer; and 64 consumers that
+// receive batches of 16 and acknowledge each batch in one request. The machine's
+// absolute figures move by a factor of two from run to run, so the two wires are
+// compared only within a run.
+//
+// It lives beside the mq-http benchmarks to share their lean load connection.
+// Both clients are lean, so that the figures measure the servers rather than the
+// clients on the same two cores: the raw HTTP/1.1 connections of the mq-http
+// benchmarks, and gRPC's generated stubs on one HTTP/2 connection over TLS, as
+// the 5.x clients connect. Every request is signed as the public clients sign it.
+// (internal/mqgrpc's own benchmarks drive the real Go client, whose Ack takes one
+// message per call.)
+func BenchmarkWires(b *testing.B) {
+	b.Run("send/mqhttp", func(b *testing.B) {
+		addr, br := benchEnv(b)
+		benchPublish(b, addr)
+		reportCommits(b, br)
+	})
+	for _, mode := range grpcModes {
+		b.Run("send/"+mode.name, func(b *testing.B) {
+			_, br := benchEnv(b)
+			benchGRPCSend(b, grpcBenchClient(b, br, mode.tls))
+			reportCommits(b, br)
+		})
+	}
+	b.Run("receive-ack16/mqhttp", func(b *testing.B) {
+		addr, br := benchEnv(b)
+		prefill(b, br, b.N)
+		benchConsumeAck(b, addr)
+	})
+	for _, mode := range grpcModes {
+		b.Run("receive-ack16/"+mode.name, func(b *testing.B) {
+			_, br := benchEnv(b)
+			prefill(b, br, b.N)
+			benchGRPCReceiveAck(b, grpcBenchClient(b, br, mode.tls))
+		})
+	}
+}
+
+// grpcModes: plain text, like the mq-http runs beside it (the endpoint serves
+// both on one port), and TLS, as the Go client always dials.
+var grpcModes = []struct {
+	name string
+	tls  bool
+}{{"grpc", false}, {"grpc-tls", true}}
+
+// grpcBenchClient serves br's gRPC endpoint, over TLS if withTLS, and dials it:
+// one HTTP/2 connection, as a client process has (BENCH_GRPC_CONNS for more).
+func grpcBenchClient(b *testing.B, br *broker.Broker, withTLS bool) []*grpc.ClientConn {
+	b.Helper()
+	dir := b.TempDir()
+	if err := wiretls.EnsureDevCerts(dir, []string{"127.0.0.1"}); err != nil {
+		b.Fatal(err)
+	}
+	certs, err := wiretls.LoadCerts(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ca, err := certs.CA()
+	if err != nil {
+		b.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca)
+	srv := mqgrpc.NewServer("127.0.0.1:0", "", br, logr.Discard())
+	creds := insecure.NewCredentials()
+	if withTLS {
+		srv.TLS = certs.Config()
+		creds = credentials.NewTLS(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12})
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Start(ctx) }()
+	b.Cleanup(func() { cancel(); <-done })
+	var addr string
+	select {
+	case a := <-srv.Listening():
+		addr = a.String()
+	case err := <-done:
+		b.Fatal(err)
+	}
+	n, _ := strconv.Atoi(os.Getenv("BENCH_GRPC_CONNS"))
+	var out []*grpc.ClientConn
+	for range max(n, 1) {
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds),
+			grpc.WithDefaultCallOptions(grpc.ForceCodecV2(leanCodec{})))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { _ = conn.Close() })
+		out = append(out, conn)
+	}
+	return out
+}
+
+// leanCodec is the benchmark client's codec: requests are marshalled as any
+// client marshals them, and answers are kept as their bytes (*rawAnswer), of
+// which the client reads only the few fields it needs with protowire, as the
+// HTTP load client reads only the receipt handles out of its answers. Decoding
+// whole answers into the generated types would cost the client, on the same two
+// cores, twice what the server spends on them.
+type leanCodec struct{}
+
+func (leanCodec) Name() string { return "proto" }
+
+func (leanCodec) Marshal(v any) (mem.BufferSlice, error) {
+	raw, err := proto.Marshal(v.(proto.Message))
+	return mem.BufferSlice{mem.SliceBuffer(raw)}, err
+}
+
+func (leanCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	a := v.(*rawAnswer)
+	*a = data.Materialize()
+	return nil
+}
+
+// rawAnswer is an answer's protobuf bytes.
+type rawAnswer []byte
+
+// field returns the bytes of the last occurrence of length-delimited field num
+// in msg, or nil.
+func field(msg []byte, num protowire.Number) []byte {
+	var out []byte
+	for len(msg) > 0 {
+		n, typ, l := protowire.ConsumeTag(msg)
+		if l < 0 {
+			return nil
+		}
+		msg = msg[l:]
+		if typ == protowire.BytesType {
+			v, l := protowire.ConsumeBytes(msg)
+			if l < 0 {
+				return nil
+			}
+			if n == num {
+				out = v
+			}
+			msg = msg[l:]
+			continue
+		}
+		if l = protowire.ConsumeFieldValue(n, typ, msg); l < 0 {
+			return nil
+		}
+		msg = msg[l:]
+	}
+	return out
+}
+
+// statusOK reports whether an answer's status (field 1 of every answer but a
+// receive's message frames) has code OK.
+func statusOK(a rawAnswer) bool {
+	st := field(a, 1)
+	for len(st) > 0 {
+		n, typ, l := protowire.ConsumeTag(st)
+		if l < 0 {
+			return false
+		}
+		st = st[l:]
+		if n == 1 && typ == protowire.VarintType {
+			code, _ := protowire.ConsumeVarint(st)
+			return pb.Code(code) == pb.Code_OK
+		}
+		if l = protowire.ConsumeFieldValue(n, typ, st); l < 0 {
+			return false
+		}
+		st = st[l:]
+	}
+	return false
+}
+
+// grpcCall is a context carrying a call's signed metadata; the signature covers
+// the date-time, which changes once a second, and each call is signed anew as the
+// clients sign.
+func grpcCall(ctx context.Context) context.Context {
+	return metadata.NewOutgoingContext(ctx, mqgrpc.SignedMetadata(testAK, testSK, testInstance, "bench@1@0@raw", time.Now()))
+}
+
+var benchResource = &pb.Resource{ResourceNamespace: testInstance, Name: "bench"}
+
+func benchGRPCSend(b *testing.B, conns []*grpc.ClientConn) {
+	b.SetBytes(int64(len(benchBody)))
+	b.SetParallelism(max(1, benchClients/runtime.GOMAXPROCS(0)))
+	var seq, next atomic.Int64
+	tag := "TagA"
+	body := []byte(benchBody)
+	start := time.Now()
+	b.ResetTimer()
+	b.RunParallel(func(tpb *testing.PB) {
+		conn := conns[int(next.Add(1))%len(conns)]
+		var answer rawAnswer
+		for tpb.Next() {
+			m := &pb.Message{Topic: benchResource, Body: body, SystemProperties: &pb.SystemProperties{
+				Tag: &tag, MessageId: "01BENCH" + strconv.FormatInt(seq.Add(1), 16), BodyEncoding: pb.Encoding_IDENTITY,
+				MessageType: pb.MessageType_NORMAL, BornTimestamp: timestamppb.Now(), BornHost: "bench",
+			}}
+			err := conn.Invoke(grpcCall(context.Background()), pb.MessagingService_SendMessage_FullMethodName,
+				&pb.SendMessageRequest{Messages: []*pb.Message{m}}, &answer)
+			if err != nil || !statusOK(answer) {
+				b.Errorf("send: %v %x", err, answer)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msg/s")
+}
+
+var receiveStream = &grpc.StreamDesc{StreamName: "ReceiveMessage", ServerStreams: true}
+
+func benchGRPCReceiveAck(b *testing.B, conns []*grpc.ClientConn) {
+	group := &pb.Resource{ResourceNamespace: testInstance, Name: "GID_bench"}
+	var consumed atomic.Int64
+	start := time.Now()
+	b.ResetTimer()
+	var wg sync.WaitGroup
+	for i := range benchClients {
+		conn := conns[i%len(conns)]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var entries []*pb.AckMessageEntry
+			var answer rawAnswer
+			for consumed.Load() < int64(b.N) {
+				entries = entries[:0]
+				rs, err := conn.NewStream(grpcCall(context.Background()), receiveStream, pb.MessagingService_ReceiveMessage_FullMethodName)
+				if err == nil {
+					// A short poll, as the mq-http consumers above make: the
+					// messages are stored before the timer starts.
+					err = rs.SendMsg(&pb.ReceiveMessageRequest{
+						Group: group, MessageQueue: &pb.MessageQueue{Topic: benchResource}, BatchSize: 16,
+						InvisibleDuration: durationpb.New(time.Minute), LongPollingTimeout: durationpb.New(0),
+					})
+				}
+				if err == nil {
+					err = rs.CloseSend()
+				}
+				for err == nil {
+					if err = rs.RecvMsg(&answer); err != nil {
+						break
+					}
+					// A message frame (2): its system properties (3) hold the
+					// message id (3) and the receipt handle (12).
+					if sp := field(field(answer, 2), 3); sp != nil {
+						entries = append(entries, &pb.AckMessageEntry{MessageId: string(field(sp, 3)), ReceiptHandle: string(field(sp, 12))})
+					}
+				}
+				if err != io.EOF {
+					b.Errorf("receive: %v", err)
+					return
+				}
+				if len(entries) == 0 {
+					continue
+				}
+				err = conn.Invoke(grpcCall(context.Background()), pb.MessagingService_AckMessage_FullMethodName,
+					&pb.AckMessageRequest{Group: group, Topic: benchResource, Entries: entries}, &answer)
+				if err != nil || !statusOK(answer) {
+					b.Errorf("ack: %v %x", err, answer)
+					return
+				}
+				consumed.Add(int64(len(entries)))
+			}
+		}()
+	}
+	wg.Wait()
+	b.ReportMetric(float64(consumed.Load())/time.Since(start).Seconds(), "msg/s")
+}
