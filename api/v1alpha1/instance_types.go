@@ -70,8 +70,8 @@ type InstanceSpec struct {
 	// +kubebuilder:validation:items:Pattern=`^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$`
 	AllowedNamespaces []string `json:"allowedNamespaces,omitempty"`
 
-	// autoCreate lets TCP clients create the instance's topics and consumer groups by
-	// using them, as RocketMQ brokers do with autoCreateTopicEnable and
+	// autoCreate lets TCP and gRPC (5.x) clients create the instance's topics and
+	// consumer groups by using them, as RocketMQ brokers do with autoCreateTopicEnable and
 	// autoCreateSubscriptionGroup. Off by default: then a name a client mistypes
 	// fails instead of becoming a live topic, and everything the instance holds is
 	// declared in Git. Objects created on first use live in the broker only; a Topic
@@ -139,15 +139,18 @@ type InstanceUsage struct {
 	Limits InstanceLimits `json:"limits"`
 }
 
-// AutoCreate says what TCP clients may create by using it.
+// AutoCreate says what TCP and gRPC clients may create by using it.
 type AutoCreate struct {
-	// topics: a message sent to a topic that does not exist creates it as a Normal
-	// topic with the queue count the client asks for (4 unless the client is
+	// topics: a TCP message sent to a topic that does not exist creates it as a
+	// Normal topic with the queue count the client asks for (4 unless the client is
 	// configured otherwise, at most 64), and the admin calls that create and delete
 	// topics (UPDATE_AND_CREATE_TOPIC, DELETE_TOPIC_IN_BROKER) work on such topics.
+	// A gRPC client's route query or send creates a Normal topic with 4 queues.
+	// Ordered and transactional topics are always declared.
 	// +optional
 	Topics bool `json:"topics,omitempty"`
-	// groups: a consumer whose group does not exist creates it, with protocol TCP.
+	// groups: a consumer whose group does not exist creates it: protocol TCP for
+	// a TCP consumer, HTTP (pop style) for a gRPC consumer.
 	// +optional
 	Groups bool `json:"groups,omitempty"`
 }

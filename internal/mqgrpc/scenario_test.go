@@ -468,3 +468,35 @@ func TestTagFilter(t *testing.T) {
 		}
 	}
 }
+
+// An Instance that lets clients create topics and groups on first use lets the 5.x
+// clients do so, as a broker with autoCreateTopicEnable and
+// autoCreateSubscriptionGroup does: the producer's route query creates a Normal
+// topic, the consumer's settings an HTTP group.
+func TestTopicsAndGroupsCreatedOnFirstUse(t *testing.T) {
+	e := newEnv(t)
+	if err := e.broker.EnsureInstance(broker.InstanceConfig{ID: testInstance, Owner: "o",
+		Credentials: []broker.Credential{{AccessKeyID: testAK, AccessKeySecret: testSK}},
+		AutoCreate:  broker.AutoCreatePolicy{Topics: true, Groups: true}}); err != nil {
+		t.Fatal(err)
+	}
+	p := e.producer(rmq.WithTopics("fresh"))
+	if _, err := p.Send(context.Background(), &rmq.Message{Topic: "fresh", Body: []byte("first")}); err != nil {
+		t.Fatalf("send to a topic created on first use: %v", err)
+	}
+	topic, err := e.broker.Topic(testInstance, "fresh")
+	if err != nil || topic.Owner != broker.AutoCreatedOwner || topic.Type != broker.Normal || topic.Queues != broker.DefaultAutoCreateQueues {
+		t.Fatalf("topic created on first use: %+v %v", topic, err)
+	}
+	c := e.consumer("GID_fresh", 2*time.Second, "fresh")
+	got := receive(t, c, 1, 20*time.Second, 30*time.Second)
+	if string(got[0].GetBody()) != "first" {
+		t.Fatalf("received %q", got[0].GetBody())
+	}
+	if err := c.Ack(context.Background(), got[0]); err != nil {
+		t.Fatal(err)
+	}
+	if g, err := e.broker.Group(testInstance, "GID_fresh"); err != nil || g.Protocol != broker.HTTP || g.Owner != broker.AutoCreatedOwner {
+		t.Fatalf("group created on first use: %+v %v", g, err)
+	}
+}

@@ -39,6 +39,10 @@ type Broker interface {
 	AcquireConnection(instanceID string) (release func(), err error)
 	Topic(instanceID, name string) (broker.TopicInfo, error)
 	Group(instanceID, id string) (broker.GroupInfo, error)
+	// AutoCreateTopic and AutoCreateGroup create what the instance lets its
+	// clients create on first use (Instance spec.autoCreate).
+	AutoCreateTopic(instanceID string, cfg broker.TopicConfig) (broker.TopicInfo, error)
+	AutoCreateGroup(instanceID, id string, protocol broker.Protocol) (broker.GroupInfo, error)
 	Publish(ctx context.Context, instanceID, topic string, msg broker.Message) (broker.PublishResult, error)
 	PublishBatch(ctx context.Context, instanceID, topic string, msgs []broker.Message) ([]broker.PublishResult, error)
 	EndTransaction(instanceID, topic, handle string, commit bool) error

@@ -78,6 +78,12 @@ func (v *service) QueryRoute(ctx context.Context, req *pb.QueryRouteRequest) (*p
 // retry and dead-letter topics are the broker's.
 func (s *Server) userTopic(c *call, name string) (broker.TopicInfo, *pb.Status) {
 	info, err := s.Broker.Topic(c.instance, name)
+	if errors.Is(err, broker.ErrTopicNotFound) {
+		// Created on first use where the Instance allows it, as a 5.x broker with
+		// autoCreateTopicEnable creates it: a Normal topic with the default queue
+		// count. Ordered and transactional topics are declared.
+		info, err = s.Broker.AutoCreateTopic(c.instance, broker.TopicConfig{Name: name, Type: broker.Normal})
+	}
 	if err != nil {
 		return info, brokerStatus(err)
 	}
@@ -270,6 +276,11 @@ func (s *Server) settings(c *call, in *pb.Settings) (*client, *pb.TelemetryComma
 // style, an HTTP group (docs/grpc.md, "Consumer groups").
 func (s *Server) consumerGroup(c *call, name string) (broker.GroupInfo, *pb.Status) {
 	info, err := s.Broker.Group(c.instance, name)
+	if errors.Is(err, broker.ErrGroupNotFound) {
+		// Created on first use where the Instance allows it, as a 5.x broker with
+		// autoCreateSubscriptionGroup creates it: for pop-style consumption.
+		info, err = s.Broker.AutoCreateGroup(c.instance, name, broker.HTTP)
+	}
 	if err != nil {
 		return info, brokerStatus(err)
 	}
