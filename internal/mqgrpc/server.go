@@ -67,6 +67,9 @@ type Limits struct {
 	// 120 s; the clients send a heartbeat every 10 s, and the Go client never says
 	// it is going away).
 	ClientExpiry time.Duration
+	// RequestTimeout bounds how long after a call opens its request must have
+	// arrived whole (default DefaultRequestTimeout; see admission.go).
+	RequestTimeout time.Duration
 	// LongPolling is how long a receive waits for messages when the request names
 	// no time, and what the Settings reply tells consumers (default 20 s, the
 	// Apache proxy's; at most the broker's 30 s).
@@ -89,6 +92,9 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.LongPolling <= 0 {
 		l.LongPolling = DefaultLongPolling
+	}
+	if l.RequestTimeout <= 0 {
+		l.RequestTimeout = DefaultRequestTimeout
 	}
 	l.LongPolling = min(l.LongPolling, broker.MaxPopWait)
 	return l
@@ -173,12 +179,12 @@ func (s *Server) Start(ctx context.Context) error {
 	capped := connlimit.Wrap(ln, s.lim.MaxConns, s.lim.MaxConnsPerHost, refuse)
 	s.listener.Store(capped)
 	ln = wiretls.Listen(capped, withH2(s.TLS), s.PlainText)
-	srv := grpc.NewServer(
+	srv := grpc.NewServer(append(s.admissionOptions(),
 		grpc.MaxRecvMsgSize(maxRecvMessage),
 		grpc.MaxConcurrentStreams(uint32(s.lim.MaxStreams)),
 		// Neither client sends keepalive pings (1.4); a dead peer is found by TCP.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-	)
+	)...)
 	pb.RegisterMessagingServiceServer(srv, &service{s: s})
 	s.ready <- ln.Addr()
 	s.Log.Info("Serving RocketMQ gRPC (apache.rocketmq.v2.MessagingService)", "address", ln.Addr().String(), "advertise", s.Advertise)
