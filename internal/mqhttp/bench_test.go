@@ -7,10 +7,12 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -30,7 +32,8 @@ const benchClients = 64
 
 func benchEnv(b *testing.B) (addr string, br *broker.Broker) {
 	b.Helper()
-	br, err := broker.Open(broker.Options{Dir: b.TempDir(), RelaxedFlush: os.Getenv("BENCH_RELAXED") != ""})
+	var err error
+	asServer(func() { br, err = broker.Open(broker.Options{Dir: b.TempDir(), RelaxedFlush: os.Getenv("BENCH_RELAXED") != ""}) })
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -49,7 +52,7 @@ func benchEnv(b *testing.B) (addr string, br *broker.Broker) {
 	srv := NewServer("127.0.0.1:0", br, logr.Discard())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- srv.Start(ctx) }()
+	asServer(func() { go func() { done <- srv.Start(ctx) }() })
 	b.Cleanup(func() { cancel(); <-done })
 	var listening net.Addr
 	select {
@@ -72,6 +75,7 @@ func benchPublish(b *testing.B, addr string) {
 	b.SetParallelism(max(1, benchClients/runtime.GOMAXPROCS(0)))
 	start := time.Now()
 	b.ResetTimer()
+	cpu := processCPU()
 	b.RunParallel(func(pb *testing.PB) {
 		c, err := dialLoad(addr)
 		if err != nil {
@@ -87,6 +91,7 @@ func benchPublish(b *testing.B, addr string) {
 		}
 	})
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msg/s")
+	reportCPU(b, cpu, b.N)
 }
 
 // BenchmarkHTTPPublish publishes one message per request, as the SDKs send.
@@ -94,6 +99,30 @@ func BenchmarkHTTPPublish(b *testing.B) {
 	addr, br := benchEnv(b)
 	benchPublish(b, addr)
 	reportCommits(b, br)
+}
+
+// asServer runs f with the pprof label side=server, which the goroutines it
+// starts inherit: the broker's, and a server's down to each request's. A CPU
+// profile of a benchmark then tells the server's CPU from the client's
+// (go tool pprof -tagfocus side=server).
+func asServer(f func()) {
+	pprof.Do(context.Background(), pprof.Labels("side", "server"), func(context.Context) { f() })
+}
+
+// processCPU is the CPU time the process has used, user and system.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// reportCPU reports the process's CPU time per message since since: client and
+// server together, steadier from run to run on a shared machine than the
+// throughput, which the disk's and the neighbours' moods move.
+func reportCPU(b *testing.B, since time.Duration, messages int) {
+	if messages > 0 {
+		b.ReportMetric(float64((processCPU()-since).Microseconds())/float64(messages), "cpu-µs/msg")
+	}
 }
 
 // reportCommits reports how many messages shared each group commit, and how
@@ -131,6 +160,7 @@ func benchConsumeAck(b *testing.B, addr string) {
 	var consumed atomic.Int64
 	start := time.Now()
 	b.ResetTimer()
+	cpu := processCPU()
 	var wg sync.WaitGroup
 	for range benchClients {
 		wg.Add(1)
@@ -167,6 +197,7 @@ func benchConsumeAck(b *testing.B, addr string) {
 	}
 	wg.Wait()
 	b.ReportMetric(float64(consumed.Load())/time.Since(start).Seconds(), "msg/s")
+	reportCPU(b, cpu, int(consumed.Load()))
 }
 
 // BenchmarkHTTPLongPollLatency measures how long a message published while a

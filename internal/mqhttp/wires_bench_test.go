@@ -104,7 +104,7 @@ func grpcBenchClient(b *testing.B, br *broker.Broker, withTLS bool) []*grpc.Clie
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- srv.Start(ctx) }()
+	asServer(func() { go func() { done <- srv.Start(ctx) }() })
 	b.Cleanup(func() { cancel(); <-done })
 	var addr string
 	select {
@@ -219,6 +219,7 @@ func benchGRPCSend(b *testing.B, conns []*grpc.ClientConn) {
 	body := []byte(benchBody)
 	start := time.Now()
 	b.ResetTimer()
+	cpu := processCPU()
 	b.RunParallel(func(tpb *testing.PB) {
 		conn := conns[int(next.Add(1))%len(conns)]
 		var answer rawAnswer
@@ -236,6 +237,7 @@ func benchGRPCSend(b *testing.B, conns []*grpc.ClientConn) {
 		}
 	})
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msg/s")
+	reportCPU(b, cpu, b.N)
 }
 
 var receiveStream = &grpc.StreamDesc{StreamName: "ReceiveMessage", ServerStreams: true}
@@ -245,6 +247,7 @@ func benchGRPCReceiveAck(b *testing.B, conns []*grpc.ClientConn) {
 	var consumed atomic.Int64
 	start := time.Now()
 	b.ResetTimer()
+	cpu := processCPU()
 	var wg sync.WaitGroup
 	for i := range benchClients {
 		conn := conns[i%len(conns)]
@@ -296,4 +299,5 @@ func benchGRPCReceiveAck(b *testing.B, conns []*grpc.ClientConn) {
 	}
 	wg.Wait()
 	b.ReportMetric(float64(consumed.Load())/time.Since(start).Seconds(), "msg/s")
+	reportCPU(b, cpu, int(consumed.Load()))
 }
