@@ -33,7 +33,9 @@ const benchClients = 64
 func benchEnv(b *testing.B) (addr string, br *broker.Broker) {
 	b.Helper()
 	var err error
-	asServer(func() { br, err = broker.Open(broker.Options{Dir: b.TempDir(), RelaxedFlush: os.Getenv("BENCH_RELAXED") != ""}) })
+	asServer(func() {
+		br, err = broker.Open(broker.Options{Dir: b.TempDir(), RelaxedFlush: os.Getenv("BENCH_RELAXED") != ""})
+	})
 	if err != nil {
 		b.Fatal(err)
 	}
