@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"io"
 	"os"
 	"runtime"
 	"strconv"
@@ -14,10 +13,6 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -80,7 +75,7 @@ var grpcModes = []struct {
 
 // grpcBenchClient serves br's gRPC endpoint, over TLS if withTLS, and dials it:
 // one HTTP/2 connection, as a client process has (BENCH_GRPC_CONNS for more).
-func grpcBenchClient(b *testing.B, br *broker.Broker, withTLS bool) []*grpc.ClientConn {
+func grpcBenchClient(b *testing.B, br *broker.Broker, withTLS bool) []*h2Conn {
 	b.Helper()
 	dir := b.TempDir()
 	if err := wiretls.EnsureDevCerts(dir, []string{"127.0.0.1"}); err != nil {
@@ -97,10 +92,10 @@ func grpcBenchClient(b *testing.B, br *broker.Broker, withTLS bool) []*grpc.Clie
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(ca)
 	srv := mqgrpc.NewServer("127.0.0.1:0", "", br, logr.Discard())
-	creds := insecure.NewCredentials()
+	var clientTLS *tls.Config
 	if withTLS {
 		srv.TLS = certs.Config()
-		creds = credentials.NewTLS(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12})
+		clientTLS = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -114,41 +109,21 @@ func grpcBenchClient(b *testing.B, br *broker.Broker, withTLS bool) []*grpc.Clie
 		b.Fatal(err)
 	}
 	n, _ := strconv.Atoi(os.Getenv("BENCH_GRPC_CONNS"))
-	var out []*grpc.ClientConn
+	var out []*h2Conn
 	for range max(n, 1) {
-		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds),
-			grpc.WithDefaultCallOptions(grpc.ForceCodecV2(leanCodec{})))
+		c, err := dialH2(addr, clientTLS)
 		if err != nil {
 			b.Fatal(err)
 		}
-		b.Cleanup(func() { _ = conn.Close() })
-		out = append(out, conn)
+		b.Cleanup(c.close)
+		out = append(out, c)
 	}
 	return out
 }
 
-// leanCodec is the benchmark client's codec: requests are marshalled as any
-// client marshals them, and answers are kept as their bytes (*rawAnswer), of
-// which the client reads only the few fields it needs with protowire, as the
-// HTTP load client reads only the receipt handles out of its answers. Decoding
-// whole answers into the generated types would cost the client, on the same two
-// cores, twice what the server spends on them.
-type leanCodec struct{}
-
-func (leanCodec) Name() string { return "proto" }
-
-func (leanCodec) Marshal(v any) (mem.BufferSlice, error) {
-	raw, err := proto.Marshal(v.(proto.Message))
-	return mem.BufferSlice{mem.SliceBuffer(raw)}, err
-}
-
-func (leanCodec) Unmarshal(data mem.BufferSlice, v any) error {
-	a := v.(*rawAnswer)
-	*a = data.Materialize()
-	return nil
-}
-
-// rawAnswer is an answer's protobuf bytes.
+// rawAnswer is an answer's protobuf bytes, of which the client reads only the
+// few fields it needs with protowire, as the HTTP load client reads only the
+// receipt handles out of its answers.
 type rawAnswer []byte
 
 // field returns the bytes of the last occurrence of length-delimited field num
@@ -202,16 +177,14 @@ func statusOK(a rawAnswer) bool {
 	return false
 }
 
-// grpcCall is a context carrying a call's signed metadata; the signature covers
-// the date-time, which changes once a second, and each call is signed anew as the
-// clients sign.
-func grpcCall(ctx context.Context) context.Context {
-	return metadata.NewOutgoingContext(ctx, mqgrpc.SignedMetadata(testAK, testSK, testInstance, "bench@1@0@raw", time.Now()))
+// signedMD is a call's metadata, signed anew for each call as the clients sign.
+func signedMD() metadata.MD {
+	return mqgrpc.SignedMetadata(testAK, testSK, testInstance, "bench@1@0@raw", time.Now())
 }
 
 var benchResource = &pb.Resource{ResourceNamespace: testInstance, Name: "bench"}
 
-func benchGRPCSend(b *testing.B, conns []*grpc.ClientConn) {
+func benchGRPCSend(b *testing.B, conns []*h2Conn) {
 	b.SetBytes(int64(len(benchBody)))
 	b.SetParallelism(max(1, benchClients/runtime.GOMAXPROCS(0)))
 	var seq, next atomic.Int64
@@ -222,15 +195,14 @@ func benchGRPCSend(b *testing.B, conns []*grpc.ClientConn) {
 	cpu := processCPU()
 	b.RunParallel(func(tpb *testing.PB) {
 		conn := conns[int(next.Add(1))%len(conns)]
-		var answer rawAnswer
 		for tpb.Next() {
 			m := &pb.Message{Topic: benchResource, Body: body, SystemProperties: &pb.SystemProperties{
 				Tag: &tag, MessageId: "01BENCH" + strconv.FormatInt(seq.Add(1), 16), BodyEncoding: pb.Encoding_IDENTITY,
 				MessageType: pb.MessageType_NORMAL, BornTimestamp: timestamppb.Now(), BornHost: "bench",
 			}}
-			err := conn.Invoke(grpcCall(context.Background()), pb.MessagingService_SendMessage_FullMethodName,
-				&pb.SendMessageRequest{Messages: []*pb.Message{m}}, &answer)
-			if err != nil || !statusOK(answer) {
+			req, _ := proto.Marshal(&pb.SendMessageRequest{Messages: []*pb.Message{m}})
+			answer, err := conn.call(pb.MessagingService_SendMessage_FullMethodName, signedMD(), req)
+			if err != nil || len(answer) != 1 || !statusOK(answer[0]) {
 				b.Errorf("send: %v %x", err, answer)
 				return
 			}
@@ -240,10 +212,14 @@ func benchGRPCSend(b *testing.B, conns []*grpc.ClientConn) {
 	reportCPU(b, cpu, b.N)
 }
 
-var receiveStream = &grpc.StreamDesc{StreamName: "ReceiveMessage", ServerStreams: true}
-
-func benchGRPCReceiveAck(b *testing.B, conns []*grpc.ClientConn) {
+func benchGRPCReceiveAck(b *testing.B, conns []*h2Conn) {
 	group := &pb.Resource{ResourceNamespace: testInstance, Name: "GID_bench"}
+	// A short poll, as the mq-http consumers make: the messages are stored
+	// before the timer starts.
+	receive, _ := proto.Marshal(&pb.ReceiveMessageRequest{
+		Group: group, MessageQueue: &pb.MessageQueue{Topic: benchResource}, BatchSize: 16,
+		InvisibleDuration: durationpb.New(time.Minute), LongPollingTimeout: durationpb.New(0),
+	})
 	var consumed atomic.Int64
 	start := time.Now()
 	b.ResetTimer()
@@ -255,41 +231,26 @@ func benchGRPCReceiveAck(b *testing.B, conns []*grpc.ClientConn) {
 		go func() {
 			defer wg.Done()
 			var entries []*pb.AckMessageEntry
-			var answer rawAnswer
 			for consumed.Load() < int64(b.N) {
 				entries = entries[:0]
-				rs, err := conn.NewStream(grpcCall(context.Background()), receiveStream, pb.MessagingService_ReceiveMessage_FullMethodName)
-				if err == nil {
-					// A short poll, as the mq-http consumers above make: the
-					// messages are stored before the timer starts.
-					err = rs.SendMsg(&pb.ReceiveMessageRequest{
-						Group: group, MessageQueue: &pb.MessageQueue{Topic: benchResource}, BatchSize: 16,
-						InvisibleDuration: durationpb.New(time.Minute), LongPollingTimeout: durationpb.New(0),
-					})
-				}
-				if err == nil {
-					err = rs.CloseSend()
-				}
-				for err == nil {
-					if err = rs.RecvMsg(&answer); err != nil {
-						break
-					}
-					// A message frame (2): its system properties (3) hold the
-					// message id (3) and the receipt handle (12).
-					if sp := field(field(answer, 2), 3); sp != nil {
-						entries = append(entries, &pb.AckMessageEntry{MessageId: string(field(sp, 3)), ReceiptHandle: string(field(sp, 12))})
-					}
-				}
-				if err != io.EOF {
+				frames, err := conn.call(pb.MessagingService_ReceiveMessage_FullMethodName, signedMD(), receive)
+				if err != nil {
 					b.Errorf("receive: %v", err)
 					return
+				}
+				for _, f := range frames {
+					// A message frame (2): its system properties (3) hold the
+					// message id (3) and the receipt handle (12).
+					if sp := field(field(f, 2), 3); sp != nil {
+						entries = append(entries, &pb.AckMessageEntry{MessageId: string(field(sp, 3)), ReceiptHandle: string(field(sp, 12))})
+					}
 				}
 				if len(entries) == 0 {
 					continue
 				}
-				err = conn.Invoke(grpcCall(context.Background()), pb.MessagingService_AckMessage_FullMethodName,
-					&pb.AckMessageRequest{Group: group, Topic: benchResource, Entries: entries}, &answer)
-				if err != nil || !statusOK(answer) {
+				ack, _ := proto.Marshal(&pb.AckMessageRequest{Group: group, Topic: benchResource, Entries: entries})
+				answer, err := conn.call(pb.MessagingService_AckMessage_FullMethodName, signedMD(), ack)
+				if err != nil || len(answer) != 1 || !statusOK(answer[0]) {
 					b.Errorf("ack: %v %x", err, answer)
 					return
 				}
