@@ -68,86 +68,60 @@ func FuzzCalls(f *testing.F) {
 		raw, _ := proto.Marshal(m)
 		f.Add(uint8(i), raw)
 	}
+	// The unary calls, in the order of their seeds; the last seed is a receive's.
+	unary := []func(context.Context, []byte) (bool, *pb.Status){
+		unaryCall(v.QueryRoute), unaryCall(v.Heartbeat), unaryCall(v.SendMessage), unaryCall(v.QueryAssignment),
+		unaryCall(v.AckMessage), unaryCall(v.ChangeInvisibleDuration), unaryCall(v.EndTransaction),
+		unaryCall(v.ForwardMessageToDeadLetterQueue), unaryCall(v.NotifyClientTermination),
+	}
 	f.Fuzz(func(t *testing.T, which uint8, raw []byte) {
 		ctx, cancel := context.WithTimeout(metadata.NewIncomingContext(context.Background(),
 			SignedMetadata(fuzzAK, fuzzSK, fuzzInstance, "fuzz@1@0@x", time.Now())), 2*time.Second)
 		defer cancel()
-		var st *pb.Status
-		decoded := false
-		decode := func(m proto.Message) bool {
-			decoded = proto.Unmarshal(raw, m) == nil
-			return decoded
-		}
-		switch which % uint8(len(seeds)) {
-		case 0:
-			if r := new(pb.QueryRouteRequest); decode(r) {
-				res, _ := v.QueryRoute(ctx, r)
-				st = res.GetStatus()
+		which %= uint8(len(seeds))
+		if int(which) < len(unary) {
+			decoded, st := unary[which](ctx, raw)
+			if decoded && st == nil {
+				t.Fatalf("call %d answered %x without a status", which, raw)
 			}
-		case 1:
-			if r := new(pb.HeartbeatRequest); decode(r) {
-				res, _ := v.Heartbeat(ctx, r)
-				st = res.GetStatus()
-			}
-		case 2:
-			if r := new(pb.SendMessageRequest); decode(r) {
-				res, _ := v.SendMessage(ctx, r)
-				st = res.GetStatus()
-			}
-		case 3:
-			if r := new(pb.QueryAssignmentRequest); decode(r) {
-				res, _ := v.QueryAssignment(ctx, r)
-				st = res.GetStatus()
-			}
-		case 4:
-			if r := new(pb.AckMessageRequest); decode(r) {
-				res, _ := v.AckMessage(ctx, r)
-				st = res.GetStatus()
-			}
-		case 5:
-			if r := new(pb.ChangeInvisibleDurationRequest); decode(r) {
-				res, _ := v.ChangeInvisibleDuration(ctx, r)
-				st = res.GetStatus()
-			}
-		case 6:
-			if r := new(pb.EndTransactionRequest); decode(r) {
-				res, _ := v.EndTransaction(ctx, r)
-				st = res.GetStatus()
-			}
-		case 7:
-			if r := new(pb.ForwardMessageToDeadLetterQueueRequest); decode(r) {
-				res, _ := v.ForwardMessageToDeadLetterQueue(ctx, r)
-				st = res.GetStatus()
-			}
-		case 8:
-			if r := new(pb.NotifyClientTerminationRequest); decode(r) {
-				res, _ := v.NotifyClientTermination(ctx, r)
-				st = res.GetStatus()
-			}
-		case 9:
-			// A receive's validation, which decides the broker's pop.
-			if r := new(pb.ReceiveMessageRequest); decode(r) {
-				c, release, bad := s.begin(ctx)
-				if bad != nil {
-					t.Fatalf("a signed call was refused: %v", bad)
-				}
-				req, _, bad := s.popRequest(ctx, c, r)
-				release()
-				if bad != nil {
-					return
-				}
-				if req.Max < 1 || req.Max > broker.MaxPopMessages || req.Wait < 0 || req.Wait > broker.MaxPopWait ||
-					req.Invisibility <= 0 || req.Invisibility > broker.MaxInvisibility {
-					t.Fatalf("accepted %v as %+v", r, req)
-				}
+			if _, err := b.Topic(fuzzInstance, "normal"); err != nil {
+				t.Fatalf("the broker stopped serving: %v", err)
 			}
 			return
 		}
-		if decoded && st == nil {
-			t.Fatalf("call %d answered %x without a status", which%uint8(len(seeds)), raw)
+		// A receive's validation, which decides the broker's pop.
+		r := new(pb.ReceiveMessageRequest)
+		if proto.Unmarshal(raw, r) != nil {
+			return
 		}
-		if _, err := b.Topic(fuzzInstance, "normal"); err != nil {
-			t.Fatalf("the broker stopped serving: %v", err)
+		c, release, bad := s.begin(ctx)
+		if bad != nil {
+			t.Fatalf("a signed call was refused: %v", bad)
+		}
+		req, _, bad := s.popRequest(ctx, c, r)
+		release()
+		if bad != nil {
+			return
+		}
+		if req.Max < 1 || req.Max > broker.MaxPopMessages || req.Wait < 0 || req.Wait > broker.MaxPopWait ||
+			req.Invisibility <= 0 || req.Invisibility > broker.MaxInvisibility {
+			t.Fatalf("accepted %v as %+v", r, req)
 		}
 	})
+}
+
+// unaryCall decodes raw as call's request and makes the call, reporting whether
+// raw decoded and the answer's status.
+func unaryCall[Req any, PReq interface {
+	*Req
+	proto.Message
+}, Res interface{ GetStatus() *pb.Status }](call func(context.Context, PReq) (Res, error)) func(context.Context, []byte) (bool, *pb.Status) {
+	return func(ctx context.Context, raw []byte) (bool, *pb.Status) {
+		req := PReq(new(Req))
+		if proto.Unmarshal(raw, req) != nil {
+			return false, nil
+		}
+		res, _ := call(ctx, req)
+		return true, res.GetStatus()
+	}
 }

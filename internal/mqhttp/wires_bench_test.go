@@ -77,23 +77,23 @@ var grpcModes = []struct {
 // one HTTP/2 connection, as a client process has (BENCH_GRPC_CONNS for more).
 func grpcBenchClient(b *testing.B, br *broker.Broker, withTLS bool) []*h2Conn {
 	b.Helper()
-	dir := b.TempDir()
-	if err := wiretls.EnsureDevCerts(dir, []string{"127.0.0.1"}); err != nil {
-		b.Fatal(err)
-	}
-	certs, err := wiretls.LoadCerts(dir)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ca, err := certs.CA()
-	if err != nil {
-		b.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(ca)
 	srv := mqgrpc.NewServer("127.0.0.1:0", "", br, logr.Discard())
 	var clientTLS *tls.Config
 	if withTLS {
+		dir := b.TempDir()
+		if err := wiretls.EnsureDevCerts(dir, []string{"127.0.0.1"}); err != nil {
+			b.Fatal(err)
+		}
+		certs, err := wiretls.LoadCerts(dir)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ca, err := certs.CA()
+		if err != nil {
+			b.Fatal(err)
+		}
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(ca)
 		srv.TLS = certs.Config()
 		clientTLS = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
@@ -121,13 +121,9 @@ func grpcBenchClient(b *testing.B, br *broker.Broker, withTLS bool) []*h2Conn {
 	return out
 }
 
-// rawAnswer is an answer's protobuf bytes, of which the client reads only the
-// few fields it needs with protowire, as the HTTP load client reads only the
-// receipt handles out of its answers.
-type rawAnswer []byte
-
 // field returns the bytes of the last occurrence of length-delimited field num
-// in msg, or nil.
+// in msg, or nil: the client reads only the few fields it needs out of an
+// answer, as the HTTP load client reads only the receipt handles out of its.
 func field(msg []byte, num protowire.Number) []byte {
 	var out []byte
 	for len(msg) > 0 {
@@ -157,7 +153,7 @@ func field(msg []byte, num protowire.Number) []byte {
 
 // statusOK reports whether an answer's status (field 1 of every answer but a
 // receive's message frames) has code OK.
-func statusOK(a rawAnswer) bool {
+func statusOK(a []byte) bool {
 	st := field(a, 1)
 	for len(st) > 0 {
 		n, typ, l := protowire.ConsumeTag(st)
