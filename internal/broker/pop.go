@@ -58,7 +58,8 @@ type PopRequest struct {
 	Progress *WorkerProgress
 }
 
-// Delivery is one message handed to a consumer.
+// Delivery is one message handed to a consumer. It is its receiver's: its maps
+// and slices are decoded from the store for it alone, never shared.
 type Delivery struct {
 	StoredMessage
 	// Handle acknowledges this delivery, and only this one.

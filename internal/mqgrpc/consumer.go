@@ -49,12 +49,12 @@ func filterOf(f *pb.FilterExpression) (broker.TagFilter, *pb.Status) {
 func (v *service) ReceiveMessage(req *pb.ReceiveMessageRequest, stream grpc.ServerStreamingServer[pb.ReceiveMessageResponse]) error {
 	ctx, cancel := v.s.callContext(stream.Context())
 	defer cancel()
-	answer := func(st *pb.Status, msgs []*pb.Message) error {
+	answer := func(st *pb.Status, msgs []*wireDelivery) error {
 		if err := stream.Send(&pb.ReceiveMessageResponse{Content: &pb.ReceiveMessageResponse_Status{Status: st}}); err != nil {
 			return err
 		}
 		for _, m := range msgs {
-			if err := stream.Send(&pb.ReceiveMessageResponse{Content: &pb.ReceiveMessageResponse_Message{Message: m}}); err != nil {
+			if err := stream.Send(&m.resp); err != nil {
 				return err
 			}
 		}
@@ -80,7 +80,7 @@ func (v *service) ReceiveMessage(req *pb.ReceiveMessageRequest, stream grpc.Serv
 		return answer(statusf(pb.Code_MESSAGE_NOT_FOUND, "no new message"), nil)
 	}
 	now := time.Now()
-	msgs := make([]*pb.Message, len(ds))
+	msgs := make([]*wireDelivery, len(ds))
 	for i := range ds {
 		msgs[i] = v.s.toWire(req.MessageQueue.Topic, &ds[i], now)
 		if req.AutoRenew {
@@ -166,14 +166,19 @@ func (v *service) AckMessage(ctx context.Context, req *pb.AckMessageRequest) (*p
 	if err != nil {
 		return &pb.AckMessageResponse{Status: brokerStatus(err)}, nil
 	}
+	// The results in two allocations rather than two an entry.
 	entries := make([]*pb.AckMessageResultEntry, len(req.Entries))
 	statuses := make([]*pb.Status, len(req.Entries))
+	results := make([]pb.AckMessageResultEntry, len(req.Entries))
+	oks := make([]pb.Status, len(req.Entries))
 	for i, e := range req.Entries {
-		statuses[i] = okStatus()
+		statuses[i] = &oks[i]
+		statuses[i].Code, statuses[i].Message = pb.Code_OK, "OK"
 		if errs[i] != nil {
 			statuses[i] = ackStatus(errs[i])
 		}
-		entries[i] = &pb.AckMessageResultEntry{MessageId: e.MessageId, ReceiptHandle: e.ReceiptHandle, Status: statuses[i]}
+		entries[i] = &results[i]
+		entries[i].MessageId, entries[i].ReceiptHandle, entries[i].Status = e.MessageId, e.ReceiptHandle, statuses[i]
 	}
 	return &pb.AckMessageResponse{Status: combined(statuses), Entries: entries}, nil
 }

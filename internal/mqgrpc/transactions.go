@@ -36,7 +36,7 @@ func (s *Server) sendCheckBacks() {
 			defer ts.busy.Store(false)
 			now := time.Now()
 			for i := range due {
-				m := s.toWire(topic, &due[i], now)
+				m := &s.toWire(topic, &due[i], now).msg
 				// The message as a consumer would see it, with every system
 				// property: Go panics on a message without them, Node drops one
 				// without a body digest. Its handle is the transaction's.

@@ -34,16 +34,28 @@ type h2Conn struct {
 	next uint32
 
 	mu       sync.Mutex
-	streams  map[uint32]*h2Stream
+	streams  map[uint32]*h2Call
 	err      error
 	received int
 }
 
-// h2Stream is one call: its answer's bytes and the grpc-status of its trailers.
-type h2Stream struct {
+// h2Call is one caller's call in turn: its request's and answer's bytes and the
+// grpc-status of its trailers. A caller keeps one and makes its calls through it,
+// so that its buffers are reused from call to call, as loadConn reuses its body.
+type h2Call struct {
+	req    []byte
 	data   []byte
+	frames [][]byte
 	status string
-	done   chan struct{}
+	done   chan struct{} // one token a call, when its answer is whole
+}
+
+func newH2Call() *h2Call { return &h2Call{done: make(chan struct{}, 1)} }
+
+// finish hands the call its answer's status and wakes its caller.
+func (s *h2Call) finish(status string) {
+	s.status = status
+	s.done <- struct{}{}
 }
 
 // h2Window is the window the client grants: large enough that a benchmark's
@@ -71,7 +83,7 @@ func dialH2(addr string, tlsConfig *tls.Config) (*h2Conn, error) {
 	// Buffered both ways, as loadConn is: a call's frames go out in one write,
 	// and frames are read out of 32 KiB reads.
 	w := bufio.NewWriterSize(conn, 32<<10)
-	c := &h2Conn{conn: conn, w: w, fr: http2.NewFramer(w, bufio.NewReaderSize(conn, 32<<10)), host: addr, next: 1, streams: map[uint32]*h2Stream{}}
+	c := &h2Conn{conn: conn, w: w, fr: http2.NewFramer(w, bufio.NewReaderSize(conn, 32<<10)), host: addr, next: 1, streams: map[uint32]*h2Call{}}
 	c.henc = hpack.NewEncoder(&c.hbuf)
 	_, _ = w.WriteString(http2.ClientPreface)
 	_ = c.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: h2Window - 1})
@@ -92,8 +104,8 @@ func (c *h2Conn) read() {
 		c.mu.Lock()
 		c.err = err
 		for id, s := range c.streams {
-			close(s.done)
 			delete(c.streams, id)
+			s.finish("connection failed")
 		}
 		c.mu.Unlock()
 	}
@@ -171,18 +183,18 @@ func (c *h2Conn) end(id uint32, status string) {
 	delete(c.streams, id)
 	c.mu.Unlock()
 	if s != nil {
-		s.status = status
-		close(s.done)
+		s.finish(status)
 	}
 }
 
-// call makes one call of method with md and the marshalled request req, and
-// returns the answer's messages (each without its 5-byte prefix).
-func (c *h2Conn) call(method string, md metadata.MD, req []byte) ([][]byte, error) {
-	s := &h2Stream{done: make(chan struct{})}
-	prefix := make([]byte, 5, 5+len(req))
-	binary.BigEndian.PutUint32(prefix[1:], uint32(len(req)))
-	body := append(prefix, req...)
+// call makes one call of method with md and the marshalled request req through
+// s, and returns the answer's messages (each without its 5-byte prefix), valid
+// until s's next call.
+func (c *h2Conn) call(s *h2Call, method string, md metadata.MD, req []byte) ([][]byte, error) {
+	s.data, s.frames = s.data[:0], s.frames[:0]
+	s.req = binary.BigEndian.AppendUint32(append(s.req[:0], 0), uint32(len(req)))
+	s.req = append(s.req, req...)
+	body := s.req
 
 	c.wmu.Lock()
 	id := c.next
@@ -224,14 +236,13 @@ func (c *h2Conn) call(method string, md metadata.MD, req []byte) ([][]byte, erro
 		defer c.mu.Unlock()
 		return nil, errors.Join(c.err, fmt.Errorf("call %s ended with grpc-status %s", method, s.status))
 	}
-	var out [][]byte
 	for d := s.data; len(d) >= 5; {
 		n := int(binary.BigEndian.Uint32(d[1:5]))
 		if len(d) < 5+n {
 			return nil, errors.New("a truncated message in the answer")
 		}
-		out = append(out, d[5:5+n])
+		s.frames = append(s.frames, d[5:5+n])
 		d = d[5+n:]
 	}
-	return out, nil
+	return s.frames, nil
 }

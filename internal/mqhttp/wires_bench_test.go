@@ -191,13 +191,14 @@ func benchGRPCSend(b *testing.B, conns []*h2Conn) {
 	cpu := processCPU()
 	b.RunParallel(func(tpb *testing.PB) {
 		conn := conns[int(next.Add(1))%len(conns)]
+		call := newH2Call()
 		for tpb.Next() {
 			m := &pb.Message{Topic: benchResource, Body: body, SystemProperties: &pb.SystemProperties{
 				Tag: &tag, MessageId: "01BENCH" + strconv.FormatInt(seq.Add(1), 16), BodyEncoding: pb.Encoding_IDENTITY,
 				MessageType: pb.MessageType_NORMAL, BornTimestamp: timestamppb.Now(), BornHost: "bench",
 			}}
 			req, _ := proto.Marshal(&pb.SendMessageRequest{Messages: []*pb.Message{m}})
-			answer, err := conn.call(pb.MessagingService_SendMessage_FullMethodName, signedMD(), req)
+			answer, err := conn.call(call, pb.MessagingService_SendMessage_FullMethodName, signedMD(), req)
 			if err != nil || len(answer) != 1 || !statusOK(answer[0]) {
 				b.Errorf("send: %v %x", err, answer)
 				return
@@ -227,9 +228,10 @@ func benchGRPCReceiveAck(b *testing.B, conns []*h2Conn) {
 		go func() {
 			defer wg.Done()
 			var entries []*pb.AckMessageEntry
+			call := newH2Call()
 			for consumed.Load() < int64(b.N) {
 				entries = entries[:0]
-				frames, err := conn.call(pb.MessagingService_ReceiveMessage_FullMethodName, signedMD(), receive)
+				frames, err := conn.call(call, pb.MessagingService_ReceiveMessage_FullMethodName, signedMD(), receive)
 				if err != nil {
 					b.Errorf("receive: %v", err)
 					return
@@ -245,7 +247,7 @@ func benchGRPCReceiveAck(b *testing.B, conns []*h2Conn) {
 					continue
 				}
 				ack, _ := proto.Marshal(&pb.AckMessageRequest{Group: group, Topic: benchResource, Entries: entries})
-				answer, err := conn.call(pb.MessagingService_AckMessage_FullMethodName, signedMD(), ack)
+				answer, err := conn.call(call, pb.MessagingService_AckMessage_FullMethodName, signedMD(), ack)
 				if err != nil || len(answer) != 1 || !statusOK(answer[0]) {
 					b.Errorf("ack: %v %x", err, answer)
 					return
