@@ -5,6 +5,9 @@
 package membudget
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -125,3 +128,88 @@ func (t *Tenants) Of(tenant string) *Budget {
 	}
 	return b
 }
+
+// ErrNoMemory: a request could not get the memory it needed before its deadline.
+// Each protocol answers it as it answers a rate past the quota.
+var ErrNoMemory = errors.New("no memory for the request before its deadline")
+
+// Shares are a server's memory budget and each tenant's. A request takes what it
+// is about to allocate from both: a tenant whose requests hold their bytes back
+// waits on its own budget, and all of them together on the server's, instead of
+// the process running out.
+type Shares struct {
+	all     *Budget
+	tenants *Tenants
+}
+
+// NewShares returns a server budget of all bytes and tenant budgets of perTenant.
+func NewShares(all, perTenant int) *Shares {
+	return &Shares{all: New(all), tenants: NewTenants(perTenant)}
+}
+
+// All returns the server's budget.
+func (s *Shares) All() *Budget { return s.all }
+
+// Tenant returns the budget of a tenant that authenticated.
+func (s *Shares) Tenant(id string) *Budget { return s.tenants.Of(id) }
+
+// Hold is what one request of a tenant holds of its Shares, given back when the
+// request ends. Takers wait until the request's deadline, or until done closes.
+// A Hold is one request's: it is not safe for concurrent use.
+type Hold struct {
+	all, tenant *Budget
+	name        string
+	deadline    time.Time
+	done        <-chan struct{}
+	held        int
+	// Refused, if set, is told of each Take that found no memory in time.
+	Refused func()
+}
+
+// Hold starts what a request of tenant holds.
+func (s *Shares) Hold(tenant string, deadline time.Time, done <-chan struct{}) *Hold {
+	return &Hold{all: s.all, tenant: s.Tenant(tenant), name: tenant, deadline: deadline, done: done}
+}
+
+// Take takes n bytes, waiting for them until the request's deadline; the error
+// wraps ErrNoMemory when they did not come, or is ctx's.
+func (h *Hold) Take(ctx context.Context, n int) error {
+	if !h.tenant.Take(n, h.held, h.deadline, h.done) {
+		h.noteRefused()
+		return fmt.Errorf("%w: the requests of %s hold %d bytes", ErrNoMemory, h.name, h.tenant.InUse())
+	}
+	if !h.all.Take(n, h.held, h.deadline, h.done) {
+		h.tenant.Give(n)
+		h.noteRefused()
+		return fmt.Errorf("%w: the server's requests hold %d bytes", ErrNoMemory, h.all.InUse())
+	}
+	h.held += n
+	return ctx.Err()
+}
+
+func (h *Hold) noteRefused() {
+	if h.Refused != nil {
+		h.Refused()
+	}
+}
+
+// Charge takes n bytes at once, past the limits if need be: for what is
+// allocated already.
+func (h *Hold) Charge(n int) {
+	h.tenant.Force(n)
+	h.all.Force(n)
+	h.held += n
+}
+
+// Give gives n of the held bytes back.
+func (h *Hold) Give(n int) {
+	h.tenant.Give(n)
+	h.all.Give(n)
+	h.held -= n
+}
+
+// Held returns the bytes held.
+func (h *Hold) Held() int { return h.held }
+
+// Release gives back everything held.
+func (h *Hold) Release() { h.Give(h.held) }

@@ -9,19 +9,20 @@ import (
 	"google.golang.org/grpc/tap"
 )
 
-// What a connection may make the server hold before a call's handler runs.
+// What a connection may make the server hold before a call's handler runs, and
+// for how long.
 //
-// grpc-go reads a call's request into memory before the handler sees it, and
-// grants the client flow-control window for a whole message as soon as its
-// length prefix arrives (up to the 5 MiB maxRecvMessage). Nothing of the request
-// can be budgeted before it is read, as mq-http budgets its bodies: the bound
-// here is time. A call must deliver its whole request within
-// Limits.RequestTimeout of opening; otherwise its context is cancelled, which
-// ends the read, answers the stream and lets its buffers go. A client that opens
-// calls and trickles their requests, or stops half-way, holds what it sent for
-// at most that long. Before a request's length prefix arrives, a stream holds at
-// most its flow-control window (streamWindow), which the server sets explicitly
-// so that grpc-go's window estimation cannot grow it.
+// Every call's handler reads its request itself (memory.go serves the unary
+// methods as streams for that), within the memory budgets. Before it asks, a
+// stream holds at most its flow-control window (streamWindow), which the server
+// sets explicitly so that grpc-go's window estimation cannot grow it. Once it
+// asks, grpc-go grants the client window for the whole message as soon as its
+// length prefix arrives (up to the 5 MiB maxRecvMessage). The bound on top is
+// time: a call must deliver its whole request within Limits.RequestTimeout of
+// opening; otherwise its context is cancelled, which ends the read, answers the
+// stream and lets its buffers and its budget go. A client that opens calls and
+// trickles their requests, or stops half-way, holds what it took for at most
+// that long.
 
 const (
 	// DefaultRequestTimeout bounds the arrival of a call's request.
@@ -52,15 +53,8 @@ func requestArrived(ctx context.Context) {
 	}
 }
 
-// unaryArrived stops the clock of a unary call, whose request grpc-go has read
-// whole before interceptors run.
-func unaryArrived(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	requestArrived(ctx)
-	return handler(ctx, req)
-}
-
-// streamArrived stops the clock of a streaming call once its first message has
-// been read: a receive's one request, a Telemetry stream's first command.
+// streamArrived stops the clock of a call once its first message has been read:
+// a unary call's request, a receive's, a Telemetry stream's first command.
 func streamArrived(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	return handler(srv, &firstMessage{ServerStream: ss})
 }
@@ -83,7 +77,6 @@ func (f *firstMessage) RecvMsg(m any) error {
 func (s *Server) admissionOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.InTapHandle(s.admit),
-		grpc.ChainUnaryInterceptor(unaryArrived),
 		grpc.ChainStreamInterceptor(streamArrived),
 		grpc.InitialWindowSize(streamWindow),
 		grpc.InitialConnWindowSize(connWindow),

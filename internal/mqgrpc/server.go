@@ -25,6 +25,7 @@ import (
 
 	"github.com/orderly-dev/orderly/internal/broker"
 	"github.com/orderly-dev/orderly/internal/connlimit"
+	"github.com/orderly-dev/orderly/internal/membudget"
 	pb "github.com/orderly-dev/orderly/internal/mqgrpc/apiv2"
 	"github.com/orderly-dev/orderly/internal/wiretls"
 )
@@ -53,6 +54,9 @@ type Broker interface {
 	DeadLetterDelivery(ctx context.Context, instanceID, topic, group, handle string) error
 	// NoteAuthFailure counts a refused signature, for metrics.
 	NoteAuthFailure(instanceID string)
+	// NoteThrottled counts a call refused for the instance's limits, memory
+	// included, for metrics.
+	NoteThrottled(instanceID string)
 }
 
 // Limits bound what connections may hold. Zero fields take the defaults.
@@ -70,6 +74,10 @@ type Limits struct {
 	// RequestTimeout bounds how long after a call opens its request must have
 	// arrived whole (default DefaultRequestTimeout; see admission.go).
 	RequestTimeout time.Duration
+	// Memory bounds the requests and receive answers all calls in progress hold
+	// at once (default DefaultMemory), InstanceMemory one instance's (default
+	// DefaultInstanceMemory; see memory.go).
+	Memory, InstanceMemory int
 	// LongPolling is how long a receive waits for messages when the request names
 	// no time, and what the Settings reply tells consumers (default 20 s, the
 	// Apache proxy's; at most the broker's 30 s).
@@ -92,6 +100,12 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.LongPolling <= 0 {
 		l.LongPolling = DefaultLongPolling
+	}
+	if l.Memory <= 0 {
+		l.Memory = DefaultMemory
+	}
+	if l.InstanceMemory <= 0 {
+		l.InstanceMemory = DefaultInstanceMemory
 	}
 	if l.RequestTimeout <= 0 {
 		l.RequestTimeout = DefaultRequestTimeout
@@ -135,6 +149,7 @@ type Server struct {
 	lim      Limits
 	clients  *registry
 	renewals renewals
+	memory   *membudget.Shares
 	// stopping ends when the server stops, and with it long polls and Telemetry
 	// streams.
 	stopping context.Context
@@ -173,6 +188,7 @@ func (s *Server) Start(ctx context.Context) error {
 		return err
 	}
 	s.lim = s.Limits.withDefaults()
+	s.memory = membudget.NewShares(s.lim.Memory, s.lim.InstanceMemory)
 	s.clients = newRegistry()
 	s.stopping, s.stop = context.WithCancel(context.Background())
 	defer s.stop()
@@ -185,7 +201,7 @@ func (s *Server) Start(ctx context.Context) error {
 		// Neither client sends keepalive pings (1.4); a dead peer is found by TCP.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)...)
-	pb.RegisterMessagingServiceServer(srv, &service{s: s})
+	srv.RegisterService(s.budgetedService(), &service{s: s})
 	s.ready <- ln.Addr()
 	s.Log.Info("Serving RocketMQ gRPC (apache.rocketmq.v2.MessagingService)", "address", ln.Addr().String(), "advertise", s.Advertise)
 

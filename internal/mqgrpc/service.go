@@ -25,9 +25,12 @@ type service struct {
 // as mq-http counts its requests: a gRPC connection carries calls of any
 // instance, and long polls and Telemetry streams hold one each while they last.
 func (s *Server) begin(ctx context.Context) (*call, func(), *pb.Status) {
-	c, st := s.authenticate(ctx)
-	if st != nil {
-		return nil, nil, st
+	c := authenticated(ctx) // by the handler's wrapper, before the request was read
+	if c == nil {
+		var st *pb.Status
+		if c, st = s.authenticate(ctx); st != nil {
+			return nil, nil, st
+		}
 	}
 	release, err := s.Broker.AcquireConnection(c.instance)
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/orderly-dev/orderly/internal/broker"
+	"github.com/orderly-dev/orderly/internal/membudget"
 	pb "github.com/orderly-dev/orderly/internal/mqgrpc/apiv2"
 )
 
@@ -36,7 +37,7 @@ func brokerStatus(err error) *pb.Status {
 		code = pb.Code_INVALID_RECEIPT_HANDLE
 	case errors.Is(err, broker.ErrInvalidArgument), errors.Is(err, broker.ErrInstanceNotFound):
 		code = pb.Code_BAD_REQUEST
-	case errors.Is(err, broker.ErrThrottled), errors.Is(err, broker.ErrQuotaExceeded):
+	case errors.Is(err, broker.ErrThrottled), errors.Is(err, broker.ErrQuotaExceeded), errors.Is(err, membudget.ErrNoMemory):
 		code = pb.Code_TOO_MANY_REQUESTS
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		code = pb.Code_PROXY_TIMEOUT

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/orderly-dev/orderly/internal/broker"
+	"github.com/orderly-dev/orderly/internal/membudget"
 )
 
 // Request limits. A body of broker.MaxBodySize can grow sixfold when escaped ("&"
@@ -44,7 +45,7 @@ type handler struct {
 	now    func() time.Time
 	// memory bounds what requests hold; memoryWait bounds how long one waits for
 	// it, leaving the rest of the write timeout for its answer.
-	memory     *budgets
+	memory     *membudget.Shares
 	memoryWait time.Duration
 }
 
@@ -104,12 +105,12 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// What the request holds, its body then its answer, is the instance's and
 	// the server's memory, taken before it is allocated and given back when the
 	// request ends, its answer written.
-	mem := h.memory.request(instanceID, time.Now().Add(h.memoryWait), r.Context().Done())
-	mem.refused = func() { h.broker.NoteThrottled(instanceID) }
-	defer mem.release()
+	mem := h.memory.Hold(instanceID, time.Now().Add(h.memoryWait), r.Context().Done())
+	mem.Refused = func() { h.broker.NoteThrottled(instanceID) }
+	defer mem.Release()
 	body, err := readBody(r.Context(), r.Body, r.ContentLength, mem)
 	switch {
-	case errors.Is(err, errNoMemory):
+	case errors.Is(err, membudget.ErrNoMemory):
 		refuse(brokerError(err)) // nothing of the body read
 		return
 	case err != nil:
@@ -153,7 +154,7 @@ const initialBodyBuffer = 64 << 10
 // so that many large bodies of a tenant never each hold a part of its budget and
 // all wait for more. The buffer then grows, doubling, only as the bytes arrive:
 // a client that declares the limit and sends little holds little memory.
-func readBody(ctx context.Context, r io.Reader, n int64, mem *requestMemory) ([]byte, error) {
+func readBody(ctx context.Context, r io.Reader, n int64, mem *membudget.Hold) ([]byte, error) {
 	if err := mem.Take(ctx, int(n)); err != nil {
 		return nil, err
 	}
@@ -185,7 +186,7 @@ type request struct {
 	topic    string
 	query    url.Values
 	body     []byte
-	mem      *requestMemory
+	mem      *membudget.Hold
 }
 
 func (q *request) fail(e *Error) { writeError(q.w, q.r, q.id, e) }
@@ -283,7 +284,7 @@ func (h *handler) consume(q *request, trans string) {
 		// next reads wait while it is written.
 		answer := appendMessages(make([]byte, 0, 1024*len(ds)), ds)
 		ds = nil
-		q.mem.Give(q.mem.held)
+		q.mem.Release()
 		q.mem.Charge(len(answer))
 		q.reply(http.StatusOK, answer)
 	}
@@ -361,7 +362,7 @@ func brokerError(err error) *Error {
 		return &Error{http.StatusNotFound, "InstanceNotExist", "The instance you provided does not exist."}
 	case errors.Is(err, broker.ErrWrongProtocol), errors.Is(err, broker.ErrMessageType), errors.Is(err, broker.ErrInvalidArgument):
 		return invalidArgument(err.Error())
-	case errors.Is(err, errNoMemory):
+	case errors.Is(err, membudget.ErrNoMemory):
 		return &Error{http.StatusServiceUnavailable, "Throttling", err.Error()}
 	case errors.Is(err, broker.ErrThrottled):
 		// 503: the Java SDK retries it with backoff; the others surface the

@@ -238,8 +238,8 @@ func TestATenantsConnectionQuotaCountsItsRequestsInProgress(t *testing.T) {
 func TestReadBodyGrowsAsTheBodyArrives(t *testing.T) {
 	budgets := newBudgets(DefaultMemory, maxRequestBytes)
 	readBody := func(r io.Reader, n int64) ([]byte, error) {
-		mem := budgets.request(testInstance, time.Now().Add(time.Second), nil)
-		defer mem.release()
+		mem := budgets.Hold(testInstance, time.Now().Add(time.Second), nil)
+		defer mem.Release()
 		return readBody(context.Background(), r, n, mem)
 	}
 	want := bytes.Repeat([]byte("0123456789"), 30000) // 300 KB: past the initial buffer

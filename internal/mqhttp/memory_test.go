@@ -62,7 +62,7 @@ func TestATenantsBodiesAreBudgeted(t *testing.T) {
 	runtime.GC()
 	runtime.ReadMemStats(&before)
 	conns := holdBodies(t, addr, 20, body, 3<<20)
-	mine := srv.memory.instance(testInstance)
+	mine := srv.memory.Tenant(testInstance)
 	eventually(t, 10*time.Second, "the tenant's budget taken, the rest waiting", func() bool {
 		return mine.InUse() == perInstance && mine.Waiting() == 18
 	})
@@ -98,7 +98,7 @@ func TestATenantsBodiesAreBudgeted(t *testing.T) {
 	for _, c := range conns {
 		_ = c.Close()
 	}
-	eventually(t, 10*time.Second, "every budget given back", func() bool { return mine.InUse() == 0 && srv.memory.all.InUse() == 0 })
+	eventually(t, 10*time.Second, "every budget given back", func() bool { return mine.InUse() == 0 && srv.memory.All().InUse() == 0 })
 }
 
 // TestAPopWaitsOnItsTenantsMemory: while a tenant's budget is taken by held
@@ -116,7 +116,7 @@ func TestAPopWaitsOnItsTenantsMemory(t *testing.T) {
 		t.Fatal(err)
 	}
 	holdBodies(t, addr, 1, perInstance, perInstance-1)
-	mine := srv.memory.instance(testInstance)
+	mine := srv.memory.Tenant(testInstance)
 	eventually(t, 10*time.Second, "the tenant's budget taken", func() bool { return mine.InUse() == perInstance })
 	const pop = "/topics/t/messages?consumer=GID_http&numOfMessages=16"
 	me := &Client{Endpoint: "http://" + addr, AccessKeyID: testAK, AccessKeySecret: testSK}

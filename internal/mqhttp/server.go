@@ -17,6 +17,7 @@ import (
 	"github.com/go-logr/logr"
 
 	"github.com/orderly-dev/orderly/internal/connlimit"
+	"github.com/orderly-dev/orderly/internal/membudget"
 	"github.com/orderly-dev/orderly/internal/wiretls"
 )
 
@@ -88,7 +89,7 @@ type Server struct {
 
 	ready chan net.Addr
 	// memory is what requests hold, set by Start.
-	memory *budgets
+	memory *membudget.Shares
 }
 
 // NewServer returns a server for b on addr.
