@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-		"time"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
