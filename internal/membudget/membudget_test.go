@@ -1,6 +1,8 @@
 package membudget
 
 import (
+	"context"
+	"errors"
 	"testing"
 	"time"
 )
@@ -76,5 +78,35 @@ func TestConcurrentTakersNeverPassTheLimit(t *testing.T) {
 	case u := <-over:
 		t.Fatalf("%d bytes held, past the limit of 1000", u)
 	default:
+	}
+}
+
+// A request's hold takes from its tenant's share and the server's: past the
+// tenant's share it fails at its deadline while another tenant's request is
+// served, and everything comes back with Release.
+func TestAHoldTakesFromItsTenantAndTheServer(t *testing.T) {
+	s := NewShares(100, 60)
+	a := s.Hold("a", time.Now().Add(50*time.Millisecond), nil)
+	if err := a.Take(context.Background(), 60); err != nil {
+		t.Fatal(err)
+	}
+	a2 := s.Hold("a", time.Now().Add(50*time.Millisecond), nil)
+	if err := a2.Take(context.Background(), 10); !errors.Is(err, ErrNoMemory) {
+		t.Fatalf("a second request past the tenant's share: %v", err)
+	}
+	b := s.Hold("b", time.Now().Add(50*time.Millisecond), nil)
+	if err := b.Take(context.Background(), 40); err != nil {
+		t.Fatalf("another tenant within the server's budget: %v", err)
+	}
+	if err := b.Take(context.Background(), 10); !errors.Is(err, ErrNoMemory) {
+		t.Fatalf("past the server's budget: %v", err)
+	}
+	if got := s.All().InUse(); got != 100 {
+		t.Fatalf("the server's budget holds %d, want 100", got)
+	}
+	a.Release()
+	b.Release()
+	if s.All().InUse() != 0 || s.Tenant("a").InUse() != 0 || s.Tenant("b").InUse() != 0 || a.Held() != 0 {
+		t.Fatalf("after release: server %d, a %d, b %d", s.All().InUse(), s.Tenant("a").InUse(), s.Tenant("b").InUse())
 	}
 }
