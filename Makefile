@@ -102,7 +102,7 @@ run: build ## Run the operator with a local control plane and the embedded broke
 	KUBEBUILDER_ASSETS="$$(hack/envtest.sh)"; exec bin/orderly --dev --dev-assets "$$KUBEBUILDER_ASSETS" \
 		--metrics-bind-address 127.0.0.1:8080 --health-probe-bind-address 127.0.0.1:8081 \
 		--http-bind-address 127.0.0.1:9880 --tcp-bind-address 127.0.0.1:9876 \
-		--console-bind-address 127.0.0.1:9890
+		--console-bind-address 127.0.0.1:9890 --pprof-bind-address 127.0.0.1:8082
 
 .PHONY: docker-build
 docker-build: ## Build the container image (needs a container engine).

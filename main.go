@@ -83,6 +83,7 @@ func main() {
 		assetsDir     string
 		crdDir        string
 		metricsAddr   string
+		pprofAddr     string
 		probeAddr     string
 		leaderElect   bool
 		httpAddr      string
@@ -101,6 +102,7 @@ func main() {
 	flag.StringVar(&assetsDir, "dev-assets", envOr("KUBEBUILDER_ASSETS", "bin/k8s/1.36.3"), "With --dev: directory holding the etcd, kube-apiserver and kube-controller-manager binaries.")
 	flag.StringVar(&crdDir, "dev-crds", "config/crd/bases", "With --dev: directory of CRDs to install.")
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "Address the metrics endpoint binds to; 0 disables it.")
+	flag.StringVar(&pprofAddr, "pprof-bind-address", "", "Address Go's profiler (net/http/pprof) binds to; empty (the default) leaves it off. Bind it to loopback: profiles show request contents.")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "Address the health probe endpoint binds to.")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "Enable leader election for the controllers.")
 	flag.StringVar(&httpAddr, "http-bind-address", ":9880", "Address the mq-http endpoint binds to.")
@@ -181,7 +183,7 @@ func main() {
 		}
 	}
 	if err := run(ctx, cfg, options{
-		metricsAddr: metricsAddr, probeAddr: probeAddr, leaderElect: leaderElect,
+		metricsAddr: metricsAddr, pprofAddr: pprofAddr, probeAddr: probeAddr, leaderElect: leaderElect,
 		httpAddr: httpAddr, tcpAddr: tcpAddr, grpcAddr: grpcAddr, consoleAddr: consoleAddr, advertiseHost: advertiseHost, devKubeconfig: kubeconfig, dataDir: dataDir,
 		runtimeImage: runtimeImage, devPodDir: filepath.Join(devDir, "pods"), tlsCertDir: tlsCertDir, plainText: plainText,
 	}); err != nil {
@@ -193,6 +195,7 @@ func main() {
 
 type options struct {
 	metricsAddr, probeAddr string
+	pprofAddr              string // empty: no profiler
 	leaderElect            bool
 	httpAddr, tcpAddr      string
 	grpcAddr               string
@@ -243,6 +246,7 @@ func run(ctx context.Context, cfg *rest.Config, o options) error {
 		Scheme:                 scheme,
 		Metrics:                metricsserver.Options{BindAddress: o.metricsAddr},
 		HealthProbeBindAddress: o.probeAddr,
+		PprofBindAddress:       o.pprofAddr,
 		LeaderElection:         o.leaderElect,
 		LeaderElectionID:       "orderly.mq.orderly.dev",
 		// Hold only the Secrets this operator creates in memory, not every Secret in
