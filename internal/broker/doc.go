@@ -70,7 +70,11 @@
 //     owner at a time.
 //   - store.go: the store, the only file that knows the engine is Pebble: write
 //     batches, iterators (each reads the store as of one moment), and Pebble's
-//     tuning.
+//     tuning. What the broker relies on of it (durable on return, batches whole
+//     or absent after a crash, applied in order, one moment per view, keys in
+//     byte order) is written as tests in store_contract_test.go, which take the
+//     engine through a harness: another engine behind the same methods runs the
+//     same contract.
 //
 // # Locks
 //

@@ -42,6 +42,15 @@ const (
 // openStore opens (or creates) the store in dir; an empty dir keeps everything in
 // memory, for tests.
 func openStore(dir string, syncWrites bool) (*store, error) {
+	if dir == "" {
+		return openStoreOn(vfs.NewMem(), "", syncWrites)
+	}
+	return openStoreOn(zeroAheadFS{vfs.Default}, dir, syncWrites)
+}
+
+// openStoreOn opens the store in dir of fs: the contract tests give it a file
+// system whose crashes they simulate.
+func openStoreOn(fs vfs.FS, dir string, syncWrites bool) (*store, error) {
 	opts := &pebble.Options{
 		// Message records arrive with ever-growing keys, so flushed tables rarely
 		// overlap and sink by move compactions. Bodies are usually small or already
@@ -61,11 +70,7 @@ func openStore(dir string, syncWrites bool) (*store, error) {
 	cache := pebble.NewCache(blockCacheSize)
 	opts.Cache = cache
 	opts.EnsureDefaults()
-	if dir == "" {
-		opts.FS = vfs.NewMem()
-	} else {
-		opts.FS = zeroAheadFS{vfs.Default}
-	}
+	opts.FS = fs
 	db, err := pebble.Open(dir, opts)
 	if err != nil {
 		cache.Unref()
