@@ -234,7 +234,7 @@ func testStoreContract(t *testing.T, h storeHarness) {
 }
 
 func contractKey(prefix string, i int) []byte { return fmt.Appendf(nil, "%s%06d", prefix, i) }
-func contractValue(i int) []byte            { return fmt.Appendf(nil, "value of %d", i) }
+func contractValue(i int) []byte              { return fmt.Appendf(nil, "value of %d", i) }
 
 // TestStoreContract runs the contract on the Pebble store, crashing it with a
 // file system that keeps what was synced and half, at random, of what was not.
