@@ -620,7 +620,11 @@ func (b *Broker) scanMeta(kind byte, fn func(id string, raw []byte) error) error
 	defer it.close()
 	for ok := it.first(); ok; ok = it.next() {
 		id := string(it.key()[2:])
-		if err := fn(id, it.value()); err != nil {
+		v, err := it.valueErr()
+		if err == nil {
+			err = fn(id, v)
+		}
+		if err != nil {
 			return fmt.Errorf("corrupt metadata %q: %w", it.key(), err)
 		}
 	}

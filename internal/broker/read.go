@@ -208,7 +208,11 @@ func (l *recordLoader) load(key []byte) ([]byte, bool, error) {
 	if !l.position(key) || !bytes.Equal(l.it.key(), key) {
 		return nil, false, l.it.error()
 	}
-	return l.it.value(), true, nil
+	v, err := l.it.valueErr()
+	if err != nil {
+		return nil, false, err
+	}
+	return v, true, nil
 }
 
 // maxStepsForward is how far the loader walks with Next before it seeks: a queue's

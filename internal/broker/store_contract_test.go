@@ -8,6 +8,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
@@ -265,4 +266,36 @@ func TestStoreContract(t *testing.T) {
 			return openOn(t, crashed)
 		},
 	})
+}
+
+// A data directory written before message records were kept in blob files (an
+// older format of the engine) opens, keeps what it held, and takes new records.
+func TestStoreOpensADirectoryOfTheOlderFormat(t *testing.T) {
+	dir := t.TempDir()
+	old, err := pebble.Open(dir, &pebble.Options{FormatMajorVersion: pebble.FormatMinSupported})
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := bytes.Repeat([]byte("x"), 4096)
+	if err := old.Set([]byte("before"), big, pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err := openStore(dir, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.close()
+	w := s.newBatch()
+	w.set([]byte("after"), big)
+	if err := s.commit(w); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"before", "after"} {
+		if v, err := s.get([]byte(k)); err != nil || !bytes.Equal(v, big) {
+			t.Fatalf("%s: %d bytes, %v", k, len(v), err)
+		}
+	}
 }
