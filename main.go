@@ -114,7 +114,7 @@ func main() {
 	flag.StringVar(&tlsCertDir, "tls-cert-dir", "", "Directory holding tls.crt, tls.key and (optionally) ca.crt, as a mounted kubernetes.io/tls Secret presents them (cert-manager's, say): both endpoints serve TLS with it, and reload it when it changes. Empty serves plain text only, except in dev mode, which makes its own CA.")
 	flag.StringVar(&plainText, "allow-plaintext", "", "With TLS: who may still speak plain text on the same ports: none, loopback or all. Default: loopback in dev mode, none otherwise.")
 	flag.StringVar(&runtimeImage, "runtime-image", os.Getenv("ORDERLY_RUNTIME_IMAGE"), "Image of the init container that installs the consumer runtime in MessageConsumer pods: the operator's own image.")
-	flag.Int64Var(&memoryLimit, "memory-limit-mib", 288, "Soft limit of the Go heap, in MiB (debug.SetMemoryLimit); the environment's GOMEMLIMIT wins when set. The store's block cache (256 MiB with its memtables) is outside it.")
+	flag.Int64Var(&memoryLimit, "memory-limit-mib", 288, "Soft limit of the Go heap, in MiB (debug.SetMemoryLimit); the environment's GOMEMLIMIT wins when set. The store's block cache (256 MiB with its memtables) is outside it: a build without cgo (the container image), which keeps the cache in the Go heap, adds the cache to the limit.")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -122,7 +122,7 @@ func main() {
 	// letting it grow to twice what is live: every client's memory is bounded by
 	// budgets (frames, bodies, answers), and this keeps the heap near them.
 	if os.Getenv("GOMEMLIMIT") == "" && memoryLimit > 0 {
-		debug.SetMemoryLimit(memoryLimit << 20)
+		debug.SetMemoryLimit(memoryLimit<<20 + broker.StoreHeapBytes())
 	}
 	if dev {
 		opts.Development = true // human-readable logs on a developer's terminal

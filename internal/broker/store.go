@@ -360,3 +360,15 @@ func (quietLogger) Errorf(string, ...any) {}
 func (quietLogger) Fatalf(format string, args ...any) {
 	panic(fmt.Sprintf("pebble: "+format, args...))
 }
+
+// StoreHeapBytes is what the store adds to the Go heap: its block cache and
+// memtables in a build without cgo, where Pebble allocates them in it, and
+// nothing with cgo. A soft memory limit set for the rest of the process must add
+// it, or the collector runs back to back to keep a cache it cannot free under
+// the limit (pop + ack ran at 105,000 msg/s instead of 372,000 so).
+func StoreHeapBytes() int64 {
+	if storeMemoryInGoHeap {
+		return blockCacheSize
+	}
+	return 0
+}
