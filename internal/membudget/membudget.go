@@ -133,6 +133,14 @@ func (t *Tenants) Of(tenant string) *Budget {
 // Each protocol answers it as it answers a rate past the quota.
 var ErrNoMemory = errors.New("no memory for the request before its deadline")
 
+// Default sizes of Shares, which the HTTP endpoints (mq-http and gRPC) both take:
+// what every request in progress may hold at once, and what one tenant's may.
+// A tenant's share fits several of the largest (4 MiB) bodies.
+const (
+	DefaultServerBytes = 128 << 20
+	DefaultTenantBytes = 32 << 20
+)
+
 // Shares are a server's memory budget and each tenant's. A request takes what it
 // is about to allocate from both: a tenant whose requests hold their bytes back
 // waits on its own budget, and all of them together on the server's, instead of

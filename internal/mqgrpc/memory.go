@@ -38,8 +38,8 @@ import (
 // grpc-go has no hook between a message's length and its body. docs/grpc.md
 // gives the bound that leaves.
 const (
-	DefaultMemory         = 128 << 20
-	DefaultInstanceMemory = 32 << 20
+	DefaultMemory         = membudget.DefaultServerBytes
+	DefaultInstanceMemory = membudget.DefaultTenantBytes
 )
 
 // callKey holds the *call a wrapped handler authenticated, for begin.
@@ -63,41 +63,43 @@ func (s *Server) budgetedService() *grpc.ServiceDesc {
 	d.Streams = nil
 	for _, m := range pb.MessagingService_ServiceDesc.Methods {
 		handler := m.Handler
-		refuse := refusal(m.MethodName)
-		d.Streams = append(d.Streams, grpc.StreamDesc{StreamName: m.MethodName, Handler: func(srv any, stream grpc.ServerStream) error {
-			ctx := stream.Context()
-			c, st := s.authenticate(ctx)
-			if st != nil {
-				return stream.SendMsg(refuse(st))
-			}
-			hold := s.hold(ctx, c)
-			defer hold.Release()
-			ctx = context.WithValue(ctx, callKey{}, c)
-			resp, err := handler(srv, ctx, func(req any) error { return s.decode(ctx, hold, stream.RecvMsg, req) }, nil)
-			if err != nil {
-				return err
-			}
-			return stream.SendMsg(resp)
-		}})
+		d.Streams = append(d.Streams, grpc.StreamDesc{StreamName: m.MethodName, Handler: s.budgeted(m.MethodName,
+			func(srv any, stream grpc.ServerStream, ctx context.Context, hold *membudget.Hold) error {
+				resp, err := handler(srv, ctx, func(req any) error { return s.decode(ctx, hold, stream.RecvMsg, req) }, nil)
+				if err != nil {
+					return err
+				}
+				return stream.SendMsg(resp)
+			})})
 	}
 	d.Methods = nil
 	for _, sd := range pb.MessagingService_ServiceDesc.Streams {
 		handler := sd.Handler
-		refuse := refusal(sd.StreamName)
-		sd.Handler = func(srv any, stream grpc.ServerStream) error {
-			ctx := stream.Context()
-			c, st := s.authenticate(ctx)
-			if st != nil {
-				return stream.SendMsg(refuse(st))
-			}
-			hold := s.hold(ctx, c)
-			defer hold.Release()
-			ctx = broker.WithReadBudget(context.WithValue(ctx, callKey{}, c), hold)
+		sd.Handler = s.budgeted(sd.StreamName, func(srv any, stream grpc.ServerStream, ctx context.Context, hold *membudget.Hold) error {
+			ctx = broker.WithReadBudget(ctx, hold)
 			return handler(srv, &budgetedStream{ServerStream: stream, ctx: ctx, s: s, hold: hold})
-		}
+		})
 		d.Streams = append(d.Streams, sd)
 	}
 	return &d
+}
+
+// budgeted is the handler of method: it authenticates the call from its
+// metadata, answers a call not signed right with the method's refusal, and serves
+// the rest with serve, given the call's context (which carries the call, for
+// begin) and what it holds of the memory budgets, released when it returns.
+func (s *Server) budgeted(method string, serve func(srv any, stream grpc.ServerStream, ctx context.Context, hold *membudget.Hold) error) grpc.StreamHandler {
+	refuse := refusal(method)
+	return func(srv any, stream grpc.ServerStream) error {
+		ctx := stream.Context()
+		c, st := s.authenticate(ctx)
+		if st != nil {
+			return stream.SendMsg(refuse(st))
+		}
+		hold := s.hold(ctx, c)
+		defer hold.Release()
+		return serve(srv, stream, context.WithValue(ctx, callKey{}, c), hold)
+	}
 }
 
 // hold starts what a call of c holds: it waits for memory as long as its request

@@ -51,7 +51,7 @@ type handler struct {
 
 // newHandler returns the handler of a server with limits lim (defaults applied).
 func newHandler(b Broker, now func() time.Time, lim Limits) *handler {
-	return &handler{broker: b, now: now, memory: newBudgets(lim.Memory, lim.InstanceMemory),
+	return &handler{broker: b, now: now, memory: membudget.NewShares(lim.Memory, lim.InstanceMemory),
 		memoryWait: min(10*time.Second, lim.WriteTimeout/4)}
 }
 

@@ -17,6 +17,7 @@ import (
 	"github.com/go-logr/logr/testr"
 
 	"github.com/orderly-dev/orderly/internal/broker"
+	"github.com/orderly-dev/orderly/internal/membudget"
 )
 
 // These tests speak raw HTTP/1.1 over TCP, as a hostile client would.
@@ -236,7 +237,7 @@ func TestATenantsConnectionQuotaCountsItsRequestsInProgress(t *testing.T) {
 }
 
 func TestReadBodyGrowsAsTheBodyArrives(t *testing.T) {
-	budgets := newBudgets(DefaultMemory, maxRequestBytes)
+	budgets := membudget.NewShares(DefaultMemory, maxRequestBytes)
 	readBody := func(r io.Reader, n int64) ([]byte, error) {
 		mem := budgets.Hold(testInstance, time.Now().Add(time.Second), nil)
 		defer mem.Release()

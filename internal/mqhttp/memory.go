@@ -1,19 +1,14 @@
 package mqhttp
 
-import (
-	"github.com/orderly-dev/orderly/internal/membudget"
-)
+import "github.com/orderly-dev/orderly/internal/membudget"
 
 // Default memory bounds: what every request in progress may hold at once, and
-// what one instance's may, of bodies being read and answers being written.
+// what one instance's may, of bodies being read and answers being written. A
+// request takes its body's bytes from both before it reads the body, and its
+// answer's records before the broker reads them (broker.ReadBudget). What does
+// not come before the request's deadline is answered 503 Throttling, as a rate
+// past the quota is.
 const (
-	DefaultMemory         = 128 << 20
-	DefaultInstanceMemory = 32 << 20
+	DefaultMemory         = membudget.DefaultServerBytes
+	DefaultInstanceMemory = membudget.DefaultTenantBytes
 )
-
-// newBudgets returns the server's memory budget and each instance's. A request
-// takes its body's bytes from both before it reads the body, and its answer's
-// records before the broker reads them (broker.ReadBudget). What does not come
-// before the request's deadline is answered 503 Throttling, as a rate past the
-// quota is.
-func newBudgets(all, perInstance int) *membudget.Shares { return membudget.NewShares(all, perInstance) }
