@@ -44,6 +44,8 @@ const AnyQueue = -1
 
 // Message is what a producer publishes.
 type Message struct {
+	// Body is only read, and none of it is kept past the publish: the stored
+	// record is a copy. Callers may hand in memory they reuse afterwards.
 	Body []byte
 	// Tag is the one tag a consumer can filter on; empty for none.
 	Tag string

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/orderly-dev/orderly/internal/broker"
@@ -109,6 +110,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	mem.Refused = func() { h.broker.NoteThrottled(instanceID) }
 	defer mem.Release()
 	body, err := readBody(r.Context(), r.Body, r.ContentLength, mem)
+	defer recycleBody(body)
 	switch {
 	case errors.Is(err, membudget.ErrNoMemory):
 		refuse(brokerError(err)) // nothing of the body read
@@ -158,14 +160,19 @@ func readBody(ctx context.Context, r io.Reader, n int64, mem *membudget.Hold) ([
 	if err := mem.Take(ctx, int(n)); err != nil {
 		return nil, err
 	}
-	b := make([]byte, 0, min(n, initialBodyBuffer))
+	var b []byte
+	if n <= pooledBody {
+		b = (*bodyPool.Get().(*[]byte))[:0]
+	} else {
+		b = make([]byte, 0, min(n, initialBodyBuffer))
+	}
 	for int64(len(b)) < n {
 		if len(b) == cap(b) {
 			nb := make([]byte, len(b), min(n, 2*int64(len(b))))
 			copy(nb, b)
 			b = nb
 		}
-		m, err := r.Read(b[len(b):cap(b)])
+		m, err := r.Read(b[len(b):min(int64(cap(b)), n)]) // never past the declared size
 		b = b[:len(b)+m]
 		switch {
 		case err == io.EOF && int64(len(b)) < n:
@@ -175,6 +182,21 @@ func readBody(ctx context.Context, r io.Reader, n int64, mem *membudget.Hold) ([
 		}
 	}
 	return b, nil
+}
+
+// pooledBody is the largest body read into a recycled buffer: a publish of a
+// message up to about 3 KiB, and every ack. Nothing keeps a body past its request
+// (the parsers copy what they return), so its buffer serves the next one.
+const pooledBody = 4 << 10
+
+var bodyPool = sync.Pool{New: func() any { b := make([]byte, pooledBody); return &b }}
+
+// recycleBody gives a body's buffer back once its request has been answered.
+func recycleBody(b []byte) {
+	if cap(b) == pooledBody {
+		b = b[:pooledBody]
+		bodyPool.Put(&b)
+	}
 }
 
 // request is one authenticated request.
@@ -282,7 +304,7 @@ func (h *handler) consume(q *request, trans string) {
 		// From here the answer is what the request holds, in place of the
 		// records (no longer referenced): accounted for, so that the instance's
 		// next reads wait while it is written.
-		answer := appendMessages(make([]byte, 0, 1024*len(ds)), ds)
+		answer := appendMessages(nil, ds)
 		ds = nil
 		q.mem.Release()
 		q.mem.Charge(len(answer))
