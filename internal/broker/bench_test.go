@@ -90,12 +90,12 @@ func BenchmarkFsyncFloor(b *testing.B) {
 // reportCommits reports how well group commit worked: messages per fsync, and the
 // mean time the syncer waited for the disk.
 func reportCommits(b *testing.B, br *Broker) {
-	commits := br.writeStats.commits.Load()
+	commits := br.commits.stats.commits.Load()
 	if commits == 0 {
 		return
 	}
-	b.ReportMetric(float64(br.writeStats.messages.Load())/float64(commits), "msg/commit")
-	b.ReportMetric(float64(br.writeStats.syncWait.Load())/float64(commits)/1e3, "µs-sync/commit")
+	b.ReportMetric(float64(br.commits.stats.messages.Load())/float64(commits), "msg/commit")
+	b.ReportMetric(float64(br.commits.stats.syncWait.Load())/float64(commits)/1e3, "µs-sync/commit")
 }
 
 // fill publishes n 1 KiB messages to topic in batches, from a few goroutines.

@@ -23,11 +23,15 @@
 //     dead-letter topics; GroupStats and the group's consumption counters.
 //   - message.go: Message, StoredMessage and PublishResult, their validation, the
 //     stored record's encoding, message ids, the sharding key's queue.
-//   - publish.go: Publish and PublishBatch, and group commit. prepareAppend
-//     resolves the topic, admits the batch past the quota, picks each message's
-//     queue and encodes it; one writer goroutine (writeLoop) hands out sequences
-//     and offsets and applies whole batches; one syncer goroutine (syncLoop) waits
-//     for the disk, advances the durable watermarks and answers the publishers.
+//   - publish.go: Publish and PublishBatch. prepareAppend resolves the topic,
+//     admits the batch past the quota, picks each message's queue and encodes it;
+//     applyBatch, on the writer goroutine, hands out sequences and offsets and
+//     applies whole batches; madeDurable, on the syncer goroutine, advances the
+//     durable watermarks and wakes the long polls once a batch is on disk.
+//   - groupcommit.go: the mechanism under them, which knows nothing of what a
+//     batch holds: one writer goroutine that takes every publish waiting as one
+//     batch, one syncer goroutine that waits for the disk and answers the
+//     publishers, one batch in flight, and the write path's statistics.
 //   - read.go: read views (queueView: why a consumer never skips a message), the
 //     bounded index scan with its tag filter, Pull, read budgets, and longPoll, the
 //     one long-poll loop of pull, pop and half-message pop.

@@ -170,7 +170,7 @@ type BrokerStats struct {
 
 // Stats reports the broker's figures that belong to no instance.
 func (b *Broker) Stats() BrokerStats {
-	return BrokerStats{Sync: b.syncLatency.read(), UnknownKeyRefusals: b.unknownKeyRefusals.Load()}
+	return BrokerStats{Sync: b.commits.latency.read(), UnknownKeyRefusals: b.unknownKeyRefusals.Load()}
 }
 
 // NoteAuthFailure counts a request refused for its credentials: a protocol

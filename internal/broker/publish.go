@@ -5,16 +5,8 @@ import (
 	"crypto/md5"
 	"encoding/binary"
 	"fmt"
-	"runtime"
 	"strings"
 	"time"
-)
-
-// Limits of one group commit. A batch closes at whichever comes first; under load
-// every fsync still covers every publisher waiting for it.
-const (
-	maxCommitMessages = 4096
-	maxCommitBytes    = 16 << 20
 )
 
 // appendRequest is one publish call on its way through the write path.
@@ -137,7 +129,7 @@ func (b *Broker) append(ctx context.Context, req *appendRequest) ([]PublishResul
 		b.publishers.Done()
 		return nil, fmt.Errorf("broker refuses writes after a storage failure: %w", err)
 	}
-	b.appendCh <- req
+	b.commits.submit(req)
 	b.publishers.Done()
 	select {
 	case <-req.done:
@@ -265,44 +257,6 @@ func (t *topic) pickQueue(msg *Message) (*queue, error) {
 	}
 }
 
-// writeLoop is the only goroutine that hands out sequence numbers and queue offsets.
-// It takes every publish waiting, writes them as one batch and passes the batch to
-// the syncer without waiting for the disk, so the next batch forms while the disk
-// syncs this one. Offsets follow publish order within a queue, which is what makes
-// sharding-key order hold.
-func (b *Broker) writeLoop() {
-	defer b.loops.Done()
-	defer close(b.syncCh)
-	for first := range b.appendCh {
-		// Wait for a free slot: while the disk syncs the batches in flight, more
-		// publishes queue up, and the next batch takes them all at once.
-		b.syncSlots <- struct{}{}
-		// Publishers just acknowledged by the last sync are about to publish again:
-		// give them a moment to join this batch rather than wait a whole sync for
-		// the next one.
-		runtime.Gosched()
-		reqs := []*appendRequest{first}
-		n, size := len(first.entries), 0
-	drain:
-		for n < maxCommitMessages && size < maxCommitBytes {
-			select {
-			case r, ok := <-b.appendCh:
-				if !ok {
-					break drain
-				}
-				reqs = append(reqs, r)
-				n += len(r.entries)
-				for _, e := range r.entries {
-					size += len(e.record)
-				}
-			default:
-				break drain
-			}
-		}
-		b.syncCh <- b.applyBatch(reqs)
-	}
-}
-
 // applyBatch assigns sequence numbers and offsets to reqs and applies them as one
 // batch. Only the writer goroutine calls it.
 func (b *Broker) applyBatch(reqs []*appendRequest) *commitItem {
@@ -405,52 +359,26 @@ func (b *Broker) applyEntry(w writeBatch, item *commitItem, e *appendEntry, now 
 	return res
 }
 
-// syncLoop waits for each batch to be durable, in order, then makes its messages
-// readable and answers its publishers.
-func (b *Broker) syncLoop() {
-	defer b.loops.Done()
-	for item := range b.syncCh {
-		err := item.err
-		if err == nil {
-			start := time.Now()
-			err = item.wait()
-			took := time.Since(start)
-			b.writeStats.syncWait.Add(int64(took))
-			b.syncLatency.observe(took)
-		}
-		if err != nil {
-			err = fmt.Errorf("failed to store messages: %w", err)
-			b.failed.set(err)
-			b.log.Error(err, "Storage failed; refusing further writes")
-		} else {
-			signalled := map[*topic]bool{}
-			for q, next := range item.advances {
-				q.durable.Store(next)
-				q.durableBytes.Store(item.bytes[q])
-				signalled[q.topic] = true
-			}
-			for t := range signalled {
-				t.signal()
-			}
-			b.txns.register(item.halves)
-			for t, n := range item.timers {
-				t.timers.Add(n)
-			}
-			if item.earliestTimer != 0 {
-				b.timers.wake(item.earliestTimer)
-			}
-		}
-		n := 0
-		for _, r := range item.requests {
-			if r.err == nil {
-				r.err = err
-			}
-			n += len(r.entries)
-			close(r.done)
-		}
-		b.writeStats.commits.Add(1)
-		b.writeStats.messages.Add(int64(n))
-		<-b.syncSlots
+// madeDurable makes a batch the disk now holds visible: its queues' durable
+// watermarks advance and their long polls wake, its half messages await their
+// check-backs, and its timers count as pending. Only the syncer goroutine calls it,
+// in commit order.
+func (b *Broker) madeDurable(item *commitItem) {
+	signalled := map[*topic]bool{}
+	for q, next := range item.advances {
+		q.durable.Store(next)
+		q.durableBytes.Store(item.bytes[q])
+		signalled[q.topic] = true
+	}
+	for t := range signalled {
+		t.signal()
+	}
+	b.txns.register(item.halves)
+	for t, n := range item.timers {
+		t.timers.Add(n)
+	}
+	if item.earliestTimer != 0 {
+		b.timers.wake(item.earliestTimer)
 	}
 }
 

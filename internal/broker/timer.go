@@ -178,7 +178,7 @@ func (b *Broker) submit(reqs []*appendRequest) error {
 	b.publishers.Add(1)
 	b.mu.RUnlock()
 	for _, r := range reqs {
-		b.appendCh <- r
+		b.commits.submit(r)
 	}
 	b.publishers.Done()
 	var first error
