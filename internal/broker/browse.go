@@ -369,20 +369,10 @@ func (b *Broker) deliveryOf(g *group, q *queue, offset int64, notDue bool) (d Gr
 		}
 		return d, true, nil
 	}
-	pq.mu.Lock()
-	defer pq.mu.Unlock()
-	switch dl, inflight := pq.inflight[off]; {
-	case off < pq.committed || pq.isDone(off):
-		d.State = DeliveryDone
-	case inflight:
-		d.State, d.ConsumedTimes = DeliveryInFlight, dl.times
-		if !dl.parked && !dl.burying {
-			d.NextVisibleTime = fromMillis(dl.visibleAt)
-		}
-	case off >= pq.cursor:
-		d.State = DeliveryPending
-	default:
-		d.State = DeliveryDone // passed over by a filter
+	var visibleAt int64
+	d.State, d.ConsumedTimes, visibleAt = pq.stateOf(off)
+	if visibleAt != 0 {
+		d.NextVisibleTime = fromMillis(visibleAt)
 	}
 	return d, true, nil
 }

@@ -35,10 +35,16 @@
 //   - read.go: read views (queueView: why a consumer never skips a message), the
 //     bounded index scan with its tag filter, Pull, read budgets, and longPoll, the
 //     one long-poll loop of pull, pop and half-message pop.
-//   - pop.go: pop-style consumption for HTTP groups: Pop and Ack, a group's state
-//     on one queue (popQueue), redelivery after the invisibility window, ordered
-//     pop (one batch of a queue out at a time), moving a message past its
+//   - pop.go: pop-style consumption for HTTP groups, the Broker's side: Pop and
+//     Ack resolve the group and its queues, spread a pop over the queues, count
+//     deliveries, store the committed offsets, and move a message past its
 //     redelivery limit to the dead letters.
+//   - popqueue.go: popQueue, one group's state on one queue (nsqd's Channel
+//     shape): what is in flight and when each delivery is visible again, what is
+//     done, the cursor and the committed offset; taking messages (take), redelivery
+//     after the invisibility window, ordered pop (one batch of a queue out at a
+//     time), ack, invisibility changes, resets. It owns its lock: only its methods
+//     take popQueue.mu.
 //   - handle.go: the one codec of receipt and transaction handles.
 //   - offsets.go: pull-style consumption for TCP groups: committed offsets,
 //     QueueOffsets, OffsetAt, and the orderly consumers' queue locks

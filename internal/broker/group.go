@@ -401,10 +401,8 @@ func (b *Broker) GroupStats(instanceID, groupID string) (GroupStats, error) {
 	}
 	g.mu.Lock()
 	for q, pq := range g.pop {
-		pq.mu.Lock()
-		committed[q] = pq.committed
-		inflight[q] = int64(len(pq.inflight))
-		pq.mu.Unlock()
+		c, n := pq.progress()
+		committed[q], inflight[q] = c, int64(n)
 	}
 	g.mu.Unlock()
 

@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"container/heap"
 	"context"
 	"fmt"
 	"time"
@@ -35,17 +34,11 @@ func (b *Broker) ChangeInvisibility(instanceID, topicName, groupID, receipt stri
 	}
 	now := b.now().UnixMilli()
 	visibleAt := now + invisibility.Milliseconds()
-	pq.mu.Lock()
-	d, err := pq.current(hd)
+	offset, token, sooner, err := pq.changeInvisibility(hd, visibleAt)
 	if err != nil {
-		pq.mu.Unlock()
 		return "", err
 	}
-	sooner := visibleAt < d.visibleAt
-	d.visibleAt = visibleAt
-	heap.Fix(&pq.expiring, d.heapIdx)
-	out := handle{kind: receiptHandle, topic: t.id, queue: q.id, pos: d.offset, token: d.token, expiry: visibleAt}.String()
-	pq.mu.Unlock()
+	out := handle{kind: receiptHandle, topic: t.id, queue: q.id, pos: offset, token: token, expiry: visibleAt}.String()
 	b.touchGroup(g)
 	if sooner {
 		t.signal() // a long poll waiting for the old time takes it now
@@ -70,12 +63,7 @@ func (b *Broker) DeadLetterDelivery(ctx context.Context, instanceID, topicName, 
 	if err != nil {
 		return err
 	}
-	pq.mu.Lock()
-	d, err := pq.current(hd)
-	if err == nil {
-		pq.bury(d)
-	}
-	pq.mu.Unlock()
+	d, err := pq.buryCurrent(hd)
 	if err != nil {
 		return err
 	}
@@ -108,18 +96,4 @@ func (b *Broker) receiptTarget(instanceID, topicName, groupID, receipt string) (
 		return nil, nil, nil, handle{}, ErrHandleExpired
 	}
 	return t, g, queues[hd.queue], hd, nil
-}
-
-// current returns the delivery a handle names if the handle is its current one.
-// pq.mu should be held.
-func (pq *popQueue) current(hd handle) (*delivery, error) {
-	d := pq.inflight[hd.pos]
-	switch {
-	case d != nil && d.token != 0 && d.token == hd.token && d.visibleAt == hd.expiry && d.heapIdx >= 0:
-		return d, nil
-	case d == nil && (hd.pos < pq.committed || pq.isDone(hd.pos)):
-		return nil, ErrHandleExpired // acknowledged already
-	default:
-		return nil, ErrInvalidHandle
-	}
 }

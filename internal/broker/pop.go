@@ -1,13 +1,11 @@
 package broker
 
 import (
-	"container/heap"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 )
 
@@ -69,37 +67,6 @@ type Delivery struct {
 	// FirstConsumeTime is when the group first received it; NextConsumeTime is when
 	// it is delivered again unless acknowledged.
 	FirstConsumeTime, NextConsumeTime time.Time
-}
-
-// popQueue is a group's pop-style state on one queue. Its fields are guarded by mu.
-// Reads of the store happen under mu: it serializes only pops of one group on one
-// queue, which must agree on the cursor anyway.
-type popQueue struct {
-	mu        sync.Mutex
-	committed uint64 // every offset below is done for the group
-	cursor    uint64 // the next offset never handed out
-	inflight  map[uint64]*delivery
-	done      map[uint64]struct{} // acknowledged or filtered offsets in [committed, cursor)
-	expiring  deliveryHeap
-	parked    int    // deliveries in inflight that are parked
-	stored    uint64 // committed as last written to the store
-}
-
-// delivery is one message in flight.
-type delivery struct {
-	offset       uint64
-	seq          uint64
-	token        uint64 // random per delivery: a handle is valid only with it
-	visibleAt    int64  // ms: delivered again from then on
-	firstConsume int64  // ms
-	times        int
-	heapIdx      int // position in expiring, -1 when not there
-	// parked: part of an expired ordered batch that did not fit the response that
-	// took the batch's head; handed out once the head is acknowledged or due.
-	// It has no valid handle meanwhile.
-	parked bool
-	// burying: on its way to the dead letters, out of every handle's reach.
-	burying bool
 }
 
 // Pop hands out up to req.Max messages of the topic to an HTTP group, each invisible
@@ -178,7 +145,11 @@ func (b *Broker) popOnce(ctx context.Context, g *group, t *topic, req PopRequest
 		if err != nil {
 			return nil, time.Time{}, false, 0, err
 		}
-		r, err := b.popQueue(pq, q, req, now, req.Max-len(out), maxDeliveries, &budget)
+		// The view is opened only once something must be read: most pops of a busy
+		// ordered topic find most queues with a batch out, and read nothing there.
+		v := &lazyView{b: b, q: q}
+		r, err := pq.take(v, q, req, now, req.Max-len(out), maxDeliveries, &budget)
+		v.close()
 		if err == nil && len(r.dead) > 0 {
 			err = b.buryAll(ctx, g, pq, q, r.dead)
 		}
@@ -209,133 +180,6 @@ func (b *Broker) popOnce(ctx context.Context, g *group, t *topic, req PopRequest
 	return out, fromMillis(wake), more, MaxReadBytes - budget, nil
 }
 
-// popped is what one pop took from one queue.
-type popped struct {
-	out []Delivery
-	// dead are deliveries past the group's limit, for the caller to move to the
-	// dead letters: no handle acknowledges them meanwhile.
-	dead []*delivery
-	// wake is when an in-flight message there becomes visible again (ms, zero if
-	// none or if something was taken).
-	wake int64
-	// more: the scan for new messages stopped at its bound, not at the end.
-	more bool
-	// throttled: the group's state on the queue is at MaxPendingPerQueue, so no
-	// new message was taken.
-	throttled bool
-}
-
-// popQueue takes up to max deliveries from one queue. Messages already delivered
-// maxDeliveries times are not delivered again but returned as dead.
-func (b *Broker) popQueue(pq *popQueue, q *queue, req PopRequest, now int64, max, maxDeliveries int, budget *int) (r popped, err error) {
-	pq.mu.Lock()
-	defer pq.mu.Unlock()
-	pq.catchUp(q.min.Load())
-	// The view is opened only once something must be read: most pops of a busy
-	// ordered topic find most queues with a batch out, and read nothing there.
-	v := &lazyView{b: b, q: q}
-	defer v.close()
-	visibleAt := now + req.Invisibility.Milliseconds()
-
-	if req.Orderly {
-		if len(pq.inflight) > 0 {
-			return b.redeliverOrdered(pq, v, now, visibleAt, max, maxDeliveries, budget)
-		}
-	} else {
-		pq.unparkAll(now)
-		// Messages whose invisibility passed come back first.
-		for len(r.out) < max && *budget > 0 && len(pq.expiring) > 0 && pq.expiring[0].visibleAt <= now {
-			d := pq.expiring[0]
-			if d.times >= maxDeliveries {
-				r.dead = append(r.dead, pq.bury(d))
-				continue
-			}
-			dl, ok, err := b.redeliver(pq, v, d, now, visibleAt)
-			if err != nil {
-				return r, err
-			}
-			if ok {
-				r.out = append(r.out, dl)
-				*budget -= len(dl.Body)
-			}
-		}
-	}
-	// Then messages never delivered to the group, while its state here is within
-	// bounds.
-	full := func() bool { return len(pq.inflight)+len(pq.done) >= MaxPendingPerQueue }
-	if len(r.out) < max && *budget > 0 && full() {
-		r.throttled = true
-	} else if len(r.out) < max && *budget > 0 && pq.cursor < q.durable.Load() {
-		v, err := v.get()
-		if err != nil {
-			return r, err
-		}
-		next, err := v.scan(pq.cursor, req.Filter, budget, pq.markDone, func(ix indexed, m StoredMessage) bool {
-			d := &delivery{offset: ix.offset, seq: ix.entry.seq, firstConsume: now, heapIdx: -1}
-			q.topic.stats.consume.observe(time.Duration(now-ix.entry.storeTime) * time.Millisecond)
-			pq.inflight[ix.offset] = d
-			r.out = append(r.out, pq.hand(q, d, m, now, visibleAt))
-			return len(r.out) < max && !full()
-		})
-		pq.cursor = max64(pq.cursor, next)
-		if err != nil {
-			return r, err
-		}
-		r.more = len(r.out) < max && *budget > 0 && next < v.end && !full()
-	}
-	if len(r.out) == 0 && len(pq.expiring) > 0 {
-		r.wake = pq.expiring[0].visibleAt
-	}
-	return r, nil
-}
-
-// redeliverOrdered hands an ordered queue's in-flight batch out again, whole and in
-// queue order, once none of it is invisible any more: nothing after a batch is
-// delivered before the batch is fully acknowledged. A pop asking for fewer messages
-// than the batch holds takes its head; the rest is parked behind it, to go out once
-// the head is acknowledged or due again, so that one batch of the queue is out at a
-// time. pq.mu should be held.
-func (b *Broker) redeliverOrdered(pq *popQueue, v *lazyView, now, visibleAt int64, max, maxDeliveries int, budget *int) (r popped, err error) {
-	batch := make([]*delivery, 0, len(pq.inflight))
-	for _, d := range pq.inflight {
-		switch {
-		case d.burying:
-			return popped{}, nil // the head is on its way to the dead letters
-		case !d.parked && d.visibleAt > now:
-			if r.wake == 0 || d.visibleAt < r.wake {
-				r.wake = d.visibleAt
-			}
-		}
-		batch = append(batch, d)
-	}
-	if r.wake != 0 {
-		return r, nil // the batch is out
-	}
-	sortDeliveries(batch)
-	for i, d := range batch {
-		if len(r.out) == max || (len(r.out) > 0 && *budget <= 0) || d.times >= maxDeliveries {
-			if len(r.out) < max && d.times >= maxDeliveries {
-				// Dead-lettered first; what follows it waits until it is.
-				r.dead = append(r.dead, pq.bury(d))
-				i++
-			}
-			for _, rest := range batch[i:] {
-				pq.park(rest)
-			}
-			break
-		}
-		dl, ok, err := b.redeliver(pq, v, d, now, visibleAt)
-		if err != nil {
-			return r, err
-		}
-		if ok {
-			r.out = append(r.out, dl)
-			*budget -= len(dl.Body)
-		}
-	}
-	return r, nil
-}
-
 // buryAll moves dead deliveries of q to g's dead letters and marks them done.
 func (b *Broker) buryAll(ctx context.Context, g *group, pq *popQueue, q *queue, dead []*delivery) error {
 	v, err := b.openView(q)
@@ -350,133 +194,13 @@ func (b *Broker) buryAll(ctx context.Context, g *group, pq *popQueue, q *queue, 
 				err = fmt.Errorf("failed to move message %s to the dead letters: %w", m.ID, err)
 			}
 		}
-		pq.mu.Lock()
-		if pq.inflight[d.offset] != d {
-			// A reset forgot it meanwhile (ResetOffsets): the group's state
-			// here is no longer the one it was buried from.
-			pq.mu.Unlock()
-			if err != nil {
-				return err
-			}
-			g.countsOn(q.topic.name).deadLettered.Add(1)
-			continue
-		}
+		pq.settleBuried(d, err == nil)
 		if err != nil {
-			// Back into flight, due at once: the next pop tries again.
-			d.burying = false
-			heap.Push(&pq.expiring, d)
-			pq.mu.Unlock()
 			return err
 		}
-		delete(pq.inflight, d.offset)
-		pq.markDone(d.offset)
-		pq.mu.Unlock()
 		g.countsOn(q.topic.name).deadLettered.Add(1)
 	}
 	return b.storeProgress(g, map[*popQueue]*queue{pq: q})
-}
-
-// redeliver hands an in-flight message out again; ok is false if the message is
-// gone (reclaimed by retention while in flight). pq.mu should be held.
-func (b *Broker) redeliver(pq *popQueue, lv *lazyView, d *delivery, now, visibleAt int64) (_ Delivery, ok bool, _ error) {
-	v, err := lv.get()
-	if err != nil {
-		return Delivery{}, false, err
-	}
-	m, ok, err := v.at(d.offset)
-	if err != nil {
-		return Delivery{}, false, err
-	}
-	if !ok {
-		pq.remove(d)
-		pq.markDone(d.offset)
-		return Delivery{}, false, nil
-	}
-	return pq.hand(v.q, d, m, now, visibleAt), true, nil
-}
-
-// bury takes d out of every handle's reach on its way to the dead letters. pq.mu
-// should be held.
-func (pq *popQueue) bury(d *delivery) *delivery {
-	pq.unpark(d)
-	if d.heapIdx >= 0 {
-		heap.Remove(&pq.expiring, d.heapIdx)
-	}
-	d.token = 0
-	d.burying = true
-	return d
-}
-
-// park holds d back, out of the expiry heap and with no valid handle. pq.mu should
-// be held.
-func (pq *popQueue) park(d *delivery) {
-	if d.parked {
-		return
-	}
-	if d.heapIdx >= 0 {
-		heap.Remove(&pq.expiring, d.heapIdx)
-	}
-	d.parked, d.token = true, 0
-	pq.parked++
-}
-
-func (pq *popQueue) unpark(d *delivery) {
-	if d.parked {
-		d.parked = false
-		pq.parked--
-	}
-}
-
-// unparkAll makes parked deliveries due now, for a pop that is not ordered: it
-// takes in-flight messages as they expire. pq.mu should be held.
-func (pq *popQueue) unparkAll(now int64) {
-	if pq.parked == 0 {
-		return
-	}
-	for _, d := range pq.inflight {
-		if d.parked {
-			pq.unpark(d)
-			d.visibleAt = now
-			heap.Push(&pq.expiring, d)
-		}
-	}
-}
-
-// catchUp moves the group's progress past what retention reclaimed: nothing below
-// min can be delivered or acknowledged any more. pq.mu should be held.
-func (pq *popQueue) catchUp(min uint64) {
-	if pq.committed >= min {
-		return
-	}
-	for off := range pq.done {
-		if off < min {
-			delete(pq.done, off)
-		}
-	}
-	pq.committed = min
-	pq.cursor = max64(pq.cursor, min)
-	pq.advance() // and past whatever is done right above it
-}
-
-// hand makes d the message's current delivery: a new token, a new invisibility
-// window, one more delivery counted. pq.mu should be held.
-func (pq *popQueue) hand(q *queue, d *delivery, m StoredMessage, now, visibleAt int64) Delivery {
-	pq.unpark(d)
-	d.token = randomToken()
-	d.times++
-	d.visibleAt = visibleAt
-	if d.heapIdx >= 0 {
-		heap.Fix(&pq.expiring, d.heapIdx)
-	} else {
-		heap.Push(&pq.expiring, d)
-	}
-	return Delivery{
-		StoredMessage:    m,
-		Handle:           handle{kind: receiptHandle, topic: q.topic.id, queue: q.id, pos: d.offset, token: d.token, expiry: visibleAt}.String(),
-		ConsumedTimes:    d.times,
-		FirstConsumeTime: fromMillis(d.firstConsume),
-		NextConsumeTime:  fromMillis(visibleAt),
-	}
 }
 
 // Ack acknowledges deliveries of the topic to an HTTP group. It returns one error per
@@ -513,16 +237,12 @@ func (b *Broker) Ack(instanceID, topicName, groupID string, handles []string) ([
 		if err != nil {
 			return nil, err
 		}
-		pq.mu.Lock()
-		if d, err := pq.current(hd); err != nil {
+		if err := pq.ack(hd); err != nil {
 			errs[i] = err
 		} else {
-			pq.remove(d)
-			pq.markDone(d.offset)
 			touched[pq] = q
 			g.countsOn(t.name).acked.Add(1)
 		}
-		pq.mu.Unlock()
 	}
 	b.touchGroup(g)
 	if t.typ == Ordered && len(touched) > 0 {
@@ -538,12 +258,9 @@ func (b *Broker) Ack(instanceID, topicName, groupID string, handles []string) ([
 func (b *Broker) storeProgress(g *group, touched map[*popQueue]*queue) error {
 	w := b.store.newBatch()
 	for pq, q := range touched {
-		pq.mu.Lock()
-		if pq.committed != pq.stored {
-			w.set(offsetKey(g.id, q.topic.id, q.id), binary.BigEndian.AppendUint64(nil, pq.committed))
-			pq.stored = pq.committed
+		if committed, moved := pq.unstoredProgress(); moved {
+			w.set(offsetKey(g.id, q.topic.id, q.id), binary.BigEndian.AppendUint64(nil, committed))
 		}
-		pq.mu.Unlock()
 	}
 	if w.empty() {
 		w.discard()
@@ -572,78 +289,6 @@ func (b *Broker) popState(g *group, q *queue) (*popQueue, error) {
 	pq := &popQueue{committed: start, cursor: start, stored: start, inflight: map[uint64]*delivery{}, done: map[uint64]struct{}{}}
 	g.pop[q] = pq
 	return pq, nil
-}
-
-// markDone records that offset needs nothing more from the group, and moves the
-// committed offset past every done offset at its front. pq.mu should be held.
-func (pq *popQueue) markDone(offset uint64) {
-	if offset < pq.committed {
-		return
-	}
-	pq.done[offset] = struct{}{}
-	pq.advance()
-}
-
-// advance moves the committed offset past every done offset at its front. pq.mu
-// should be held.
-func (pq *popQueue) advance() {
-	for {
-		if _, ok := pq.done[pq.committed]; !ok {
-			return
-		}
-		delete(pq.done, pq.committed)
-		pq.committed++
-	}
-}
-
-func (pq *popQueue) isDone(offset uint64) bool {
-	_, ok := pq.done[offset]
-	return ok
-}
-
-// remove takes d out of flight. pq.mu should be held.
-func (pq *popQueue) remove(d *delivery) {
-	delete(pq.inflight, d.offset)
-	pq.unpark(d)
-	if d.heapIdx >= 0 {
-		heap.Remove(&pq.expiring, d.heapIdx)
-	}
-}
-
-// deliveryHeap orders in-flight messages by the time they become visible again,
-// then by offset, so an expired ordered batch comes back in queue order.
-type deliveryHeap []*delivery
-
-func (h deliveryHeap) Len() int { return len(h) }
-func (h deliveryHeap) Less(i, j int) bool {
-	if h[i].visibleAt != h[j].visibleAt {
-		return h[i].visibleAt < h[j].visibleAt
-	}
-	return h[i].offset < h[j].offset
-}
-func (h deliveryHeap) Swap(i, j int) {
-	h[i], h[j] = h[j], h[i]
-	h[i].heapIdx, h[j].heapIdx = i, j
-}
-func (h *deliveryHeap) Push(x any) {
-	d := x.(*delivery)
-	d.heapIdx = len(*h)
-	*h = append(*h, d)
-}
-func (h *deliveryHeap) Pop() any {
-	old := *h
-	d := old[len(old)-1]
-	*h = old[:len(old)-1]
-	d.heapIdx = -1
-	return d
-}
-
-func sortDeliveries(ds []*delivery) {
-	for i := 1; i < len(ds); i++ {
-		for j := i; j > 0 && ds[j].offset < ds[j-1].offset; j-- {
-			ds[j], ds[j-1] = ds[j-1], ds[j]
-		}
-	}
 }
 
 func randomToken() uint64 {

@@ -116,14 +116,7 @@ func (b *Broker) resetPop(g *group, queues []*queue, target []uint64) error {
 		if err != nil {
 			return err
 		}
-		pq.mu.Lock()
-		pq.committed, pq.cursor = target[i], target[i]
-		pq.inflight, pq.done = map[uint64]*delivery{}, map[uint64]struct{}{}
-		for _, d := range pq.expiring {
-			d.heapIdx = -1
-		}
-		pq.expiring, pq.parked = nil, 0
-		pq.mu.Unlock()
+		pq.resetTo(target[i])
 		touched[pq] = q
 	}
 	return b.storeProgress(g, touched)
