@@ -48,6 +48,8 @@ type handler struct {
 	// it, leaving the rest of the write timeout for its answer.
 	memory     *membudget.Shares
 	memoryWait time.Duration
+	// bodies recycles the buffers of small bodies (pooledBody).
+	bodies sync.Pool
 }
 
 // newHandler returns the handler of a server with limits lim (defaults applied).
@@ -109,8 +111,8 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	mem := h.memory.Hold(instanceID, time.Now().Add(h.memoryWait), r.Context().Done())
 	mem.Refused = func() { h.broker.NoteThrottled(instanceID) }
 	defer mem.Release()
-	body, err := readBody(r.Context(), r.Body, r.ContentLength, mem)
-	defer recycleBody(body)
+	body, err := h.readBody(r.Context(), r.Body, r.ContentLength, mem)
+	defer h.recycleBody(body)
 	switch {
 	case errors.Is(err, membudget.ErrNoMemory):
 		refuse(brokerError(err)) // nothing of the body read
@@ -156,13 +158,17 @@ const initialBodyBuffer = 64 << 10
 // so that many large bodies of a tenant never each hold a part of its budget and
 // all wait for more. The buffer then grows, doubling, only as the bytes arrive:
 // a client that declares the limit and sends little holds little memory.
-func readBody(ctx context.Context, r io.Reader, n int64, mem *membudget.Hold) ([]byte, error) {
+func (h *handler) readBody(ctx context.Context, r io.Reader, n int64, mem *membudget.Hold) ([]byte, error) {
 	if err := mem.Take(ctx, int(n)); err != nil {
 		return nil, err
 	}
 	var b []byte
 	if n <= pooledBody {
-		b = (*bodyPool.Get().(*[]byte))[:0]
+		if p, ok := h.bodies.Get().(*[]byte); ok {
+			b = (*p)[:0]
+		} else {
+			b = make([]byte, 0, pooledBody)
+		}
 	} else {
 		b = make([]byte, 0, min(n, initialBodyBuffer))
 	}
@@ -189,13 +195,10 @@ func readBody(ctx context.Context, r io.Reader, n int64, mem *membudget.Hold) ([
 // (the parsers copy what they return), so its buffer serves the next one.
 const pooledBody = 4 << 10
 
-var bodyPool = sync.Pool{New: func() any { b := make([]byte, pooledBody); return &b }}
-
 // recycleBody gives a body's buffer back once its request has been answered.
-func recycleBody(b []byte) {
+func (h *handler) recycleBody(b []byte) {
 	if cap(b) == pooledBody {
-		b = b[:pooledBody]
-		bodyPool.Put(&b)
+		h.bodies.Put(&b)
 	}
 }
 

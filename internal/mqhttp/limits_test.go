@@ -238,10 +238,11 @@ func TestATenantsConnectionQuotaCountsItsRequestsInProgress(t *testing.T) {
 
 func TestReadBodyGrowsAsTheBodyArrives(t *testing.T) {
 	budgets := membudget.NewShares(DefaultMemory, maxRequestBytes)
+	var h handler
 	readBody := func(r io.Reader, n int64) ([]byte, error) {
 		mem := budgets.Hold(testInstance, time.Now().Add(time.Second), nil)
 		defer mem.Release()
-		return readBody(context.Background(), r, n, mem)
+		return h.readBody(context.Background(), r, n, mem)
 	}
 	want := bytes.Repeat([]byte("0123456789"), 30000) // 300 KB: past the initial buffer
 	for name, r := range map[string]io.Reader{
