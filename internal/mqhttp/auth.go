@@ -74,7 +74,8 @@ func authenticate(r *http.Request, creds Credentials, now time.Time) (string, *E
 //	each x-mq-* header, lowercase name ":" trimmed value "\n", sorted by name
 //	raw request-target (path and query exactly as sent)
 //
-// The security-token header is added after signing by every SDK and is not signed.
+// The security-token header is added after signing by every SDK and is not signed
+// (docs/mqhttp.md, "The signature").
 func stringToSign(r *http.Request) string {
 	var b strings.Builder
 	b.Grow(256 + len(r.RequestURI))

@@ -1,5 +1,7 @@
 // Package mqhttp serves the mq-http protocol of ApsaraMQ for RocketMQ's HTTP access
 // on top of the broker, so the public mq-http SDKs work against Orderly unchanged.
+// The facts about the wire it relies on (operations, signature, documents, codes,
+// and where the SDKs differ) are written down in docs/mqhttp.md.
 package mqhttp
 
 import (
