@@ -75,13 +75,8 @@ func (pq *popQueue) take(v *lazyView, q *queue, req PopRequest, now int64, max, 
 				r.dead = append(r.dead, pq.bury(d))
 				continue
 			}
-			dl, ok, err := pq.redeliver(v, d, now, visibleAt)
-			if err != nil {
+			if err := pq.redeliver(&r, v, d, now, visibleAt, budget); err != nil {
 				return r, err
-			}
-			if ok {
-				r.out = append(r.out, dl)
-				*budget -= len(dl.Body)
 			}
 		}
 	}
@@ -149,35 +144,34 @@ func (pq *popQueue) redeliverOrdered(v *lazyView, now, visibleAt int64, max, max
 			}
 			break
 		}
-		dl, ok, err := pq.redeliver(v, d, now, visibleAt)
-		if err != nil {
+		if err := pq.redeliver(&r, v, d, now, visibleAt, budget); err != nil {
 			return r, err
-		}
-		if ok {
-			r.out = append(r.out, dl)
-			*budget -= len(dl.Body)
 		}
 	}
 	return r, nil
 }
 
-// redeliver hands an in-flight message out again; ok is false if the message is
-// gone (reclaimed by retention while in flight). pq.mu should be held.
-func (pq *popQueue) redeliver(lv *lazyView, d *delivery, now, visibleAt int64) (_ Delivery, ok bool, _ error) {
+// redeliver hands an in-flight message out again, into r and charged to budget;
+// a message gone meanwhile (reclaimed by retention while in flight) is done
+// instead. pq.mu should be held.
+func (pq *popQueue) redeliver(r *popped, lv *lazyView, d *delivery, now, visibleAt int64, budget *int) error {
 	v, err := lv.get()
 	if err != nil {
-		return Delivery{}, false, err
+		return err
 	}
 	m, ok, err := v.at(d.offset)
 	if err != nil {
-		return Delivery{}, false, err
+		return err
 	}
 	if !ok {
 		pq.remove(d)
 		pq.markDone(d.offset)
-		return Delivery{}, false, nil
+		return nil
 	}
-	return pq.hand(v.q, d, m, now, visibleAt), true, nil
+	dl := pq.hand(v.q, d, m, now, visibleAt)
+	r.out = append(r.out, dl)
+	*budget -= len(dl.Body)
+	return nil
 }
 
 // bury takes d out of every handle's reach on its way to the dead letters. pq.mu

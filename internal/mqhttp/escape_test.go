@@ -70,20 +70,7 @@ func TestConsumeAnswerIsSizedOnce(t *testing.T) {
 // the one its request carried. (Recycling a buffer before its publish has finished
 // fails this test.)
 func TestRecycledBodiesNeverReachStoredMessages(t *testing.T) {
-	b, err := broker.Open(broker.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Close() })
-	if err := b.EnsureInstance(broker.InstanceConfig{ID: "MQ_INST_f", Owner: "o", Credentials: []broker.Credential{{AccessKeyID: "ak", AccessKeySecret: "sk"}}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.EnsureTopic("MQ_INST_f", broker.TopicConfig{Name: "T", Owner: "o", Type: broker.Normal, Queues: 2}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.EnsureGroup("MQ_INST_f", broker.GroupConfig{ID: "G", Protocol: broker.HTTP, Owner: "o"}); err != nil {
-		t.Fatal(err)
-	}
+	b := fuzzBroker(t) // instance MQ_INST_f, key ak/sk, topic T, HTTP group G
 	h := newHandler(b, time.Now, Limits{}.withDefaults())
 	const publishers, each = 8, 40
 	sent := make(chan string, publishers*each)

@@ -15,12 +15,12 @@ import (
 
 // fuzzBroker is an in-memory broker with one instance and topic, shared by a fuzz
 // run: requests that pass authentication must reach real broker code.
-func fuzzBroker(f *testing.F) *broker.Broker {
+func fuzzBroker(tb testing.TB) *broker.Broker {
 	b, err := broker.Open(broker.Options{})
 	if err != nil {
-		f.Fatal(err)
+		tb.Fatal(err)
 	}
-	f.Cleanup(func() { _ = b.Close() })
+	tb.Cleanup(func() { _ = b.Close() })
 	_ = b.EnsureInstance(broker.InstanceConfig{ID: "MQ_INST_f", Owner: "o", Credentials: []broker.Credential{{AccessKeyID: "ak", AccessKeySecret: "sk"}}})
 	_, _ = b.EnsureTopic("MQ_INST_f", broker.TopicConfig{Name: "T", Owner: "o", Type: broker.Normal, Queues: 2})
 	_, _ = b.EnsureGroup("MQ_INST_f", broker.GroupConfig{ID: "G", Protocol: broker.HTTP, Owner: "o"})

@@ -170,6 +170,9 @@ func parseProperties(s string) map[string]string {
 // appendProperties writes m's properties, the reserved ones rebuilt from its fields,
 // as "k:v|" pairs in name order.
 func appendProperties(b []byte, m *broker.StoredMessage) []byte {
+	if len(m.Properties) == 0 && len(m.Keys) == 0 && m.ShardingKey == "" && m.DeliverAt.IsZero() && !m.Transactional {
+		return b // most messages: no map to build
+	}
 	props := make(map[string]string, len(m.Properties)+4)
 	for k, v := range m.Properties {
 		props[k] = v
@@ -240,11 +243,6 @@ func messagesSize(ds []broker.Delivery) int {
 	return n
 }
 
-// hasProperties reports whether appendProperties may write anything for m.
-func hasProperties(m *broker.StoredMessage) bool {
-	return len(m.Properties) > 0 || len(m.Keys) > 0 || m.ShardingKey != "" || !m.DeliverAt.IsZero() || m.Transactional
-}
-
 // appendMessages writes the 200 body of a consume. Compact, no attributes on child
 // elements, numbers in plain decimal: what every SDK's parser accepts.
 func appendMessages(b []byte, ds []broker.Delivery) []byte {
@@ -274,15 +272,13 @@ func appendMessages(b []byte, ds []broker.Delivery) []byte {
 			b = appendEscaped(b, d.Tag)
 			b = append(b, `</MessageTag>`...)
 		}
-		if hasProperties(&d.StoredMessage) {
-			mark := len(b)
-			b = append(b, `<Properties>`...)
-			start := len(b)
-			if b = appendProperties(b, &d.StoredMessage); len(b) == start {
-				b = b[:mark] // every property was left out
-			} else {
-				b = append(b, `</Properties>`...)
-			}
+		mark := len(b)
+		b = append(b, `<Properties>`...)
+		start := len(b)
+		if b = appendProperties(b, &d.StoredMessage); len(b) == start {
+			b = b[:mark] // none to write, or every one was left out
+		} else {
+			b = append(b, `</Properties>`...)
 		}
 		b = append(b, `</Message>`...)
 	}
@@ -316,9 +312,7 @@ func appendHandleErrors(b []byte, errs []handleError) []byte {
 }
 
 // appendEscaped writes s as XML character data, byte for byte as xml.EscapeText
-// writes it (the SDKs were tested against that): the five markup characters, tab
-// and line ends as character references, and anything that is not an XML
-// character (invalid UTF-8 included) as U+FFFD. It writes straight into b: a
+// writes it (the SDKs were tested against that). It writes straight into b: a
 // consume answer is sized once (messagesSize) and never grows on the way.
 func appendEscaped(b []byte, s string) []byte {
 	if !needsEscape(s) {
@@ -327,30 +321,7 @@ func appendEscaped(b []byte, s string) []byte {
 	last := 0
 	for i := 0; i < len(s); {
 		r, width := utf8.DecodeRuneInString(s[i:])
-		var esc string
-		switch r {
-		case '"':
-			esc = "&#34;"
-		case '\'':
-			esc = "&#39;"
-		case '&':
-			esc = "&amp;"
-		case '<':
-			esc = "&lt;"
-		case '>':
-			esc = "&gt;"
-		case '\t':
-			esc = "&#x9;"
-		case '\n':
-			esc = "&#xA;"
-		case '\r':
-			esc = "&#xD;"
-		default:
-			if !isXMLChar(r) || (r == utf8.RuneError && width == 1) {
-				esc = "\uFFFD"
-			}
-		}
-		if esc != "" {
+		if esc := escapeOf(r, width); esc != "" {
 			b = append(b, s[last:i]...)
 			b = append(b, esc...)
 			last = i + width
@@ -368,21 +339,43 @@ func escapedLen(s string) int {
 	n := 0
 	for i := 0; i < len(s); {
 		r, width := utf8.DecodeRuneInString(s[i:])
-		switch r {
-		case '"', '\'', '&', '\t', '\n', '\r':
-			n += 5
-		case '<', '>':
-			n += 4
-		default:
-			if !isXMLChar(r) || (r == utf8.RuneError && width == 1) {
-				n += len("\uFFFD")
-			} else {
-				n += width
-			}
+		if esc := escapeOf(r, width); esc != "" {
+			n += len(esc)
+		} else {
+			n += width
 		}
 		i += width
 	}
 	return n
+}
+
+// escapeOf is what XML text holds in place of the rune r, width bytes of its
+// input, or "" to keep it: the five markup characters, tab and line ends as
+// character references, and anything that is not an XML character (invalid UTF-8
+// included) as U+FFFD.
+func escapeOf(r rune, width int) string {
+	switch r {
+	case '"':
+		return "&#34;"
+	case '\'':
+		return "&#39;"
+	case '&':
+		return "&amp;"
+	case '<':
+		return "&lt;"
+	case '>':
+		return "&gt;"
+	case '\t':
+		return "&#x9;"
+	case '\n':
+		return "&#xA;"
+	case '\r':
+		return "&#xD;"
+	}
+	if !isXMLChar(r) || (r == utf8.RuneError && width == 1) {
+		return "\uFFFD"
+	}
+	return ""
 }
 
 // isXMLChar reports whether r is a character XML 1.0 allows (its Char production).
