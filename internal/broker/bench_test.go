@@ -79,8 +79,16 @@ func benchProduce(b *testing.B, store func(body []byte) error) {
 // producers appending 1 KiB records to a group-committed file that does nothing but
 // write and fdatasync (internal/fsyncfloor). No store can acknowledge durable
 // writes from 64 waiting producers faster than this on the same disk.
-func BenchmarkFsyncFloor(b *testing.B) {
-	l := fsyncfloor.ForBenchmark(b)
+func BenchmarkFsyncFloor(b *testing.B) { benchFloor(b, fsyncfloor.ForBenchmark(b)) }
+
+// BenchmarkFsyncFloorGrowing is the same floor for a store that keeps what it
+// writes: the file grows with every batch instead of being overwritten in place,
+// so each sync also commits the file's new blocks (fsyncfloor.OpenGrowing).
+func BenchmarkFsyncFloorGrowing(b *testing.B) { benchFloor(b, fsyncfloor.GrowingForBenchmark(b)) }
+
+// benchFloor runs benchProduce against a floor and reports its group commits as
+// reportCommits does the broker's.
+func benchFloor(b *testing.B, l *fsyncfloor.Log) {
 	benchProduce(b, l.Append)
 	records, syncs, mean := l.Stats()
 	b.ReportMetric(float64(records)/float64(syncs), "msg/commit")

@@ -6,6 +6,12 @@
 // record that arrived meanwhile. There is no index, no checksum, no recovery, and
 // the file wraps around when full, so nothing it holds can be read back.
 //
+// That cheapest case is open only to a file that is overwritten in place. A store
+// that keeps what it writes for its retention appends to files that grow, and on
+// ext4 each sync of a grown file also commits the file's new extents to the
+// journal. OpenGrowing is that floor: the same group commit, appending to a file
+// that starts empty and never wraps.
+//
 // The broker's and the endpoints' publish benchmarks run against it to tell how much
 // of a target the disk allows at all: 64 producers that each wait for their
 // acknowledgement cannot pass 64 records per sync, whatever the store does.
@@ -25,7 +31,7 @@ import (
 // Log is a group-committed append-only file. Append is safe for concurrent use.
 type Log struct {
 	f    *os.File
-	size int64
+	size int64 // where the file wraps; zero: it grows instead
 
 	mu      sync.Mutex
 	synced  *sync.Cond
@@ -64,6 +70,29 @@ func Open(path string, size int64) (*Log, error) {
 	return l, nil
 }
 
+// OpenGrowing creates an empty file at path that appends grow.
+func OpenGrowing(path string) (*Log, error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	l := &Log{f: f, next: 1}
+	l.synced = sync.NewCond(&l.mu)
+	return l, nil
+}
+
+// GrowingForBenchmark opens a growing floor in tb's temporary directory, closed
+// when tb ends.
+func GrowingForBenchmark(tb testing.TB) *Log {
+	tb.Helper()
+	l, err := OpenGrowing(filepath.Join(tb.TempDir(), "floor"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = l.Close() })
+	return l
+}
+
 // ForBenchmark opens a 64 MiB floor in tb's temporary directory, closed when tb ends.
 func ForBenchmark(tb testing.TB) *Log {
 	tb.Helper()
@@ -100,7 +129,7 @@ func (l *Log) Append(p []byte) error {
 // syncLocked writes and syncs the pending batch with l.mu released meanwhile.
 func (l *Log) syncLocked() {
 	batch, off := l.pending, l.off
-	if off+int64(len(batch)) > l.size {
+	if l.size > 0 && off+int64(len(batch)) > l.size {
 		off = 0
 	}
 	l.pending = make([]byte, 0, cap(batch))

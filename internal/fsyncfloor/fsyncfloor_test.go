@@ -11,8 +11,17 @@ import (
 
 // Every acknowledged record is in the file, once, and concurrent appends share syncs.
 func TestAppendIsDurableAndGrouped(t *testing.T) {
+	for name, open := range map[string]func(path string) (*Log, error){
+		"pre-written": func(path string) (*Log, error) { return Open(path, 4<<20) },
+		"growing":     OpenGrowing,
+	} {
+		t.Run(name, func(t *testing.T) { testAppendIsDurableAndGrouped(t, open) })
+	}
+}
+
+func testAppendIsDurableAndGrouped(t *testing.T, open func(path string) (*Log, error)) {
 	path := filepath.Join(t.TempDir(), "floor")
-	l, err := Open(path, 4<<20)
+	l, err := open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,5 +82,30 @@ func TestWrapsWithinSize(t *testing.T) {
 	}
 	if info.Size() != 1<<20 {
 		t.Fatalf("size %d, want %d", info.Size(), 1<<20)
+	}
+}
+
+// A growing floor never wraps: the file holds every batch, in order.
+func TestGrowingKeepsEverything(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "floor")
+	l, err := OpenGrowing(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var want []byte
+	for i := range 5 {
+		rec := bytes.Repeat([]byte{byte('a' + i)}, 300<<10)
+		if err := l.Append(rec); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, rec...)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(data, want) {
+		t.Fatalf("file holds %d bytes, want the %d appended, in order", len(data), len(want))
 	}
 }
