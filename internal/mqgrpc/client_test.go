@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -33,8 +34,11 @@ const (
 )
 
 // serverTLS is the servers' TLS, signed by a test CA the clients trust;
-// clientTLS trusts it.
-var serverTLS, clientTLS *tls.Config
+// clientTLS trusts it, and caFile holds it in PEM for clients in other processes.
+var (
+	serverTLS, clientTLS *tls.Config
+	caFile               string
+)
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "mqgrpc-certs")
@@ -54,6 +58,7 @@ func TestMain(m *testing.M) {
 		if err != nil {
 			panic(err)
 		}
+		caFile = filepath.Join(dir, wiretls.CAFile)
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(ca) {
 			panic("no CA")
