@@ -1,9 +1,10 @@
 // Package nodeclients runs public Node.js clients of Orderly's wires against a
-// test's servers: the mq-http SDK (@aliyunmq/mq-http-sdk) and the RocketMQ 5.x gRPC
-// client (rocketmq-client-nodejs), at the versions js/package-lock.json pins. The
+// test's servers: the mq-http SDK (@aliyunmq/mq-http-sdk), the RocketMQ 5.x gRPC
+// client (rocketmq-client-nodejs) and ali-ons (RocketMQ 4.x remoting, as the Aliyun
+// ONS client speaks it), at the versions js/package-lock.json pins. The
 // Go tests of each endpoint drive the Go clients; these catch what another
 // language's client does differently (CDATA in every request body, its own TLS
-// roots, its own order of calls).
+// roots, its own order of calls, timer properties the Go client does not send).
 //
 // The clients are installed with `npm ci` on first use, into the user's cache
 // directory under a name that changes with the lock file, and reused after that.

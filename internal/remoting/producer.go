@@ -107,7 +107,9 @@ func (s *Server) send(ctx context.Context, rc reqContext, c *conn, req *Command,
 	flag, _ := strconv.ParseInt(h["flag"], 10, 32)
 	bornMs, _ := strconv.ParseInt(h["bornTimestamp"], 10, 64)
 	reconsume, _ := strconv.ParseInt(h["reconsumeTimes"], 10, 32)
+	now := s.Clock.Now()
 	fill := func(m *broker.Message) {
+		applyDeliveryTime(m, now)
 		m.Queue = queue
 		m.SysFlag = int32(sysFlag) &^ sysFlagTxnMask
 		if !batch {

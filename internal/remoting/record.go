@@ -4,10 +4,12 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
+	"math"
 	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/orderly-dev/orderly/internal/broker"
 )
@@ -25,6 +27,13 @@ const (
 	propRetryTopic   = "RETRY_TOPIC"
 	propRealTopic    = "REAL_TOPIC"
 	propRealQueue    = "REAL_QID"
+	// Timed delivery, which the 4.x protocol leaves to properties (docs/remoting.md,
+	// "Timed delivery"): the ONS clients' absolute time, and RocketMQ 5's absolute
+	// time and relative delays.
+	propStartDeliverTime = "__STARTDELIVERTIME"
+	propTimerDeliverMs   = "TIMER_DELIVER_MS"
+	propTimerDelaySec    = "TIMER_DELAY_SEC"
+	propTimerDelayMs     = "TIMER_DELAY_MS"
 	nameValueSep     = '\x01'
 	propertySep      = '\x02'
 	recordMagic      = 0xDAA320A7
@@ -90,6 +99,53 @@ func messageFromWire(body []byte, properties string) broker.Message {
 		delete(props, propShardingKey)
 	}
 	return m
+}
+
+// applyDeliveryTime sets m's delivery time from the timer property it carries, the
+// first of them in the order below that holds a number: absolute times in
+// milliseconds since the epoch, delays from now. A time that has passed, a delay of
+// zero or less, or a value that is not a number delivers at once, as the delay
+// level does when it is not a level. A delivery time wins over a delay level sent
+// beside it. The properties stay as sent, so that consumers read them back as the
+// producer set them; the broker refuses a time beyond its maximum delay.
+func applyDeliveryTime(m *broker.Message, now time.Time) {
+	var at time.Time
+	switch {
+	case setMillis(m.Properties[propStartDeliverTime], &at):
+	case setMillis(m.Properties[propTimerDeliverMs], &at):
+	case setDelay(m.Properties[propTimerDelaySec], time.Second, &at, now):
+	case setDelay(m.Properties[propTimerDelayMs], time.Millisecond, &at, now):
+	default:
+		return
+	}
+	m.DelayLevel = 0
+	if at.After(now) {
+		m.DeliverAt = at
+	}
+}
+
+// setMillis sets at to the time v names in milliseconds since the epoch, and says
+// whether v is a number.
+func setMillis(v string, at *time.Time) bool {
+	ms, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		return false
+	}
+	*at = time.UnixMilli(ms)
+	return true
+}
+
+// setDelay sets at to now plus v units, and says whether v is a number. A negative
+// delay is none; one longer than any time.Duration is kept at the longest, which
+// the broker refuses.
+func setDelay(v string, unit time.Duration, at *time.Time, now time.Time) bool {
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		return false
+	}
+	n = min(max(n, 0), int64(math.MaxInt64/unit))
+	*at = now.Add(time.Duration(n) * unit)
+	return true
 }
 
 // wireProperties rebuilds a stored message's properties string.

@@ -259,6 +259,77 @@ func TestDelayLevel(t *testing.T) {
 	}
 }
 
+// Timer properties hold a message back until its time: the ONS clients'
+// __STARTDELIVERTIME and RocketMQ 5's TIMER_DELIVER_MS (absolute), TIMER_DELAY_SEC
+// and TIMER_DELAY_MS (relative). The properties reach the consumer as sent.
+func TestDeliveryTimeProperties(t *testing.T) {
+	e := newEnv(t)
+	e.topic("TopicT", broker.Normal, 1)
+	e.group("GID_timer", broker.TCP, 16)
+	p := e.producer(producer.WithGroupName("PID_timer"))
+	start := time.Now()
+	millis := func(d time.Duration) string { return strconv.FormatInt(start.Add(d).UnixMilli(), 10) }
+	cases := []struct {
+		name, value string
+		due         time.Duration // after start, at the least
+	}{
+		{"__STARTDELIVERTIME", millis(600 * time.Millisecond), 600 * time.Millisecond},
+		{"TIMER_DELIVER_MS", millis(500 * time.Millisecond), 500 * time.Millisecond},
+		{"TIMER_DELAY_SEC", "1", time.Second},
+		{"TIMER_DELAY_MS", "400", 400 * time.Millisecond},
+	}
+	for _, c := range cases {
+		msg := primitive.NewMessage("TopicT", []byte(c.name))
+		msg.WithProperty(c.name, c.value)
+		if _, err := p.SendSync(context.Background(), msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := p.SendSync(context.Background(), primitive.NewMessage("TopicT", []byte("now"))); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	arrived := map[string]time.Time{}
+	got := newCollector()
+	c := e.pushConsumer("GID_timer")
+	if err := c.Subscribe("TopicT", consumer.MessageSelector{}, func(_ context.Context, ms ...*primitive.MessageExt) (consumer.ConsumeResult, error) {
+		mu.Lock()
+		for _, m := range ms {
+			arrived[string(m.Body)] = time.Now()
+		}
+		mu.Unlock()
+		got.add(ms...)
+		return consumer.ConsumeSuccess, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Shutdown() })
+	msgs := got.wait(t, 20*time.Second, func(ms []*primitive.MessageExt) bool { return len(ms) == len(cases)+1 })
+	if string(msgs[0].Body) != "now" {
+		t.Fatalf("first delivery %q, want the untimed message", msgs[0].Body)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	props := map[string]string{}
+	for _, m := range msgs {
+		props[string(m.Body)] = m.GetProperty(string(m.Body))
+	}
+	for _, c := range cases {
+		// The broker runs on the same wall clock: a delivery before its time is a
+		// failure, whatever the machine's load.
+		// Times travel in whole milliseconds.
+		if early := start.Add(c.due).Truncate(time.Millisecond).Sub(arrived[c.name]); early > 0 {
+			t.Errorf("%s delivered %s before its time", c.name, early)
+		}
+		if props[c.name] != c.value {
+			t.Errorf("%s reached the consumer as %q, sent as %q", c.name, props[c.name], c.value)
+		}
+	}
+}
+
 // A handler that asks to retry later gets the message again; past the group's
 // maxRedeliveries it goes to the dead letters.
 func TestRetryThenDeadLetter(t *testing.T) {
