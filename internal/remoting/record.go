@@ -16,17 +16,17 @@ import (
 
 // Message properties the protocol gives meaning to (3.1.1).
 const (
-	propTags         = "TAGS"
-	propKeys         = "KEYS"
-	propDelay        = "DELAY"
-	propShardingKey  = "SHARDING_KEY"
-	propTranMsg      = "TRAN_MSG"
-	propProducer     = "PGROUP"
-	propUniqKey      = "UNIQ_KEY"
-	propCheckImmune  = "CHECK_IMMUNITY_TIME_IN_SECONDS"
-	propRetryTopic   = "RETRY_TOPIC"
-	propRealTopic    = "REAL_TOPIC"
-	propRealQueue    = "REAL_QID"
+	propTags        = "TAGS"
+	propKeys        = "KEYS"
+	propDelay       = "DELAY"
+	propShardingKey = "SHARDING_KEY"
+	propTranMsg     = "TRAN_MSG"
+	propProducer    = "PGROUP"
+	propUniqKey     = "UNIQ_KEY"
+	propCheckImmune = "CHECK_IMMUNITY_TIME_IN_SECONDS"
+	propRetryTopic  = "RETRY_TOPIC"
+	propRealTopic   = "REAL_TOPIC"
+	propRealQueue   = "REAL_QID"
 	// Timed delivery, which the 4.x protocol leaves to properties (docs/remoting.md,
 	// "Timed delivery"): the ONS clients' absolute time, and RocketMQ 5's absolute
 	// time and relative delays.
@@ -34,15 +34,15 @@ const (
 	propTimerDeliverMs   = "TIMER_DELIVER_MS"
 	propTimerDelaySec    = "TIMER_DELAY_SEC"
 	propTimerDelayMs     = "TIMER_DELAY_MS"
-	nameValueSep     = '\x01'
-	propertySep      = '\x02'
-	recordMagic      = 0xDAA320A7
-	sysFlagCompress  = 0x1
-	sysFlagTxnMask   = 0xC
-	sysFlagPrepared  = 0x4
-	maxTopicOnWire   = 127
-	maxPropsOnWire   = 32767
-	recordFixedBytes = 91 // a record's size without body, topic and properties (3.3)
+	nameValueSep         = '\x01'
+	propertySep          = '\x02'
+	recordMagic          = 0xDAA320A7
+	sysFlagCompress      = 0x1
+	sysFlagTxnMask       = 0xC
+	sysFlagPrepared      = 0x4
+	maxTopicOnWire       = 127
+	maxPropsOnWire       = 32767
+	recordFixedBytes     = 91 // a record's size without body, topic and properties (3.3)
 )
 
 // parseProperties reads "k\x01v\x02..." keeping items with exactly one separator,
