@@ -168,23 +168,39 @@ func (e *env) consume(group, topic string, sel consumer.MessageSelector, result 
 	return got
 }
 
-// collector gathers consumed messages.
+// collector gathers consumed messages, and when each body first arrived.
 type collector struct {
-	mu   sync.Mutex
-	msgs []*primitive.MessageExt
-	more chan struct{}
+	mu      sync.Mutex
+	msgs    []*primitive.MessageExt
+	arrived map[string]time.Time
+	more    chan struct{}
 }
 
-func newCollector() *collector { return &collector{more: make(chan struct{}, 1)} }
+func newCollector() *collector {
+	return &collector{arrived: map[string]time.Time{}, more: make(chan struct{}, 1)}
+}
 
 func (c *collector) add(ms ...*primitive.MessageExt) {
+	now := time.Now()
 	c.mu.Lock()
 	c.msgs = append(c.msgs, ms...)
+	for _, m := range ms {
+		if _, ok := c.arrived[string(m.Body)]; !ok {
+			c.arrived[string(m.Body)] = now
+		}
+	}
 	c.mu.Unlock()
 	select {
 	case c.more <- struct{}{}:
 	default:
 	}
+}
+
+// arrivedAt is when body first arrived; zero if it has not.
+func (c *collector) arrivedAt(body string) time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.arrived[body]
 }
 
 // wait waits until cond holds for the messages so far.

@@ -288,31 +288,11 @@ func TestDeliveryTimeProperties(t *testing.T) {
 	if _, err := p.SendSync(context.Background(), primitive.NewMessage("TopicT", []byte("now"))); err != nil {
 		t.Fatal(err)
 	}
-	var mu sync.Mutex
-	arrived := map[string]time.Time{}
-	got := newCollector()
-	c := e.pushConsumer("GID_timer")
-	if err := c.Subscribe("TopicT", consumer.MessageSelector{}, func(_ context.Context, ms ...*primitive.MessageExt) (consumer.ConsumeResult, error) {
-		mu.Lock()
-		for _, m := range ms {
-			arrived[string(m.Body)] = time.Now()
-		}
-		mu.Unlock()
-		got.add(ms...)
-		return consumer.ConsumeSuccess, nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Shutdown() })
+	got := e.consume("GID_timer", "TopicT", consumer.MessageSelector{}, consumer.ConsumeSuccess)
 	msgs := got.wait(t, 20*time.Second, func(ms []*primitive.MessageExt) bool { return len(ms) == len(cases)+1 })
 	if string(msgs[0].Body) != "now" {
 		t.Fatalf("first delivery %q, want the untimed message", msgs[0].Body)
 	}
-	mu.Lock()
-	defer mu.Unlock()
 	props := map[string]string{}
 	for _, m := range msgs {
 		props[string(m.Body)] = m.GetProperty(string(m.Body))
@@ -321,7 +301,7 @@ func TestDeliveryTimeProperties(t *testing.T) {
 		// The broker runs on the same wall clock: a delivery before its time is a
 		// failure, whatever the machine's load.
 		// Times travel in whole milliseconds.
-		if early := start.Add(c.due).Truncate(time.Millisecond).Sub(arrived[c.name]); early > 0 {
+		if early := start.Add(c.due).Truncate(time.Millisecond).Sub(got.arrivedAt(c.name)); early > 0 {
 			t.Errorf("%s delivered %s before its time", c.name, early)
 		}
 		if props[c.name] != c.value {
