@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/orderly-dev/orderly/internal/broker"
+	"github.com/orderly-dev/orderly/internal/membudget"
 	pb "github.com/orderly-dev/orderly/internal/mqgrpc/apiv2"
 )
 
@@ -31,6 +32,8 @@ type call struct {
 	clientID string
 	// namespace is the x-mq-namespace header, possibly empty.
 	namespace string
+	// hold is what the call holds of the memory budgets (memory.go).
+	hold *membudget.Hold
 }
 
 // lastValue returns the last value of an incoming metadata key. The Go client

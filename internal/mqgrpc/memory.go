@@ -98,6 +98,7 @@ func (s *Server) budgeted(method string, serve func(srv any, stream grpc.ServerS
 		}
 		hold := s.hold(ctx, c)
 		defer hold.Release()
+		c.hold = hold
 		return serve(srv, stream, context.WithValue(ctx, callKey{}, c), hold)
 	}
 }

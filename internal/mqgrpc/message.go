@@ -1,10 +1,7 @@
 package mqgrpc
 
 import (
-	"bytes"
-	"compress/gzip"
-	"compress/zlib"
-	"io"
+	"errors"
 	"strings"
 	"time"
 	"unicode"
@@ -14,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/orderly-dev/orderly/internal/broker"
+	"github.com/orderly-dev/orderly/internal/compression"
 	pb "github.com/orderly-dev/orderly/internal/mqgrpc/apiv2"
 )
 
@@ -39,7 +37,8 @@ const maxMessageGroup = 64
 
 // fromWire turns a sent message into the broker's, checking what the protocol
 // asks of it (3.4, 4, 5), for topic, of type topicType.
-func fromWire(m *pb.Message, topic string, topicType broker.MessageType, now time.Time) (broker.Message, *pb.Status) {
+// The body inflates within inf.
+func fromWire(m *pb.Message, topic string, topicType broker.MessageType, now time.Time, inf *inflation) (broker.Message, *pb.Status) {
 	sp := m.GetSystemProperties()
 	if sp == nil {
 		return broker.Message{}, statusf(pb.Code_MESSAGE_CORRUPTED, "the message has no system properties")
@@ -50,7 +49,7 @@ func fromWire(m *pb.Message, topic string, topicType broker.MessageType, now tim
 	if !printable(sp.MessageId) || len(sp.MessageId) > 128 {
 		return broker.Message{}, statusf(pb.Code_ILLEGAL_MESSAGE_ID, "message id %q is not printable ASCII of at most 128 characters", sp.MessageId)
 	}
-	body, st := decodeBody(m.Body, sp.BodyEncoding)
+	body, st := decodeBody(m.Body, sp.BodyEncoding, inf)
 	if st != nil {
 		return broker.Message{}, st
 	}
@@ -133,33 +132,42 @@ func fromWire(m *pb.Message, topic string, topicType broker.MessageType, now tim
 	return out, nil
 }
 
+// inflation is what the bodies of one send may inflate to: together no more than
+// a batch's bodies may hold, and taken from the call's memory as they inflate.
+// Without the shared bound, a request of a thousand small gzip bombs would each
+// inflate to the largest body.
+type inflation struct {
+	left    int
+	reserve compression.Reserve
+}
+
 // decodeBody returns a body as stored: the clients may send it gzipped (Go
 // decodes zlib as well), the broker keeps it plain, so that every wire reads it.
-func decodeBody(body []byte, enc pb.Encoding) ([]byte, *pb.Status) {
+// It counts the body against inf.
+func decodeBody(body []byte, enc pb.Encoding, inf *inflation) ([]byte, *pb.Status) {
 	if len(body) == 0 {
 		return nil, statusf(pb.Code_MESSAGE_BODY_EMPTY, "the message body is empty")
 	}
 	if enc == pb.Encoding_GZIP {
-		var r io.ReadCloser
-		var err error
+		format := compression.Zlib
 		if len(body) >= 2 && body[0] == 0x1f && body[1] == 0x8b {
-			r, err = gzip.NewReader(bytes.NewReader(body))
-		} else {
-			r, err = zlib.NewReader(bytes.NewReader(body))
+			format = compression.Gzip
 		}
-		if err != nil {
-			return nil, statusf(pb.Code_MESSAGE_CORRUPTED, "the body is not gzip: %v", err)
-		}
-		defer r.Close()
-		plain, err := io.ReadAll(io.LimitReader(r, broker.MaxBodySize+1))
-		if err != nil {
+		plain, err := compression.Decompress(format, body, min(max(inf.left, 0), broker.MaxBodySize), inf.reserve)
+		switch {
+		case errors.Is(err, compression.ErrTooLarge):
+			return nil, statusf(pb.Code_MESSAGE_BODY_TOO_LARGE, "the gzipped body inflates past %d bytes, or the request's bodies past %d together", broker.MaxBodySize, broker.MaxBatchBytes)
+		case errors.Is(err, compression.ErrCorrupt):
 			return nil, statusf(pb.Code_MESSAGE_CORRUPTED, "the gzipped body does not decompress: %v", err)
+		case err != nil:
+			return nil, brokerStatus(err)
 		}
 		body = plain
 	}
 	if len(body) > broker.MaxBodySize {
 		return nil, statusf(pb.Code_MESSAGE_BODY_TOO_LARGE, "the body is over %d bytes", broker.MaxBodySize)
 	}
+	inf.left -= len(body)
 	return body, nil
 }
 

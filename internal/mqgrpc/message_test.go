@@ -50,7 +50,7 @@ func TestSentMessagesAreCheckedAgainstTheirTopic(t *testing.T) {
 		{"bad gzip", &pb.Message{Body: []byte("not gzip"), SystemProperties: sent(pb.MessageType_NORMAL, func(sp *pb.SystemProperties) { sp.BodyEncoding = pb.Encoding_GZIP }).SystemProperties},
 			broker.Normal, pb.Code_MESSAGE_CORRUPTED},
 	} {
-		m, st := fromWire(c.m, "t", c.topic, now)
+		m, st := fromWire(c.m, "t", c.topic, now, freeInflation())
 		code := pb.Code_OK
 		if st != nil {
 			code = st.Code
@@ -64,7 +64,7 @@ func TestSentMessagesAreCheckedAgainstTheirTopic(t *testing.T) {
 	}
 	bad := sent(pb.MessageType_NORMAL, nil)
 	bad.UserProperties = map[string]string{"UNIQ_KEY": "x"}
-	if _, st := fromWire(bad, "t", broker.Normal, now); st.GetCode() != pb.Code_ILLEGAL_MESSAGE_PROPERTY_KEY {
+	if _, st := fromWire(bad, "t", broker.Normal, now, freeInflation()); st.GetCode() != pb.Code_ILLEGAL_MESSAGE_PROPERTY_KEY {
 		t.Errorf("a reserved property name: %v", st)
 	}
 }
@@ -82,7 +82,7 @@ func FuzzFromWire(f *testing.F) {
 			return
 		}
 		topic := types[(typ%3+3)%3]
-		out, st := fromWire(&m, "t", topic, time.Now())
+		out, st := fromWire(&m, "t", topic, time.Now(), freeInflation())
 		if st != nil {
 			return
 		}
@@ -93,4 +93,9 @@ func FuzzFromWire(f *testing.F) {
 			t.Fatalf("accepted %v as %+v for a %s topic", &m, out, topic)
 		}
 	})
+}
+
+// freeInflation bounds a send's bodies as a call does, with memory for free.
+func freeInflation() *inflation {
+	return &inflation{left: broker.MaxBatchBytes, reserve: func(int) error { return nil }}
 }

@@ -50,8 +50,9 @@ func (s *Server) send(ctx context.Context, c *call, msgs []*pb.Message) ([]*pb.S
 	}
 	now := time.Now()
 	out := make([]broker.Message, len(msgs))
+	inf := &inflation{left: broker.MaxBatchBytes, reserve: func(n int) error { return c.hold.Take(ctx, n) }}
 	for i, m := range msgs {
-		if out[i], st = fromWire(m, topic, info.Type, now); st != nil {
+		if out[i], st = fromWire(m, topic, info.Type, now, inf); st != nil {
 			return nil, st
 		}
 	}

@@ -26,15 +26,25 @@ type service struct {
 // instance, and long polls and Telemetry streams hold one each while they last.
 func (s *Server) begin(ctx context.Context) (*call, func(), *pb.Status) {
 	c := authenticated(ctx) // by the handler's wrapper, before the request was read
+	var unwrapped func()
 	if c == nil {
 		var st *pb.Status
 		if c, st = s.authenticate(ctx); st != nil {
 			return nil, nil, st
 		}
+		c.hold = s.hold(ctx, c)
+		unwrapped = c.hold.Release
 	}
 	release, err := s.Broker.AcquireConnection(c.instance)
 	if err != nil {
+		if unwrapped != nil {
+			unwrapped()
+		}
 		return nil, nil, brokerStatus(err)
+	}
+	if unwrapped != nil {
+		acquired := release
+		release = func() { acquired(); unwrapped() }
 	}
 	s.clients.touch(c.instance, c.clientID, time.Now())
 	return c, release, nil

@@ -249,6 +249,33 @@ func (m *frameMemory) give() {
 	}
 }
 
+// take adds n bytes to what the request holds, from its instance's memory, the
+// connection's and the server's, waiting for them up to FrameTimeout: for what
+// serving it allocates past its frame (a compressed body inflated).
+func (m *frameMemory) take(instance string, n int) error {
+	c := m.c
+	if m.tenant == nil {
+		m.tenant = c.s.tenantMemory.Of(instance)
+	}
+	deadline := time.Now().Add(c.s.lim.FrameTimeout)
+	if !m.tenant.Take(n, m.tenantHeld, deadline, c.closed) {
+		return fmt.Errorf("%w: instance %s's requests hold %d bytes", errNoMemory, instance, m.tenant.InUse())
+	}
+	held := m.n
+	if !c.memory.Take(n, held, deadline, c.closed) {
+		m.tenant.Give(n)
+		return fmt.Errorf("%w: the connection holds %d bytes", errNoMemory, c.memory.InUse())
+	}
+	if !c.s.memory.Take(n, held, deadline, c.closed) {
+		m.tenant.Give(n)
+		c.memory.Give(n)
+		return fmt.Errorf("%w: the server holds %d bytes", errNoMemory, c.s.memory.InUse())
+	}
+	m.tenantHeld += n
+	m.n += n
+	return nil
+}
+
 // giveFrame returns the memory a frame was charged.
 func (c *conn) giveFrame(ch frameCharge) {
 	c.give(ch.n)

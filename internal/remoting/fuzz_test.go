@@ -124,6 +124,9 @@ func FuzzHandle(f *testing.F) {
 	}{
 		{reqSendMessage, "topic", "T", "properties", "TAGS\x01a\x02KEYS\x01k\x02", "body"},
 		{reqSendBatchMessage, "b", "T", "e", "0", "\x00\x00\x00\x16\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"},
+		{reqSendMessage, "topic", "T", "sysFlag", "1", string(zlibBody([]byte("a zlib body")))},
+		{reqSendMessage, "topic", "T", "sysFlag", "1", string(zlibBody(make([]byte, 8<<20)))},
+		{reqSendMessage, "topic", "T", "sysFlag", "513", "\x28\xb5\x2f\xfd\x00\x58\x01\x00\x00x"},
 		{reqPullMessage, "consumerGroup", "G", "topic", "T", ""},
 		{reqHeartbeat, "", "", "", "", `{"clientID":"x","consumerDataSet":[{"groupName":"G","subscriptionDataSet":[{"topic":"T","subString":"a||b"}]}]}`},
 		{reqLockBatchMQ, "", "", "", "", `{"consumerGroup":"G","clientId":"x","mqSet":[{"topic":"T","brokerName":"orderly","queueId":1}]}`},
@@ -140,7 +143,12 @@ func FuzzHandle(f *testing.F) {
 		Sign(req, testAK, testSK)
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		res := s.handle(ctx, c, req, nil)
+		mem := &frameMemory{c: c}
+		res := s.handle(ctx, c, req, mem)
+		mem.give()
+		if used := s.tenantMemory.Of(testInstance).InUse(); used != 0 {
+			t.Fatalf("the instance holds %d bytes after the request", used)
+		}
 		if res != nil {
 			if _, err := AppendFrame(nil, res); err != nil {
 				t.Fatalf("answer to code %d cannot be encoded: %v", code, err)

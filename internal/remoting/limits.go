@@ -26,7 +26,8 @@ type Limits struct {
 	// client address (defaults: connlimit's).
 	MaxConns, MaxConnsPerHost int
 	// Memory bounds the bytes of request frames larger than 4 KiB that all
-	// connections together hold, being read or being served (default 128 MiB);
+	// connections together hold, being read or being served, compressed bodies
+	// inflated included (default 128 MiB);
 	// ConnMemory bounds one connection's (default 32 MiB, two of the largest frames).
 	// A frame's buffer grows as its bytes arrive, so a length prefix costs nothing
 	// until the bytes it announces come; a frame that cannot get memory within its

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/orderly-dev/orderly/internal/broker"
+	"github.com/orderly-dev/orderly/internal/compression"
 )
 
 // brokerError answers a request with the protocol's code for a broker error.
@@ -87,8 +88,9 @@ func (s *Server) routeInfo(rc reqContext, req *Command) *Command {
 	return res
 }
 
-// send stores a SEND_MESSAGE, SEND_MESSAGE_V2 or SEND_BATCH_MESSAGE (3.1).
-func (s *Server) send(ctx context.Context, rc reqContext, c *conn, req *Command, batch bool) *Command {
+// send stores a SEND_MESSAGE, SEND_MESSAGE_V2 or SEND_BATCH_MESSAGE (3.1). mem is
+// what the request's frame holds, which a compressed body's inflating adds to.
+func (s *Server) send(ctx context.Context, rc reqContext, c *conn, req *Command, batch bool, mem *frameMemory) *Command {
 	h := req.ExtFields
 	if req.Code != reqSendMessage {
 		// V2 and batch headers use single letters (3.1.2).
@@ -107,6 +109,18 @@ func (s *Server) send(ctx context.Context, rc reqContext, c *conn, req *Command,
 	flag, _ := strconv.ParseInt(h["flag"], 10, 32)
 	bornMs, _ := strconv.ParseInt(h["bornTimestamp"], 10, 64)
 	reconsume, _ := strconv.ParseInt(h["reconsumeTimes"], 10, 32)
+	body := req.Body
+	if sysFlag&sysFlagCompress != 0 {
+		// Stored plain, for every wire to deliver as sent.
+		if body, err = s.inflate(rc.instance, body, sysFlag, batch, mem); err != nil {
+			if errors.Is(err, errNoMemory) {
+				s.Broker.NoteThrottled(rc.instance)
+				return response(req, codeSystemBusy, err.Error())
+			}
+			return response(req, codeMessageIllegal, err.Error())
+		}
+		sysFlag &^= sysFlagCompress | sysFlagCompressType
+	}
 	now := s.Clock.Now()
 	fill := func(m *broker.Message) {
 		applyDeliveryTime(m, now)
@@ -127,11 +141,11 @@ func (s *Server) send(ctx context.Context, rc reqContext, c *conn, req *Command,
 		return response(req, codeMessageIllegal, fmt.Sprintf("properties of %d bytes; at most %d", len(h["properties"]), maxWireProperties))
 	}
 	if batch {
-		if msgs, err = decodeBatch(req.Body); err != nil {
+		if msgs, err = decodeBatch(body); err != nil {
 			return response(req, codeMessageIllegal, err.Error())
 		}
 	} else {
-		m := messageFromWire(req.Body, h["properties"])
+		m := messageFromWire(body, h["properties"])
 		if m.Properties[propTranMsg] == "true" || sysFlag&sysFlagTxnMask == sysFlagPrepared {
 			m.Transactional = true
 			m.ProducerGroup = m.Properties[propProducer]
@@ -185,6 +199,25 @@ func (s *Server) send(ctx context.Context, rc reqContext, c *conn, req *Command,
 		"queueOffset": strconv.FormatInt(offset, 10), "MSG_REGION": "DefaultRegion", "TRACE_ON": "false",
 	}
 	return res
+}
+
+// inflate returns a body sent compressed, inflated within the broker's largest body
+// and the memory the request may hold.
+func (s *Server) inflate(instance string, body []byte, sysFlag int64, batch bool, mem *frameMemory) ([]byte, error) {
+	if batch {
+		// No client compresses a batch: the 4.x clients compress single messages
+		// only, and a batch's own encoding has no room to say so.
+		return nil, errors.New("a batch marked compressed; clients compress single messages only")
+	}
+	format, err := compressionOf(sysFlag)
+	if err != nil {
+		return nil, err
+	}
+	plain, err := compression.Decompress(format, body, broker.MaxBodySize, func(n int) error { return mem.take(instance, n) })
+	if errors.Is(err, compression.ErrTooLarge) {
+		return nil, fmt.Errorf("the body inflates past %d bytes", broker.MaxBodySize)
+	}
+	return plain, err
 }
 
 // publish stores msgs on the topic, one or a batch.

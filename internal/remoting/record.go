@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/orderly-dev/orderly/internal/broker"
+	"github.com/orderly-dev/orderly/internal/compression"
 )
 
 // Message properties the protocol gives meaning to (3.1.1).
@@ -38,12 +39,28 @@ const (
 	propertySep          = '\x02'
 	recordMagic          = 0xDAA320A7
 	sysFlagCompress      = 0x1
+	sysFlagCompressType  = 0x700 // RocketMQ 5's compression type, beside sysFlagCompress
 	sysFlagTxnMask       = 0xC
 	sysFlagPrepared      = 0x4
 	maxTopicOnWire       = 127
 	maxPropsOnWire       = 32767
 	recordFixedBytes     = 91 // a record's size without body, topic and properties (3.3)
 )
+
+// compressionOf returns the format of a body sent with sysFlagCompress: the type
+// RocketMQ 5's remoting clients write in sysFlag's bits 8 to 10, where the 4.x
+// clients, which compress with zlib only, leave 0 (docs/compression.md).
+func compressionOf(sysFlag int64) (compression.Format, error) {
+	switch (sysFlag & sysFlagCompressType) >> 8 {
+	case 0, 3:
+		return compression.Zlib, nil
+	case 1:
+		return compression.LZ4, nil
+	case 2:
+		return compression.Zstd, nil
+	}
+	return 0, fmt.Errorf("unknown compression type %d in sysFlag %d", (sysFlag&sysFlagCompressType)>>8, sysFlag)
+}
 
 // parseProperties reads "k\x01v\x02..." keeping items with exactly one separator,
 // as the Go client does, and a non-empty key, as Java does.

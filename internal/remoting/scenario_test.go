@@ -2,6 +2,8 @@ package remoting
 
 import (
 	"context"
+	"crypto/md5"
+	"encoding/hex"
 	"fmt"
 	"slices"
 	"strconv"
@@ -382,5 +384,58 @@ func TestHTTPAndTCPInterwork(t *testing.T) {
 	want := "from http/T,from tcp/T"
 	if strings.Join(sorted(viaTCP), ",") != want || strings.Join(sorted(viaHTTP), ",") != want {
 		t.Fatalf("over TCP %v, over HTTP %v; want %s on both", viaTCP, viaHTTP, want)
+	}
+}
+
+// TestCompressedBodiesReachEveryWire sends bodies past the Go client's 4 KiB
+// compression threshold, which it sends zlib-compressed with the compressed flag:
+// the broker keeps them plain, so consumers on TCP and on HTTP read what was sent.
+func TestCompressedBodiesReachEveryWire(t *testing.T) {
+	e := newEnv(t)
+	e.topic("TopicZ", broker.Normal, 2)
+	e.group("GID_tcpz", broker.TCP, 16)
+	e.group("GID_httpz", broker.HTTP, 16)
+	httpSrv := mqhttp.NewServer("127.0.0.1:0", e.broker, e.server.Log)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = httpSrv.Start(ctx) }()
+	hc := &mqhttp.Client{Endpoint: "http://" + (<-httpSrv.Listening()).String(), InstanceID: testInstance, AccessKeyID: testAK, AccessKeySecret: testSK}
+
+	bodies := map[string]bool{}
+	for i, size := range []int{100, 4096, 5 << 10, 300 << 10} {
+		var sb strings.Builder
+		fmt.Fprintf(&sb, "body %d:", i)
+		for sb.Len() < size {
+			fmt.Fprintf(&sb, " line %d of a compressible body;", sb.Len())
+		}
+		bodies[sb.String()[:size]] = true
+	}
+	p := e.producer(producer.WithGroupName("PID_z"))
+	for b := range bodies {
+		if _, err := p.SendSync(ctx, primitive.NewMessage("TopicZ", []byte(b))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := e.consume("GID_tcpz", "TopicZ", consumer.MessageSelector{}, consumer.ConsumeSuccess)
+	for _, m := range got.wait(t, 10*time.Second, func(ms []*primitive.MessageExt) bool { return len(ms) == len(bodies) }) {
+		if !bodies[string(m.Body)] {
+			t.Errorf("over TCP, a body of %d bytes that was not sent: %.40q", len(m.Body), m.Body)
+		}
+	}
+	seen := 0
+	for seen < len(bodies) {
+		ms, err := hc.Consume(ctx, mqhttp.ConsumeRequest{Topic: "TopicZ", Group: "GID_httpz", Max: 16, Wait: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range ms {
+			seen++
+			sum := md5.Sum([]byte(m.Body))
+			if !bodies[m.Body] {
+				t.Errorf("over HTTP, a body of %d bytes that was not sent: %.40q", len(m.Body), m.Body)
+			} else if want := strings.ToUpper(hex.EncodeToString(sum[:])); m.BodyMD5 != want {
+				t.Errorf("over HTTP, MessageBodyMD5 %s for a body whose MD5 is %s", m.BodyMD5, want)
+			}
+		}
 	}
 }

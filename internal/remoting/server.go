@@ -215,9 +215,9 @@ func (s *Server) handle(ctx context.Context, c *conn, req *Command, mem *frameMe
 	case reqGetRouteInfo:
 		return s.routeInfo(rc, req)
 	case reqSendMessage, reqSendMessageV2:
-		return s.send(ctx, rc, c, req, false)
+		return s.send(ctx, rc, c, req, false, mem)
 	case reqSendBatchMessage:
-		return s.send(ctx, rc, c, req, true)
+		return s.send(ctx, rc, c, req, true, mem)
 	case reqPullMessage:
 		return s.pull(ctx, rc, c, req)
 	case reqHeartbeat:

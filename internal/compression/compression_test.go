@@ -1,0 +1,207 @@
+package compression
+
+import (
+	"bytes"
+	"compress/gzip"
+	"compress/zlib"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/pierrec/lz4/v4"
+)
+
+func compress(t testing.TB, f Format, plain []byte) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	var w interface {
+		Write([]byte) (int, error)
+		Close() error
+	}
+	switch f {
+	case Zlib:
+		w, _ = zlib.NewWriterLevel(&b, 5) // the Go and Java clients' level
+	case Gzip:
+		w = gzip.NewWriter(&b)
+	case LZ4:
+		lw := lz4.NewWriter(&b)
+		if err := lw.Apply(lz4.BlockSizeOption(lz4.Block4Mb)); err != nil { // lz4-java's default
+			t.Fatal(err)
+		}
+		w = lw
+	case Zstd:
+		zw, err := zstd.NewWriter(&b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w = zw
+	}
+	if _, err := w.Write(plain); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+// meter is a Reserve that counts what was asked of it and refuses past a cap.
+type meter struct {
+	reserved, cap int
+}
+
+func (m *meter) reserve(n int) error {
+	if m.cap > 0 && m.reserved+n > m.cap {
+		return fmt.Errorf("no memory for %d more bytes", n)
+	}
+	m.reserved += n
+	return nil
+}
+
+var formats = []Format{Zlib, Gzip, LZ4, Zstd}
+
+func text(n int) []byte {
+	var sb strings.Builder
+	for sb.Len() < n {
+		fmt.Fprintf(&sb, "line %d of a body that compresses; ", sb.Len())
+	}
+	return []byte(sb.String()[:n])
+}
+
+func TestRoundTrips(t *testing.T) {
+	for _, f := range formats {
+		for _, n := range []int{0, 1, 4096, 100 << 10, 4 << 20} {
+			t.Run(fmt.Sprintf("%s/%d", f, n), func(t *testing.T) {
+				plain := text(n)
+				var m meter
+				got, err := Decompress(f, compress(t, f, plain), 4<<20, m.reserve)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(got, plain) {
+					t.Fatalf("got %d bytes back, sent %d", len(got), len(plain))
+				}
+				if m.reserved < cap(got) {
+					t.Fatalf("reserved %d bytes for an output of capacity %d", m.reserved, cap(got))
+				}
+			})
+		}
+	}
+}
+
+func TestConcatenatedGzipMembers(t *testing.T) {
+	src := append(compress(t, Gzip, []byte("one ")), compress(t, Gzip, []byte("two"))...)
+	var m meter
+	got, err := Decompress(Gzip, src, 1<<20, m.reserve)
+	if err != nil || string(got) != "one two" {
+		t.Fatalf("got %q, %v", got, err)
+	}
+}
+
+// TestBombsStopAtTheLimit inflates 64 MiB of zeros (a few kilobytes compressed)
+// with a 1 MiB limit: ErrTooLarge, having reserved about the limit, not the bomb.
+func TestBombsStopAtTheLimit(t *testing.T) {
+	bomb := make([]byte, 64<<20)
+	for _, f := range formats {
+		t.Run(f.String(), func(t *testing.T) {
+			src := compress(t, f, bomb)
+			var m meter
+			_, err := Decompress(f, src, 1<<20, m.reserve)
+			if !errors.Is(err, ErrTooLarge) {
+				t.Fatalf("a %d-byte bomb: %v, want ErrTooLarge", len(src), err)
+			}
+			if m.reserved > 1<<20+maxZstdWindow+2*lz4MaxBlock {
+				t.Fatalf("reserved %d bytes for a 1 MiB limit", m.reserved)
+			}
+		})
+	}
+}
+
+func TestExactlyTheLimitFits(t *testing.T) {
+	for _, f := range formats {
+		plain := text(64 << 10)
+		var m meter
+		got, err := Decompress(f, compress(t, f, plain), len(plain), m.reserve)
+		if err != nil || !bytes.Equal(got, plain) {
+			t.Errorf("%s: a body of exactly the limit: %d bytes, %v", f, len(got), err)
+		}
+		if _, err := Decompress(f, compress(t, f, plain), len(plain)-1, m.reserve); !errors.Is(err, ErrTooLarge) {
+			t.Errorf("%s: a body one byte over the limit: %v, want ErrTooLarge", f, err)
+		}
+	}
+}
+
+func TestCorruptBodies(t *testing.T) {
+	for _, f := range formats {
+		good := compress(t, f, text(10<<10))
+		for name, src := range map[string][]byte{
+			"empty":     {},
+			"truncated": good[:len(good)/2],
+			"plain":     text(100),
+			"flipped":   append(append([]byte{}, good[:len(good)-8]...), 1, 2, 3, 4, 5, 6, 7, 8),
+		} {
+			var m meter
+			if _, err := Decompress(f, src, 1<<20, m.reserve); !errors.Is(err, ErrCorrupt) {
+				t.Errorf("%s, %s: %v, want ErrCorrupt", f, name, err)
+			}
+		}
+	}
+	var m meter
+	if _, err := Decompress(Format(9), []byte("x"), 1<<20, m.reserve); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("an unknown format: %v, want ErrCorrupt", err)
+	}
+}
+
+// TestAZstdWindowPastTheBoundIsRefused hand-builds a frame header that asks for
+// a 1 GiB window: refused before the decoder allocates it.
+func TestAZstdWindowPastTheBoundIsRefused(t *testing.T) {
+	// Magic, a descriptor with no single segment and no content size, and a
+	// window descriptor of exponent 20: 2^(10+20) bytes.
+	src := []byte{0x28, 0xb5, 0x2f, 0xfd, 0x00, 20 << 3, 0, 0, 0, 0}
+	var m meter
+	if _, err := Decompress(Zstd, src, 4<<20, m.reserve); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("%v, want ErrCorrupt", err)
+	}
+	if m.reserved != 0 {
+		t.Fatalf("reserved %d bytes for a refused frame", m.reserved)
+	}
+}
+
+func TestAReserveRefusalIsReturned(t *testing.T) {
+	for _, f := range formats {
+		m := meter{cap: 128 << 10}
+		src := compress(t, f, text(1<<20))
+		_, err := Decompress(f, src, 4<<20, m.reserve)
+		if err == nil || errors.Is(err, ErrCorrupt) || errors.Is(err, ErrTooLarge) || !strings.Contains(err.Error(), "no memory") {
+			t.Errorf("%s: %v, want the reserve's refusal", f, err)
+		}
+		if m.reserved > m.cap {
+			t.Errorf("%s: reserved %d past the cap %d", f, m.reserved, m.cap)
+		}
+	}
+}
+
+// FuzzDecompress: any input, any format, ends in a result within the limit or
+// an error, with no more memory used than was reserved.
+func FuzzDecompress(f *testing.F) {
+	for _, fm := range formats {
+		f.Add(int(fm), compress(f, fm, text(5000)))
+		f.Add(int(fm), compress(f, fm, make([]byte, 1<<20)))
+	}
+	f.Fuzz(func(t *testing.T, format int, src []byte) {
+		const limit = 256 << 10
+		var m meter
+		out, err := Decompress(Format(format&3), src, limit, m.reserve)
+		if err != nil {
+			if !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrTooLarge) {
+				t.Fatalf("an error of neither kind: %v", err)
+			}
+			return
+		}
+		if len(out) > limit || cap(out) > m.reserved {
+			t.Fatalf("%d bytes out (capacity %d) for a limit of %d and %d reserved", len(out), cap(out), limit, m.reserved)
+		}
+	})
+}
