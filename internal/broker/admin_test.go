@@ -54,11 +54,11 @@ func TestRetentionReclaimsExpiredMessages(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A pull from a reclaimed offset is told where the queue now starts.
-	pr, err := f.b.Pull(context.Background(), inst, "GID_tcp", "short", 0, 0, 16, TagFilter{}, 0)
+	pr, err := f.b.Pull(context.Background(), inst, "GID_tcp", "short", 0, 0, 16, Filter{}, 0)
 	if err != nil || len(pr.Messages) != 0 || pr.NextOffset != 1 || pr.MinOffset != 1 {
 		t.Fatalf("pull from a reclaimed offset: %+v, %v", pr, err)
 	}
-	pr, err = f.b.Pull(context.Background(), inst, "GID_tcp", "short", 0, pr.NextOffset, 16, TagFilter{}, 0)
+	pr, err = f.b.Pull(context.Background(), inst, "GID_tcp", "short", 0, pr.NextOffset, 16, Filter{}, 0)
 	if err != nil || len(pr.Messages) != 1 || pr.Messages[0].ID != fresh.ID {
 		t.Fatalf("after reclaim pulled %+v, %v", pr, err)
 	}
@@ -76,14 +76,14 @@ func TestRetentionReclaimsExpiredMessages(t *testing.T) {
 	if err := f.b.Reclaim(); err != nil {
 		t.Fatal(err)
 	}
-	if pr, _ := f.b.Pull(context.Background(), inst, "GID_tcp", "long", 0, 0, 16, TagFilter{}, 0); len(pr.Messages) != 0 {
+	if pr, _ := f.b.Pull(context.Background(), inst, "GID_tcp", "long", 0, 0, 16, Filter{}, 0); len(pr.Messages) != 0 {
 		t.Fatalf("long topic still delivers %d messages after 74 h", len(pr.Messages))
 	}
 	// The timer, stored 74 h ago, is due at 100 h and must still be delivered then.
 	f.clock.Advance(30 * time.Hour)
 	var got []StoredMessage
 	waitFor(t, func() bool {
-		pr, _ := f.b.Pull(context.Background(), inst, "GID_tcp", "short", 0, 2, 16, TagFilter{}, 0)
+		pr, _ := f.b.Pull(context.Background(), inst, "GID_tcp", "short", 0, 2, 16, Filter{}, 0)
 		got = pr.Messages
 		return len(got) > 0
 	})
@@ -203,7 +203,7 @@ func TestLateDeliveryOutlivesTheLongestRetention(t *testing.T) {
 	if err := f.b.Reclaim(); err != nil {
 		t.Fatal(err)
 	}
-	pr, err := f.b.Pull(context.Background(), inst, "GID_tcp", "t", 0, 0, 16, TagFilter{}, 0)
+	pr, err := f.b.Pull(context.Background(), inst, "GID_tcp", "t", 0, 0, 16, Filter{}, 0)
 	if err != nil || len(pr.Messages) != 1 || string(pr.Messages[0].Body) != "in 100 h" {
 		t.Fatalf("delivered timer after reclaim: %+v, %v", pr, err)
 	}

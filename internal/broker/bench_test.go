@@ -263,7 +263,7 @@ func BenchmarkRestartAfterKill(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		pr, err := br.Pull(context.Background(), inst, "GID_bench", "bench", 0, 0, 16, TagFilter{}, 0)
+		pr, err := br.Pull(context.Background(), inst, "GID_bench", "bench", 0, 0, 16, Filter{}, 0)
 		if err != nil || len(pr.Messages) == 0 {
 			b.Fatalf("first pull after restart: %d messages, %v", len(pr.Messages), err)
 		}

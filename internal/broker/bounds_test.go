@@ -22,12 +22,12 @@ func TestReadsAreBoundedInBytes(t *testing.T) {
 	}
 	huge := strings.Repeat("y", 3<<20)
 	f.publish("t", Message{Body: []byte(huge), Queue: AnyQueue})
-	pr, err := f.b.Pull(context.Background(), inst, "GID_tcp", "t", 0, 0, 32, TagFilter{}, 0)
+	pr, err := f.b.Pull(context.Background(), inst, "GID_tcp", "t", 0, 0, 32, Filter{}, 0)
 	if err != nil || len(pr.Messages) != 1 || pr.NextOffset != 1 {
 		t.Fatalf("pull of 700 KiB messages: %d messages, next %d, %v; want 1 under the %d-byte bound", len(pr.Messages), pr.NextOffset, err, MaxReadBytes)
 	}
 	// A message over the bound still goes, alone.
-	pr, err = f.b.Pull(context.Background(), inst, "GID_tcp", "t", 0, 3, 32, TagFilter{}, 0)
+	pr, err = f.b.Pull(context.Background(), inst, "GID_tcp", "t", 0, 3, 32, Filter{}, 0)
 	if err != nil || len(pr.Messages) != 1 || len(pr.Messages[0].Body) != len(huge) {
 		t.Fatalf("pull of a 3 MiB message: %d messages, %v", len(pr.Messages), err)
 	}

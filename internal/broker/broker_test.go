@@ -186,7 +186,7 @@ func TestCloseUnderConsumersInFlight(t *testing.T) {
 				if i%2 == 0 {
 					_, err = b.Pop(context.Background(), "MQ_INST_a", "t", PopRequest{Group: "GID_http", Max: 16, Wait: time.Second})
 				} else {
-					_, err = b.Pull(context.Background(), "MQ_INST_a", "GID_tcp", "t", i%4, 0, 32, TagFilter{}, time.Second)
+					_, err = b.Pull(context.Background(), "MQ_INST_a", "GID_tcp", "t", i%4, 0, 32, Filter{}, time.Second)
 				}
 				if err != nil {
 					errs <- err

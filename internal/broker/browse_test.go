@@ -234,7 +234,7 @@ func TestResetOffsetsOfAPullGroupMovesItsConsumers(t *testing.T) {
 	ctx := context.Background()
 	pull := func(offset int64) PullResult {
 		t.Helper()
-		res, err := f.b.Pull(ctx, inst, "GID_tcp", "t", 0, offset, 32, TagFilter{}, 0)
+		res, err := f.b.Pull(ctx, inst, "GID_tcp", "t", 0, offset, 32, Filter{}, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -310,7 +310,7 @@ func TestResetRacesConsumption(t *testing.T) {
 			return err
 		},
 		func(i int) error {
-			_, err := b.Pull(ctx, inst, "GID_tcp", "t", i%2, int64(i), 8, TagFilter{}, 0)
+			_, err := b.Pull(ctx, inst, "GID_tcp", "t", i%2, int64(i), 8, Filter{}, 0)
 			if err == nil {
 				err = b.CommitOffset(inst, "GID_tcp", "t", i%2, 0)
 			}

@@ -89,7 +89,7 @@ func TestCrashRecovery(t *testing.T) {
 	for q := range 4 {
 		last := map[string]int{}
 		for offset := int64(0); ; {
-			pr, err := b.Pull(ctx, crashInst, "GID_verify", "orders", q, offset, 1024, TagFilter{}, 0)
+			pr, err := b.Pull(ctx, crashInst, "GID_verify", "orders", q, offset, 1024, Filter{}, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -151,7 +151,7 @@ func TestCrashRecovery(t *testing.T) {
 	// Committed transactions survive; rolled-back ones never appear.
 	visible := map[string]bool{}
 	for offset := int64(0); ; {
-		pr, err := b.Pull(ctx, crashInst, "GID_verify", "payments", 0, offset, 1024, TagFilter{}, 0)
+		pr, err := b.Pull(ctx, crashInst, "GID_verify", "payments", 0, offset, 1024, Filter{}, 0)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -179,7 +179,7 @@ func (b *Broker) DeadLetters(instanceID, groupID string, offset int64, max int) 
 	if err != nil {
 		return nil, 0, fmt.Errorf("%w: %q", ErrGroupNotFound, groupID)
 	}
-	res, _, err := b.pullOnce(t.queues[0], offset, max, TagFilter{})
+	res, _, err := b.pullOnce(t.queues[0], offset, max, Filter{})
 	return res.Messages, res.NextOffset, err
 }
 

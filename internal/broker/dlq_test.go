@@ -92,7 +92,7 @@ func TestTCPSendBackRetriesWithDelayThenDeadLetters(t *testing.T) {
 		t.Fatal(err)
 	}
 	pullRetry := func() []StoredMessage {
-		pr, err := f.b.Pull(ctx, inst, "GID_tcp", RetryTopic("GID_tcp"), 0, 0, 16, TagFilter{}, 0)
+		pr, err := f.b.Pull(ctx, inst, "GID_tcp", RetryTopic("GID_tcp"), 0, 0, 16, Filter{}, 0)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -207,7 +207,7 @@ func TestPublishedMessagesAreReadBackWhole(t *testing.T) {
 
 	// It survives a restart.
 	f.reopen()
-	pr, err := f.b.Pull(context.Background(), inst, "GID_tcp", "t", 0, 0, 32, TagFilter{}, 0)
+	pr, err := f.b.Pull(context.Background(), inst, "GID_tcp", "t", 0, 0, 32, Filter{}, 0)
 	if err != nil || len(pr.Messages) != 1 {
 		t.Fatalf("Pull = %+v, %v", pr, err)
 	}
@@ -236,7 +236,7 @@ func TestShardingKeyKeepsPublishOrderInOneQueue(t *testing.T) {
 		queueOf[key] = r.Queue
 	}
 	for key, q := range queueOf {
-		pr, err := f.b.Pull(context.Background(), inst, "GID_tcp", "orders", q, 0, 100, TagFilter{}, 0)
+		pr, err := f.b.Pull(context.Background(), inst, "GID_tcp", "orders", q, 0, 100, Filter{}, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -287,7 +287,7 @@ func TestConcurrentPublishersGetDistinctOffsetsAndEverythingIsStored(t *testing.
 	}
 	total := 0
 	for q := range 4 {
-		pr, err := f.b.Pull(context.Background(), inst, "GID_tcp", "t", q, 0, 1024, TagFilter{}, 0)
+		pr, err := f.b.Pull(context.Background(), inst, "GID_tcp", "t", q, 0, 1024, Filter{}, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -379,6 +379,62 @@ func TestPopProgressSurvivesRestartAndUnackedComeBack(t *testing.T) {
 	}
 }
 
+// TestSQLFilter: a SQL92 filter reads the user's properties, TAGS and KEYS, on
+// pop and on pull alike; what it rules out is done for the group.
+func TestSQLFilter(t *testing.T) {
+	f := newFixture(t)
+	f.topic("t", Normal, 1)
+	f.group("GID_http", HTTP)
+	f.group("GID_tcp", TCP)
+	for i, m := range []Message{
+		{Tag: "A", Properties: map[string]string{"a": "1"}},
+		{Tag: "B", Properties: map[string]string{"a": "5"}},
+		{Tag: "A", Properties: map[string]string{"a": "x"}},
+		{Tag: "A"},
+		{Tag: "A", Keys: []string{"k1", "k2"}, Properties: map[string]string{"a": "2", "region": "eu-west"}},
+	} {
+		m.Body, m.Queue = []byte(fmt.Sprint(i)), AnyQueue
+		f.publish("t", m)
+	}
+	for expr, want := range map[string][]string{
+		"TAGS = 'A' AND a BETWEEN 0 AND 3": {"0", "4"},
+		"a > 1":                            {"1", "4"},
+		"a IS NULL":                        {"3"},
+		"KEYS CONTAINS 'k2' AND region STARTSWITH 'eu'": {"4"},
+		"TAGS IN ('B')": {"1"},
+	} {
+		filter, err := ParseSQLFilter(expr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := f.b.Pull(context.Background(), inst, "GID_tcp", "t", 0, 0, 32, filter, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var pulled []string
+		for _, m := range res.Messages {
+			pulled = append(pulled, string(m.Body))
+		}
+		if !slices.Equal(pulled, want) || res.NextOffset != 5 {
+			t.Errorf("pull with %q: %v, next offset %d; want %v and 5", expr, pulled, res.NextOffset, want)
+		}
+	}
+	filter, _ := ParseSQLFilter("a > 1")
+	got := f.pop("t", PopRequest{Group: "GID_http", Max: 16, Filter: filter})
+	if b := bodies(got); !slices.Equal(b, []string{"1", "4"}) {
+		t.Fatalf("pop with a > 1: %v", b)
+	}
+	f.ack("t", "GID_http", got...)
+	if rest := f.pop("t", PopRequest{Group: "GID_http", Max: 16}); len(rest) != 0 {
+		t.Fatalf("messages the filter ruled out delivered later: %v", bodies(rest))
+	}
+	for _, bad := range []string{"", "a >", "a = NULL", "a != 1"} {
+		if _, err := ParseSQLFilter(bad); !errors.Is(err, ErrInvalidArgument) {
+			t.Errorf("%q: %v, want ErrInvalidArgument", bad, err)
+		}
+	}
+}
+
 func TestTagFilter(t *testing.T) {
 	f := newFixture(t)
 	f.topic("t", Normal, 1)
@@ -452,7 +508,7 @@ func TestGroupProtocolIsEnforced(t *testing.T) {
 	if _, err := f.b.Pop(context.Background(), inst, "t", PopRequest{Group: "GID_tcp", Max: 1}); !errors.Is(err, ErrWrongProtocol) {
 		t.Fatalf("pop by a TCP group: %v", err)
 	}
-	if _, err := f.b.Pull(context.Background(), inst, "GID_http", "t", 0, 0, 1, TagFilter{}, 0); !errors.Is(err, ErrWrongProtocol) {
+	if _, err := f.b.Pull(context.Background(), inst, "GID_http", "t", 0, 0, 1, Filter{}, 0); !errors.Is(err, ErrWrongProtocol) {
 		t.Fatalf("pull by an HTTP group: %v", err)
 	}
 	if _, err := f.b.EnsureGroup(inst, GroupConfig{ID: "GID_tcp", Protocol: HTTP, Owner: "o"}); !errors.Is(err, ErrImmutable) {
@@ -519,7 +575,7 @@ func TestDeletingATopicRemovesItsMessages(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.topic("t", Normal, 1) // same name, new topic: starts empty
-	pr, err := f.b.Pull(context.Background(), inst, "GID_tcp", "t", 0, 0, 10, TagFilter{}, 0)
+	pr, err := f.b.Pull(context.Background(), inst, "GID_tcp", "t", 0, 0, 10, Filter{}, 0)
 	if err != nil || len(pr.Messages) != 0 || pr.MaxOffset != 0 {
 		t.Fatalf("recreated topic holds %+v, %v", pr, err)
 	}

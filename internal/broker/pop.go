@@ -45,7 +45,7 @@ type PopRequest struct {
 	// Wait is how long to wait for a message when none is ready, up to MaxPopWait.
 	Wait time.Duration
 	// Filter selects by tag.
-	Filter TagFilter
+	Filter Filter
 	// Orderly asks for ordered consumption: at most one batch of a queue in flight,
 	// and the next only once it is fully acknowledged. It needs an ordered topic.
 	Orderly bool

@@ -69,7 +69,7 @@ const MaxReadBytes = 1 << 20
 // entry that would pass it, unless *budget is whole (nothing taken yet), so that a
 // message larger than the budget is still delivered alone. It is decreased by what
 // visit takes.
-func (v *queueView) scan(from uint64, filter TagFilter, budget *int, skipped func(offset uint64), visit func(indexed, StoredMessage) bool) (next uint64, err error) {
+func (v *queueView) scan(from uint64, filter Filter, budget *int, skipped func(offset uint64), visit func(indexed, StoredMessage) bool) (next uint64, err error) {
 	whole := *budget
 	return v.walk(from, func(ix indexed) (walkStep, error) {
 		if !filter.mayMatch(ix.entry.tagHash) {
@@ -83,7 +83,7 @@ func (v *queueView) scan(from uint64, filter TagFilter, budget *int, skipped fun
 		if err != nil {
 			return walkStopBefore, err
 		}
-		if !filter.matches(m.Tag) {
+		if !filter.matches(&m.Message) {
 			skipped(ix.offset)
 			return walkOn, nil
 		}
@@ -265,7 +265,7 @@ type PullResult struct {
 // Pull reads up to max messages of one queue from offset, for a TCP group. With no
 // message to return it waits up to wait for one to arrive. An offset outside the
 // queue is answered with no messages and NextOffset at the nearest valid offset.
-func (b *Broker) Pull(ctx context.Context, instanceID, groupID, topicName string, queueID int, offset int64, max int, filter TagFilter, wait time.Duration) (PullResult, error) {
+func (b *Broker) Pull(ctx context.Context, instanceID, groupID, topicName string, queueID int, offset int64, max int, filter Filter, wait time.Duration) (PullResult, error) {
 	if err := b.enter(); err != nil {
 		return PullResult{}, err
 	}
@@ -345,7 +345,7 @@ func readWithin(ctx context.Context, read func() (found, used int, err error)) e
 
 // pullOnce reads up to max messages from offset, and returns with them the
 // bytes of their records.
-func (b *Broker) pullOnce(q *queue, offset int64, max int, filter TagFilter) (PullResult, int, error) {
+func (b *Broker) pullOnce(q *queue, offset int64, max int, filter Filter) (PullResult, int, error) {
 	res := PullResult{MinOffset: int64(q.min.Load()), MaxOffset: int64(q.durable.Load())}
 	switch {
 	case offset < res.MinOffset:

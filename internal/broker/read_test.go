@@ -72,7 +72,7 @@ func TestPullWhilePublishingMissesNothing(t *testing.T) {
 	f.group("GID_tcp", TCP)
 	offset := int64(0)
 	accountWhilePublishing(t, f, "t", func() [][]byte {
-		res, err := f.b.Pull(context.Background(), inst, "GID_tcp", "t", 0, offset, 32, TagFilter{}, 0)
+		res, err := f.b.Pull(context.Background(), inst, "GID_tcp", "t", 0, offset, 32, Filter{}, 0)
 		if err != nil {
 			t.Fatal(err)
 		}

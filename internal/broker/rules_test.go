@@ -174,7 +174,7 @@ func TestSendBackNamesOnlyADeliveredMessageOfTheGroup(t *testing.T) {
 		}
 	}
 	ctx := context.Background()
-	if pr, _ := f.b.Pull(ctx, inst, "GID_a", RetryTopic("GID_a"), 0, 0, 16, TagFilter{}, 0); len(pr.Messages) != 0 {
+	if pr, _ := f.b.Pull(ctx, inst, "GID_a", RetryTopic("GID_a"), 0, 0, 16, Filter{}, 0); len(pr.Messages) != 0 {
 		t.Fatalf("a pending message became visible on the retry topic: %+v", pr.Messages)
 	}
 	// A delivered message can be sent back; a copy on one group's retry topic
@@ -186,7 +186,7 @@ func TestSendBackNamesOnlyADeliveredMessageOfTheGroup(t *testing.T) {
 	f.clock.Advance(2 * time.Second)
 	var retry []StoredMessage
 	waitFor(t, func() bool {
-		pr, _ := f.b.Pull(ctx, inst, "GID_a", RetryTopic("GID_a"), 0, 0, 16, TagFilter{}, 0)
+		pr, _ := f.b.Pull(ctx, inst, "GID_a", RetryTopic("GID_a"), 0, 0, 16, Filter{}, 0)
 		retry = pr.Messages
 		return len(retry) == 1
 	})

@@ -195,7 +195,7 @@ func TestTCPTransactionCheckGoesToTheProducerGroup(t *testing.T) {
 	if err := f.b.ResolveTransaction(inst, res.Seq, "PG_orders", true); err != nil {
 		t.Fatalf("a repeated decision must be harmless: %v", err)
 	}
-	pr, err := f.b.Pull(context.Background(), inst, "GID_tcp", "txn", 0, 0, 16, TagFilter{}, 0)
+	pr, err := f.b.Pull(context.Background(), inst, "GID_tcp", "txn", 0, 0, 16, Filter{}, 0)
 	if err != nil || len(pr.Messages) != 1 || pr.Messages[0].Seq != res.Seq {
 		t.Fatalf("pull after commit: %+v, %v", pr, err)
 	}

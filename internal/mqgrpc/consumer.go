@@ -24,21 +24,26 @@ const (
 	maxAckEntries = 1024
 )
 
-// filterOf parses a subscription's filter: tags only.
-func filterOf(f *pb.FilterExpression) (broker.TagFilter, *pb.Status) {
+// filterOf parses a subscription's filter: tags, or a SQL92 expression over the
+// message's properties (docs/sqlfilter.md).
+func filterOf(f *pb.FilterExpression) (broker.Filter, *pb.Status) {
 	if f == nil {
-		return broker.TagFilter{}, nil
+		return broker.Filter{}, nil
 	}
+	var filter broker.Filter
+	var err error
 	switch f.Type {
 	case pb.FilterType_TAG, pb.FilterType_FILTER_TYPE_UNSPECIFIED:
-		tf, err := broker.ParseTagFilter(f.Expression)
-		if err != nil {
-			return tf, statusf(pb.Code_ILLEGAL_FILTER_EXPRESSION, "%v", err)
-		}
-		return tf, nil
+		filter, err = broker.ParseTagFilter(f.Expression)
+	case pb.FilterType_SQL:
+		filter, err = broker.ParseSQLFilter(f.Expression)
 	default:
-		return broker.TagFilter{}, statusf(pb.Code_ILLEGAL_FILTER_EXPRESSION, "%s filters are not supported; filter by tag", f.Type)
+		return broker.Filter{}, statusf(pb.Code_ILLEGAL_FILTER_EXPRESSION, "filter type %s is not one of TAG and SQL", f.Type)
 	}
+	if err != nil {
+		return filter, statusf(pb.Code_ILLEGAL_FILTER_EXPRESSION, "%v", err)
+	}
+	return filter, nil
 }
 
 // ReceiveMessage pops messages for the group and streams them: a status, the

@@ -78,7 +78,7 @@ func TestGzipBombsInOneSendStayWithinABatch(t *testing.T) {
 	if res, err := cl.SendMessage(ctx, small); err != nil || res.Status.GetCode() != pb.Code_OK {
 		t.Fatalf("a send of three gzipped bodies: %v, %v", res.GetStatus(), err)
 	}
-	got, err := e.broker.Pull(ctx, testInstance, "GID_tcp", "normal", 0, 0, 8, broker.TagFilter{}, 0)
+	got, err := e.broker.Pull(ctx, testInstance, "GID_tcp", "normal", 0, 0, 8, broker.Filter{}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -455,16 +455,61 @@ func TestTagFilter(t *testing.T) {
 	if mvs, err := c.Receive(context.Background(), 16, 20*time.Second); !isCode(err, 40401) {
 		t.Fatalf("the filtered-out message came: %d, %v", len(mvs), err)
 	}
-	// SQL92 filters are not served.
-	sql, err := rmq.NewSimpleConsumer(e.config("GID_tags"), rmq.WithSimpleAwaitDuration(time.Second),
-		rmq.WithSimpleSubscriptionExpressions(map[string]*rmq.FilterExpression{"normal": rmq.NewFilterExpressionWithType("a > 1", rmq.SQL92)}))
+}
+
+// TestSQLFilter: the Go client's SQL92 subscription selects by the properties
+// it set, and by TAGS and KEYS; a bad expression is ILLEGAL_FILTER_EXPRESSION.
+func TestSQLFilter(t *testing.T) {
+	e := newEnv(t)
+	e.topic("normal", broker.Normal, 2)
+	e.group("GID_sql", broker.HTTP, 0)
+	e.group("GID_badsql", broker.HTTP, 0)
+	p := e.producer(rmq.WithTopics("normal"))
+	for i, tc := range []struct{ tag, a, region string }{{"TagA", "1", "eu"}, {"TagA", "2", "us"}, {"TagB", "3", "eu"}, {"TagA", "", "eu"}, {"TagA", "7", "eu-west"}} {
+		m := &rmq.Message{Topic: "normal", Body: []byte(fmt.Sprint(i))}
+		m.SetTag(tc.tag)
+		m.SetKeys(fmt.Sprintf("key%d", i))
+		if tc.a != "" {
+			m.AddProperty("a", tc.a)
+		}
+		m.AddProperty("region", tc.region)
+		if _, err := p.Send(context.Background(), m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := rmq.NewSimpleConsumer(e.config("GID_sql"), rmq.WithSimpleAwaitDuration(time.Second),
+		rmq.WithSimpleSubscriptionExpressions(map[string]*rmq.FilterExpression{
+			"normal": rmq.NewFilterExpressionWithType("TAGS = 'TagA' AND a > 1 AND region STARTSWITH 'eu' OR KEYS = 'key1'", rmq.SQL92)}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := sql.Start(); err == nil {
-		defer sql.GracefulStop()
-		if _, err := sql.Receive(context.Background(), 16, 20*time.Second); !isCode(err, 40010) {
-			t.Fatalf("an SQL92 receive: %v, want ILLEGAL_FILTER_EXPRESSION", err)
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer c.GracefulStop()
+	var bodies []string
+	for _, mv := range receive(t, c, 2, 20*time.Second, 10*time.Second) {
+		bodies = append(bodies, body(mv))
+		if err := c.Ack(context.Background(), mv); err != nil {
+			t.Fatal(err)
+		}
+	}
+	slices.Sort(bodies)
+	if !slices.Equal(bodies, []string{"1", "4"}) {
+		t.Fatalf("received %v, want 1 (by its key) and 4", bodies)
+	}
+	if mvs, err := c.Receive(context.Background(), 16, 20*time.Second); !isCode(err, 40401) {
+		t.Fatalf("a message the filter rules out came: %d, %v", len(mvs), err)
+	}
+	bad, err := rmq.NewSimpleConsumer(e.config("GID_badsql"), rmq.WithSimpleAwaitDuration(time.Second),
+		rmq.WithSimpleSubscriptionExpressions(map[string]*rmq.FilterExpression{"normal": rmq.NewFilterExpressionWithType("a >", rmq.SQL92)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bad.Start(); err == nil {
+		defer bad.GracefulStop()
+		if _, err := bad.Receive(context.Background(), 16, 20*time.Second); !isCode(err, 40010) {
+			t.Fatalf("a receive with a bad SQL92 expression: %v, want ILLEGAL_FILTER_EXPRESSION", err)
 		}
 	}
 }

@@ -26,7 +26,7 @@ type member struct {
 
 type subscription struct {
 	expr   string
-	filter broker.TagFilter
+	filter broker.Filter
 }
 
 // registry tracks live clients: consumer group members, for rebalancing and pull
@@ -174,7 +174,7 @@ func (r *registry) members(key groupKey) []string {
 
 // subscription returns the group's filter for a topic, preferring what the member
 // on this connection declared.
-func (r *registry) subscription(key groupKey, c *conn, topic string) (broker.TagFilter, bool) {
+func (r *registry) subscription(key groupKey, c *conn, topic string) (broker.Filter, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var found *subscription
@@ -187,7 +187,7 @@ func (r *registry) subscription(key groupKey, c *conn, topic string) (broker.Tag
 		}
 	}
 	if found == nil {
-		return broker.TagFilter{}, false
+		return broker.Filter{}, false
 	}
 	return found.filter, true
 }

@@ -75,7 +75,7 @@ func TestCompressedSendsAreStoredPlain(t *testing.T) {
 		}
 		want[string(plain)] = tc.sysFlag
 	}
-	res, err := e.broker.Pull(context.Background(), testInstance, "GID_c", "TopicC", 0, 0, 32, broker.TagFilter{}, 0)
+	res, err := e.broker.Pull(context.Background(), testInstance, "GID_c", "TopicC", 0, 0, 32, broker.Filter{}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -91,11 +91,7 @@ func (s *Server) heartbeat(rc reqContext, c *conn, req *Command) *Command {
 				refusals = append(refusals, err.Error())
 				continue
 			}
-			if sub.ExprType != "" && sub.ExprType != "TAG" {
-				refusals = append(refusals, fmt.Sprintf("%s subscriptions are not supported, only TAG", sub.ExprType))
-				continue
-			}
-			f, err := broker.ParseTagFilter(sub.SubString)
+			f, err := subscriptionFilter(sub.ExprType, sub.SubString)
 			if err != nil {
 				refusals = append(refusals, err.Error())
 				continue
@@ -114,6 +110,41 @@ func (s *Server) heartbeat(rc reqContext, c *conn, req *Command) *Command {
 		}
 		s.Log.Info("Heartbeat refused in part", "client", hb.ClientID, "reasons", refusals)
 		return response(req, codeSubscriptionMissing, fmt.Sprint(refusals))
+	}
+	return response(req, codeSuccess, "")
+}
+
+// subscriptionFilter compiles a subscription: a tag expression (expressionType
+// TAG, or none) or a SQL92 one over the message's properties.
+func subscriptionFilter(exprType, expr string) (broker.Filter, error) {
+	switch exprType {
+	case "", "TAG":
+		return broker.ParseTagFilter(expr)
+	case "SQL92":
+		return broker.ParseSQLFilter(expr)
+	}
+	return broker.Filter{}, fmt.Errorf("expression type %.32q: TAG or SQL92", exprType)
+}
+
+// checkClientConfig answers CHECK_CLIENT_CONFIG, which the Java push consumer
+// sends on start for each subscription that is not by tag: SUCCESS if the
+// expression compiles, SUBSCRIPTION_PARSE_FAILED with the reason if not (as
+// RocketMQ's broker answers).
+func (s *Server) checkClientConfig(req *Command) *Command {
+	var body struct {
+		Subscription struct {
+			SubString string `json:"subString"`
+			ExprType  string `json:"expressionType"`
+		} `json:"subscriptionData"`
+	}
+	if len(req.Body) > maxHeartbeatBody {
+		return response(req, codeSystemError, fmt.Sprintf("a body of %d bytes; at most %d", len(req.Body), maxHeartbeatBody))
+	}
+	if err := json.Unmarshal(req.Body, &body); err != nil {
+		return response(req, codeSystemError, "malformed client config: "+err.Error())
+	}
+	if _, err := subscriptionFilter(body.Subscription.ExprType, body.Subscription.SubString); err != nil {
+		return response(req, codeSubscriptionParse, err.Error())
 	}
 	return response(req, codeSuccess, "")
 }

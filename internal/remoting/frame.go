@@ -278,6 +278,7 @@ const (
 	codePullRetryImmediate  = 20
 	codePullOffsetMoved     = 21
 	codeQueryNotFound       = 22
+	codeSubscriptionParse   = 23 // SUBSCRIPTION_PARSE_FAILED
 	codeSubscriptionMissing = 24
 	codeGroupNotExist       = 26
 )
@@ -297,6 +298,7 @@ const (
 	reqConsumerSendMsgBack  = 36
 	reqEndTransaction       = 37
 	reqGetConsumerList      = 38
+	reqCheckClientConfig    = 46
 	reqCheckTransaction     = 39
 	reqNotifyConsumerIDs    = 40
 	reqLockBatchMQ          = 41

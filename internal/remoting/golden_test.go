@@ -494,7 +494,7 @@ func (e *env) storedIn(instance, topic string) int64 {
 // nothing).
 func (e *env) queueMessages(instance, group, topic string, queue int) []broker.StoredMessage {
 	e.t.Helper()
-	res, err := e.broker.Pull(context.Background(), instance, group, topic, queue, 0, 1024, broker.TagFilter{}, 0)
+	res, err := e.broker.Pull(context.Background(), instance, group, topic, queue, 0, 1024, broker.Filter{}, 0)
 	if err != nil {
 		e.t.Fatal(err)
 	}

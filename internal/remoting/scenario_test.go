@@ -439,3 +439,57 @@ func TestCompressedBodiesReachEveryWire(t *testing.T) {
 		}
 	}
 }
+
+// TestSQL92Subscription: the Go client's SQL92 push subscription, which it
+// sends in its heartbeat, selects by the properties the producer set and by
+// TAGS; a subscription that does not compile is refused in the heartbeat's
+// answer, and CHECK_CLIENT_CONFIG, the Java consumer's check on start, says
+// why.
+func TestSQL92Subscription(t *testing.T) {
+	e := newEnv(t)
+	// One queue, so that one pull answers every message the filter lets through.
+	e.topic("TopicS", broker.Normal, 1)
+	e.group("GID_sql", broker.TCP, 16)
+	p := e.producer(producer.WithGroupName("PID_sql"))
+	for i, tc := range []struct{ tag, a string }{{"T", "1"}, {"T", "2"}, {"U", "3"}, {"T", ""}, {"T", "x"}, {"T", "10"}} {
+		m := primitive.NewMessage("TopicS", []byte(fmt.Sprint(i))).WithTag(tc.tag)
+		if tc.a != "" {
+			m.WithProperty("a", tc.a)
+		}
+		if _, err := p.SendSync(context.Background(), m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := e.consume("GID_sql", "TopicS", consumer.MessageSelector{Type: consumer.SQL92, Expression: "TAGS = 'T' AND a > 1"}, consumer.ConsumeSuccess)
+	msgs := got.wait(t, 15*time.Second, func(ms []*primitive.MessageExt) bool {
+		return len(ms) >= 2 && slices.ContainsFunc(ms, func(m *primitive.MessageExt) bool { return string(m.Body) == "5" })
+	})
+	var bodies []string
+	for _, m := range msgs {
+		bodies = append(bodies, string(m.Body))
+	}
+	if slices.Sort(bodies); !slices.Equal(bodies, []string{"1", "5"}) {
+		t.Fatalf("consumed %v, want 1 and 5", bodies)
+	}
+
+	c := e.raw()
+	check := func(exprType, expr string) *Command {
+		body := fmt.Sprintf(`{"clientId":"c1","group":"GID_sql","subscriptionData":{"topic":"TopicS","subString":%q,"expressionType":%q,"classFilterMode":false,"tagsSet":[],"codeSet":[],"subVersion":1}}`, expr, exprType)
+		return c.call(reqCheckClientConfig, nil, []byte(body), testAK, testSK)
+	}
+	if res := check("SQL92", "a BETWEEN 1 AND 3"); res.Code != codeSuccess {
+		t.Errorf("CHECK_CLIENT_CONFIG of a good expression: %d %q", res.Code, res.Remark)
+	}
+	if res := check("TAG", "*"); res.Code != codeSuccess {
+		t.Errorf("CHECK_CLIENT_CONFIG of a tag subscription: %d %q", res.Code, res.Remark)
+	}
+	for exprType, expr := range map[string]string{"SQL92": "a BETWEEN 3 AND 1", "JSON": "x"} {
+		if res := check(exprType, expr); res.Code != codeSubscriptionParse || res.Remark == "" {
+			t.Errorf("CHECK_CLIENT_CONFIG of %s %q: %d %q, want SUBSCRIPTION_PARSE_FAILED with the reason", exprType, expr, res.Code, res.Remark)
+		}
+	}
+	hb := `{"clientID":"c2","consumerDataSet":[{"groupName":"GID_sql","subscriptionDataSet":[{"topic":"TopicS","subString":"a >","expressionType":"SQL92"}]}]}`
+	if res := c.call(reqHeartbeat, nil, []byte(hb), testAK, testSK); res.Code != codeSubscriptionMissing || !strings.Contains(res.Remark, "SQL92") {
+		t.Errorf("a heartbeat with a bad SQL92 subscription: %d %q", res.Code, res.Remark)
+	}
+}

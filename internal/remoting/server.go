@@ -202,7 +202,7 @@ func (s *Server) handle(ctx context.Context, c *conn, req *Command, mem *frameMe
 		return res
 	}
 	switch req.Code {
-	case reqSendMessage, reqSendMessageV2, reqSendBatchMessage, reqHeartbeat, reqLockBatchMQ, reqUnlockBatchMQ:
+	case reqSendMessage, reqSendMessageV2, reqSendBatchMessage, reqHeartbeat, reqLockBatchMQ, reqUnlockBatchMQ, reqCheckClientConfig:
 	default:
 		req.Body = nil
 		mem.give()
@@ -227,6 +227,8 @@ func (s *Server) handle(ctx context.Context, c *conn, req *Command, mem *frameMe
 		return response(req, codeSuccess, "")
 	case reqGetConsumerList:
 		return s.consumerList(rc, req)
+	case reqCheckClientConfig:
+		return s.checkClientConfig(req)
 	case reqQueryConsumerOffset:
 		return s.queryOffset(rc, req)
 	case reqUpdateConsumerOffset:

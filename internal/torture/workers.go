@@ -376,7 +376,7 @@ func (k *worker) pullOnce(ctx context.Context, q broker.QueueRef, offsets map[st
 			off = committed
 		}
 	}
-	res, err := b.Pull(ctx, instanceID, gPull, q.Topic, q.Queue, off, 32, broker.TagFilter{}, 0)
+	res, err := b.Pull(ctx, instanceID, gPull, q.Topic, q.Queue, off, 32, broker.Filter{}, 0)
 	if err != nil {
 		return 0, err
 	}
