@@ -53,14 +53,20 @@ func (v *queueView) close() {
 // there, as RocketMQ's broker answers a pull that found nothing matching.
 const maxScan = 4096
 
+// maxSQLScan is maxScan for a SQL92 filter, which reads and evaluates every entry's
+// record where a tag filter rules most out from the index: a read of a backlog
+// that nothing matches costs about what a tag filter's does (a millisecond or two).
+const maxSQLScan = 512
+
 // MaxReadBytes bounds the records one pull or pop returns (and so what one answer
 // holds in memory): it stops before the message that would pass it, but always
 // returns at least one. RocketMQ's broker stops at 256 KiB (from memory) or 64 KiB
 // (from disk); a larger bound keeps small messages to full batches of 16 or 32.
 const MaxReadBytes = 1 << 20
 
-// scan walks the view's entries from offset from, at most maxScan of them, and
-// hands visit each one whose message matches filter, with its record. It stops
+// scan walks the view's entries from offset from, at most maxScan of them
+// (maxSQLScan for a SQL92 filter), and hands visit each one whose message
+// matches filter, with its record. It stops
 // once visit returns false (it wants no more), and returns the offset after the
 // last entry it handled: the next read starts there. skipped is called for each entry the
 // filter rules out, matched or not against the record.
@@ -71,7 +77,11 @@ const MaxReadBytes = 1 << 20
 // visit takes.
 func (v *queueView) scan(from uint64, filter Filter, budget *int, skipped func(offset uint64), visit func(indexed, StoredMessage) bool) (next uint64, err error) {
 	whole := *budget
-	return v.walk(from, func(ix indexed) (walkStep, error) {
+	limit := maxScan
+	if filter.sql != nil {
+		limit = maxSQLScan
+	}
+	return v.walkUpTo(from, limit, func(ix indexed) (walkStep, error) {
 		if !filter.mayMatch(ix.entry.tagHash) {
 			skipped(ix.offset)
 			return walkOn, nil
@@ -108,13 +118,18 @@ const (
 // until fn stops, and returns the offset after the last one handled (the view's
 // end if it walked to the end).
 func (v *queueView) walk(from uint64, fn func(indexed) (walkStep, error)) (next uint64, err error) {
+	return v.walkUpTo(from, maxScan, fn)
+}
+
+// walkUpTo is walk over at most limit entries.
+func (v *queueView) walkUpTo(from uint64, limit int, fn func(indexed) (walkStep, error)) (next uint64, err error) {
 	next = max(from, v.q.min.Load())
 	if next >= v.end {
 		return next, nil
 	}
 	n := 0
 	for ok := v.idx.seekGE(queueKey(v.q.topic.id, v.q.id, next)); ok; ok = v.idx.next() {
-		if n == maxScan {
+		if n == limit {
 			return next, nil
 		}
 		n++

@@ -316,6 +316,24 @@ func TestScansAreBounded(t *testing.T) {
 	if err != nil || len(pr.Messages) != 1 || string(pr.Messages[0].Body) != "b" {
 		t.Fatalf("second pull: %+v, %v", pr, err)
 	}
+	// A SQL92 filter reads every record it scans: its step is smaller.
+	sqlB, _ := ParseSQLFilter("TAGS = 'b'")
+	for from, want := int64(0), int64(maxSQLScan); ; want = min(want+maxSQLScan, int64(n)) {
+		pr, err = f.b.Pull(context.Background(), inst, "GID_tcp", "t", 0, from, 32, sqlB, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(pr.Messages) == 1 {
+			if string(pr.Messages[0].Body) != "b" || from+maxSQLScan <= int64(n) {
+				t.Fatalf("a SQL92 pull from %d: %q, out of its step", from, pr.Messages[0].Body)
+			}
+			break
+		}
+		if len(pr.Messages) != 0 || pr.NextOffset != want {
+			t.Fatalf("a SQL92 pull from %d: %d messages, next %d; want none and %d", from, len(pr.Messages), pr.NextOffset, want)
+		}
+		from = pr.NextOffset
+	}
 	// A pop goes on scanning by itself, a bounded step at a time.
 	ds := f.pop("t", PopRequest{Group: "GID_http", Max: 16, Filter: onlyB})
 	if len(ds) != 1 || string(ds[0].Body) != "b" {

@@ -182,9 +182,10 @@ func lexNumber(src string, i int) (token, int, error) {
 // (<, <=, >, >=, [NOT] BETWEEN, [NOT] IN, [NOT] CONTAINS, STARTSWITH, ENDSWITH);
 // unary (+, -, NOT); literals, properties and parentheses.
 type parser struct {
-	toks  []token
-	at    int
-	depth int
+	toks   []token
+	at     int
+	depth  int
+	leaves int
 }
 
 func (p *parser) peek() token { return p.toks[p.at] }
@@ -458,6 +459,9 @@ func (p *parser) unary() (node, error) {
 }
 
 func (p *parser) primary() (node, error) {
+	if p.leaves++; p.leaves > maxLeaves {
+		return nil, fmt.Errorf("the expression has more than %d properties and literals", maxLeaves)
+	}
 	t := p.next()
 	switch t.kind {
 	case tIdent:

