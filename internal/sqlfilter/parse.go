@@ -55,6 +55,9 @@ func isDigit(c byte) bool { return c >= '0' && c <= '9' }
 func lex(src string) ([]token, error) {
 	var toks []token
 	for i := 0; i < len(src); {
+		if len(toks) == maxTokens {
+			return nil, fmt.Errorf("the expression has more than %d tokens", maxTokens)
+		}
 		c := src[i]
 		switch {
 		case c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\f':

@@ -27,6 +27,9 @@ const (
 	MaxLength = 8 << 10
 	maxDepth  = 64
 	maxLeaves = 64
+	// maxTokens bounds what lexing holds before the parse refuses an expression
+	// (an IN list of a thousand strings is 2,000).
+	maxTokens = 2048
 )
 
 // Expr is a compiled selector. It is immutable and safe for concurrent use.

@@ -150,6 +150,9 @@ func TestParseErrors(t *testing.T) {
 	if _, err := Parse("a IN ('" + strings.Repeat("x', '", 1000) + "y')"); err != nil {
 		t.Errorf("an IN list of 1001 strings: %v", err)
 	}
+	if _, err := Parse(strings.Repeat("(", 3000)); err == nil || !strings.Contains(err.Error(), "tokens") {
+		t.Errorf("3000 parentheses: %v", err)
+	}
 	if _, err := Parse("a = '" + strings.Repeat("x", MaxLength) + "'"); err == nil {
 		t.Error("an expression over MaxLength was accepted")
 	}
