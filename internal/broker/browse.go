@@ -2,7 +2,6 @@ package broker
 
 import (
 	"cmp"
-	"encoding/binary"
 	"fmt"
 	"slices"
 	"strings"
@@ -329,7 +328,7 @@ func (b *Broker) deliveryOf(g *group, q *queue, offset int64, notDue bool) (d Gr
 	d = GroupDelivery{Group: g.name, Protocol: g.protocol}
 	// The group's stored offsets on the topic: whether it consumes it, and its
 	// committed offset on q.
-	prefix := binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32([]byte{kindOffset}, g.id), q.topic.id)
+	prefix := offsetTopicPrefix(g.id, q.topic.id)
 	it, err := b.store.iter(prefix, prefixEnd(prefix))
 	if err != nil {
 		return d, false, err
@@ -337,8 +336,9 @@ func (b *Broker) deliveryOf(g *group, q *queue, offset int64, notDue bool) (d Gr
 	committed := q.min.Load() // a queue of a consumed topic the group never touched starts at its oldest
 	for ok := it.first(); ok; ok = it.next() {
 		consumes = true
-		if k := it.key(); len(k) == 13 && int(binary.BigEndian.Uint32(k[9:])) == q.id && len(it.value()) == 8 {
-			committed = max64(committed, binary.BigEndian.Uint64(it.value()))
+		_, queue, kok := offsetKeyQueue(it.key())
+		if off, vok := decodeOffset(it.value()); kok && vok && queue == q.id {
+			committed = max64(committed, off)
 		}
 	}
 	if err := it.close(); err != nil {

@@ -192,7 +192,7 @@ func (b *Broker) DeleteGroup(instanceID, id, owner string) error {
 // dropGroupLocked removes g from the registries and adds the deletion of its
 // progress and metadata to w. b.mu should be held.
 func (b *Broker) dropGroupLocked(w writeBatch, g *group) {
-	prefix := binary.BigEndian.AppendUint32([]byte{kindOffset}, g.id)
+	prefix := offsetPrefix(g.id)
 	w.deleteRange(prefix, prefixEnd(prefix))
 	w.delete(metaKey(metaGroup, topicIDString(g.id)))
 	b.dropSystemTopicsLocked(w, b.instances[g.instance], g)
@@ -203,7 +203,7 @@ func (b *Broker) dropGroupLocked(w writeBatch, g *group) {
 // forgetTopic drops g's progress on t, which is being deleted, adding the deletion
 // of its stored offsets to w.
 func (g *group) forgetTopic(w writeBatch, t *topic) {
-	prefix := binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32([]byte{kindOffset}, g.id), t.id)
+	prefix := offsetTopicPrefix(g.id, t.id)
 	w.deleteRange(prefix, prefixEnd(prefix))
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -385,15 +385,16 @@ func (b *Broker) GroupStats(instanceID, groupID string) (GroupStats, error) {
 	// Committed offsets as stored, then the pop state in memory, which is newer.
 	committed := map[*queue]uint64{}
 	inflight := map[*queue]int64{}
-	prefix := binary.BigEndian.AppendUint32([]byte{kindOffset}, g.id)
+	prefix := offsetPrefix(g.id)
 	it, err := b.store.iter(prefix, prefixEnd(prefix))
 	if err != nil {
 		return GroupStats{}, err
 	}
 	for ok := it.first(); ok; ok = it.next() {
-		k := it.key()
-		if q := b.queueByID(binary.BigEndian.Uint32(k[5:]), int(binary.BigEndian.Uint32(k[9:]))); q != nil && len(it.value()) == 8 {
-			committed[q] = binary.BigEndian.Uint64(it.value())
+		topic, queue, kok := offsetKeyQueue(it.key())
+		off, vok := decodeOffset(it.value())
+		if q := b.queueByID(topic, queue); q != nil && kok && vok {
+			committed[q] = off
 		}
 	}
 	if err := it.close(); err != nil {

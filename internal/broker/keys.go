@@ -80,13 +80,40 @@ func keyIndexKey(topic uint32, key string, seq uint64) []byte {
 	return binary.BigEndian.AppendUint64(k, seq)
 }
 
+// A group's committed offset on a queue: 'o' group(4) topic(4) queue(4) ->
+// offset(8), the next offset to consume. TCP groups commit it; HTTP groups' pop
+// state stores it as it moves.
+
 func offsetKey(group, topic uint32, queue int) []byte {
-	k := make([]byte, 13)
+	return binary.BigEndian.AppendUint32(offsetTopicPrefix(group, topic), uint32(queue))
+}
+
+// offsetPrefix covers a group's offsets, offsetTopicPrefix its offsets on a topic.
+func offsetPrefix(group uint32) []byte {
+	k := make([]byte, 1, 13)
 	k[0] = kindOffset
-	binary.BigEndian.PutUint32(k[1:], group)
-	binary.BigEndian.PutUint32(k[5:], topic)
-	binary.BigEndian.PutUint32(k[9:], uint32(queue))
-	return k
+	return binary.BigEndian.AppendUint32(k, group)
+}
+
+func offsetTopicPrefix(group, topic uint32) []byte {
+	return binary.BigEndian.AppendUint32(offsetPrefix(group), topic)
+}
+
+// offsetKeyQueue returns the topic and queue of an offset key.
+func offsetKeyQueue(k []byte) (topic uint32, queue int, ok bool) {
+	if len(k) != 13 || k[0] != kindOffset {
+		return 0, 0, false
+	}
+	return binary.BigEndian.Uint32(k[5:]), int(binary.BigEndian.Uint32(k[9:])), true
+}
+
+func encodeOffset(offset uint64) []byte { return binary.BigEndian.AppendUint64(nil, offset) }
+
+func decodeOffset(v []byte) (uint64, bool) {
+	if len(v) != 8 {
+		return 0, false
+	}
+	return binary.BigEndian.Uint64(v), true
 }
 
 func metaKey(kind byte, id string) []byte {

@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"encoding/binary"
 	"fmt"
 	"sync"
 	"time"
@@ -21,16 +20,24 @@ func (b *Broker) ConsumerOffset(instanceID, groupID, topicName string, queueID i
 	if err != nil {
 		return 0, false, err
 	}
+	off, found, err := b.storedOffset(g, q)
+	return int64(off), found, err
+}
+
+// storedOffset returns g's committed offset on q as stored; found is false if
+// there is none.
+func (b *Broker) storedOffset(g *group, q *queue) (offset uint64, found bool, err error) {
 	raw, err := b.store.get(offsetKey(g.id, q.topic.id, q.id))
 	switch {
 	case err == errNotFound:
 		return 0, false, nil
 	case err != nil:
 		return 0, false, err
-	case len(raw) != 8:
-		return 0, false, fmt.Errorf("corrupt offset of group %q", groupID)
 	}
-	return int64(binary.BigEndian.Uint64(raw)), true, nil
+	if offset, found = decodeOffset(raw); !found {
+		return 0, false, fmt.Errorf("corrupt offset of group %q on queue %d of %q", g.name, q.id, q.topic.name)
+	}
+	return offset, true, nil
 }
 
 // CommitOffset records the group's progress on a queue: the next offset to consume.
@@ -60,7 +67,7 @@ func (b *Broker) CommitOffset(instanceID, groupID, topicName string, queueID int
 		}
 	}
 	w := b.store.newBatch()
-	w.set(offsetKey(g.id, q.topic.id, q.id), binary.BigEndian.AppendUint64(nil, uint64(offset)))
+	w.set(offsetKey(g.id, q.topic.id, q.id), encodeOffset(uint64(offset)))
 	return b.store.commitNoSync(w)
 }
 

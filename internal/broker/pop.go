@@ -259,7 +259,7 @@ func (b *Broker) storeProgress(g *group, touched map[*popQueue]*queue) error {
 	w := b.store.newBatch()
 	for pq, q := range touched {
 		if committed, moved := pq.unstoredProgress(); moved {
-			w.set(offsetKey(g.id, q.topic.id, q.id), binary.BigEndian.AppendUint64(nil, committed))
+			w.set(offsetKey(g.id, q.topic.id, q.id), encodeOffset(committed))
 		}
 	}
 	if w.empty() {
@@ -279,12 +279,12 @@ func (b *Broker) popState(g *group, q *queue) (*popQueue, error) {
 		return pq, nil
 	}
 	start := q.min.Load()
-	raw, err := b.store.get(offsetKey(g.id, q.topic.id, q.id))
-	switch {
-	case err == nil && len(raw) == 8:
-		start = max64(start, binary.BigEndian.Uint64(raw))
-	case err != nil && err != errNotFound:
+	stored, found, err := b.storedOffset(g, q)
+	if err != nil {
 		return nil, err
+	}
+	if found {
+		start = max64(start, stored)
 	}
 	pq := &popQueue{committed: start, cursor: start, stored: start, inflight: map[uint64]*delivery{}, done: map[uint64]struct{}{}}
 	g.pop[q] = pq

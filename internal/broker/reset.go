@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"encoding/binary"
 	"fmt"
 	"time"
 )
@@ -84,7 +83,7 @@ func (b *Broker) resetPull(g *group, queues []*queue, target []uint64) error {
 			g.resetsPending.Add(1)
 		}
 		g.resets[q] = target[i]
-		w.set(offsetKey(g.id, q.topic.id, q.id), binary.BigEndian.AppendUint64(nil, target[i]))
+		w.set(offsetKey(g.id, q.topic.id, q.id), encodeOffset(target[i]))
 	}
 	return b.store.commitNoSync(w)
 }
