@@ -1,6 +1,8 @@
 package remoting
 
 import (
+	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -19,4 +21,21 @@ func TestNodeClient(t *testing.T) {
 		"ORDERLY_TCP": e.nameAddr, "ORDERLY_ID": testInstance, "ORDERLY_AK": testAK, "ORDERLY_SK": testSK,
 		"TOPIC": "normal", "GROUP": "GID_node",
 	}, 2*time.Minute)
+	// The body ali-ons sent deflated is stored plain, for every other wire.
+	e.group("GID_check", broker.TCP, 0)
+	var big []broker.StoredMessage
+	for q := range 4 {
+		res, err := e.broker.Pull(context.Background(), testInstance, "GID_check", "normal", q, 0, 64, broker.Filter{}, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range res.Messages {
+			if strings.HasPrefix(string(m.Body), "big:") {
+				big = append(big, m)
+			}
+		}
+	}
+	if len(big) != 1 || len(big[0].Body) != 20000 || big[0].SysFlag&sysFlagCompress != 0 {
+		t.Fatalf("the deflated send is stored as %d messages; want one plain body of 20000 bytes", len(big))
+	}
 }
