@@ -166,6 +166,9 @@ type Broker struct {
 	clock clock.Clock
 	log   logr.Logger
 	store *store
+	// messages is the log layer over the store (log.go): records, queue views,
+	// their removal.
+	messages *messageLog
 
 	// mu guards the registries below; it is never held across disk I/O except for
 	// the small metadata commits of admin operations, which are rare.
@@ -233,6 +236,7 @@ func Open(opts Options) (*Broker, error) {
 		clock:      opts.Clock,
 		log:        opts.Log,
 		store:      st,
+		messages:   &messageLog{store: st, host: opts.StoreHost, port: opts.StorePort},
 		instances:  make(map[string]*instance),
 		accessKeys: make(map[string]string),
 		topicsByID: make(map[uint32]*topic),

@@ -62,7 +62,7 @@ func (b *Broker) MessagesBetween(instanceID, topicName string, from, to time.Tim
 	var cands []candidate
 	var res RangeResult
 	for _, q := range queues {
-		v, err := b.openView(q)
+		v, err := b.messages.openView(q)
 		if err != nil {
 			return RangeResult{}, err
 		}
@@ -119,7 +119,7 @@ func (b *Broker) MessagesBetween(instanceID, topicName string, from, to time.Tim
 	}
 	found := make([]*StoredMessage, len(cands))
 	for q, idx := range byQueue {
-		v, err := b.openView(q)
+		v, err := b.messages.openView(q)
 		if err != nil {
 			return RangeResult{}, err
 		}
@@ -276,7 +276,7 @@ func (b *Broker) notDue(seq uint64) (bool, error) {
 // finds the others, and a late one is looked for from when it was due (hint, ms)
 // for one read's bound of entries.
 func (b *Broker) locate(q *queue, seq uint64, hint int64) (uint64, bool, error) {
-	v, err := b.openView(q)
+	v, err := b.messages.openView(q)
 	if err != nil {
 		return 0, false, err
 	}

@@ -207,7 +207,7 @@ func (b *Broker) Redrive(ctx context.Context, instanceID, groupID string, ids []
 	n := 0
 	q := dlq.queues[0]
 	for from := uint64(0); len(want) > 0; {
-		v, err := b.openView(q)
+		v, err := b.messages.openView(q)
 		if err != nil {
 			return n, err
 		}
@@ -267,7 +267,7 @@ func (b *Broker) removeEntry(q *queue, offset, seq uint64) error {
 	}
 	w := b.store.newBatch()
 	w.delete(key)
-	if err := b.deleteRecordNow(w, seq); err != nil {
+	if err := b.messages.deleteRecordNow(w, seq); err != nil {
 		w.discard()
 		return err
 	}
@@ -281,28 +281,9 @@ func (b *Broker) removeEntry(q *queue, offset, seq uint64) error {
 	return nil
 }
 
-// recordBySeq loads the record at seq, whichever instance it belongs to.
-func (b *Broker) recordBySeq(seq uint64) (StoredMessage, error) {
-	raw, err := b.store.get(logKey(seq))
-	if err == errNotFound {
-		return StoredMessage{}, fmt.Errorf("%w: no message %d", ErrMessageNotFound, seq)
-	}
-	if err != nil {
-		return StoredMessage{}, err
-	}
-	r, err := decodeRecord(raw)
-	if err != nil {
-		return StoredMessage{}, fmt.Errorf("message %d: %w", seq, err)
-	}
-	return StoredMessage{
-		Message: *r.msg, ID: messageID(b.opts.StoreHost, b.opts.StorePort, seq), Seq: seq,
-		Queue: r.queue, Offset: -1, StoreTime: fromMillis(r.storeTime), BodyMD5: upperHex("", r.md5[:]), topicID: r.topic,
-	}, nil
-}
-
 // messageBySeq loads the message stored at seq, which must belong to the instance.
 func (b *Broker) messageBySeq(instanceID string, seq uint64) (StoredMessage, error) {
-	m, err := b.recordBySeq(seq)
+	m, err := b.messages.record(seq)
 	if err != nil {
 		return StoredMessage{}, err
 	}

@@ -32,9 +32,13 @@
 //     batch holds: one writer goroutine that takes every publish waiting as one
 //     batch, one syncer goroutine that waits for the disk and answers the
 //     publishers, one batch in flight, and the write path's statistics.
-//   - read.go: read views (queueView: why a consumer never skips a message), the
-//     bounded index scan with its tag filter, Pull, read budgets, and longPoll, the
-//     one long-poll loop of pull, pop and half-message pop.
+//   - log.go: the log layer, messageLog: read views (queueView: why a consumer
+//     never skips a message), the bounded index scan with its tag filter, the
+//     record loader, and the removal of records with their owners: a queue's
+//     entries past retention (reclaimQueue), a deleted topic's queues
+//     (reapQueue), one record (deleteRecordNow).
+//   - read.go: Pull, read budgets, and longPoll, the one long-poll loop of pull,
+//     pop and half-message pop.
 //   - pop.go: pop-style consumption for HTTP groups, the Broker's side: Pop and
 //     Ack resolve the group and its queues, spread a pop over the queues, count
 //     deliveries, store the committed offsets, and move a message past its
@@ -51,7 +55,8 @@
 //     (LockQueues, UnlockQueues, ReleaseClient). Ordered consumption is the
 //     sharding key choosing a queue (publish.go, message.go), then either these
 //     locks (TCP) or ordered pop (pop.go, HTTP).
-//   - filter.go: tag filters.
+//   - filter.go: subscription filters: tags, or SQL92 expressions over a
+//     message's properties (internal/sqlfilter).
 //   - txn.go: transactional (half) messages: their stored state, EndTransaction
 //     and ResolveTransaction, check-backs (PopHalf, TakeTransactionChecks), the
 //     rollback of those unresolved past their deadline.
@@ -61,9 +66,9 @@
 //   - timer.go: delay levels and timer messages: the timer loop delivers each due
 //     timer through the writer, which gives it its offset and deletes the timer in
 //     one batch.
-//   - retention.go: Reclaim and its loop: entries past retention are removed in
-//     bounded batches with their records, expired half messages are rolled back,
-//     and deleted topics are reaped in the background, resuming after a restart.
+//   - retention.go: Reclaim and its loop, which has the log remove entries past
+//     retention in bounded batches, rolls back expired half messages, and reaps
+//     deleted topics in the background, resuming after a restart.
 //   - dlq.go: retry and dead-letter topics, SendBack (TCP retries), DeadLetters
 //     and Redrive.
 //   - quota.go: an instance's Limits: topic, group and connection counts, publish

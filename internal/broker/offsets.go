@@ -91,7 +91,7 @@ func (b *Broker) OffsetAt(instanceID, topicName string, queueID int, ts time.Tim
 	if err != nil {
 		return 0, err
 	}
-	v, err := b.openView(q)
+	v, err := b.messages.openView(q)
 	if err != nil {
 		return 0, err
 	}

@@ -182,7 +182,7 @@ func (b *Broker) popOnce(ctx context.Context, g *group, t *topic, req PopRequest
 
 // buryAll moves dead deliveries of q to g's dead letters and marks them done.
 func (b *Broker) buryAll(ctx context.Context, g *group, pq *popQueue, q *queue, dead []*delivery) error {
-	v, err := b.openView(q)
+	v, err := b.messages.openView(q)
 	if err != nil {
 		return err
 	}
@@ -319,7 +319,7 @@ type lazyView struct {
 
 func (l *lazyView) get() (*queueView, error) {
 	if l.v == nil {
-		v, err := l.b.openView(l.q)
+		v, err := l.b.messages.openView(l.q)
 		if err != nil {
 			return nil, err
 		}

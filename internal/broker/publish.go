@@ -314,7 +314,7 @@ func (b *Broker) applyEntry(w writeBatch, item *commitItem, e *appendEntry, now 
 	for _, k := range e.remove {
 		w.delete(k)
 	}
-	res := PublishResult{ID: messageID(b.opts.StoreHost, b.opts.StorePort, seq), Seq: seq, Queue: e.queue.id,
+	res := PublishResult{ID: b.messages.id(seq), Seq: seq, Queue: e.queue.id,
 		Offset: -1, BodyMD5: e.md5, StoreTime: fromMillis(e.store)}
 	pending := pendingEntry{topic: t.id, queue: e.queue.id, tagHash: e.tagHash, store: e.store, size: e.size}
 	switch {

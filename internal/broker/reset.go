@@ -42,7 +42,7 @@ func (b *Broker) ResetOffsets(instanceID, groupID, topicName string, ts time.Tim
 	}
 	target := make([]uint64, len(queues))
 	for i, q := range queues {
-		v, err := b.openView(q)
+		v, err := b.messages.openView(q)
 		if err != nil {
 			return nil, err
 		}

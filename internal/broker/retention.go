@@ -62,7 +62,7 @@ func (b *Broker) Reclaim() error {
 	b.mu.RUnlock()
 
 	for _, r := range todo {
-		if err := b.reclaimQueue(r.q, r.cutoff); err != nil {
+		if err := b.messages.reclaimQueue(r.q, r.cutoff); err != nil {
 			return err
 		}
 	}
@@ -70,148 +70,6 @@ func (b *Broker) Reclaim() error {
 		return err
 	}
 	return b.reapTopics()
-}
-
-// reclaimQueue removes q's entries stored before cutoff (ms), with their records.
-func (b *Broker) reclaimQueue(q *queue, cutoff int64) error {
-	q.trim.Lock()
-	defer q.trim.Unlock()
-	from, end := q.min.Load(), q.durable.Load()
-	if from >= end {
-		return nil
-	}
-	r, err := b.newRemover(queueKey(q.topic.id, q.id, from), queueKey(q.topic.id, q.id, end))
-	if err != nil {
-		return err
-	}
-	defer r.close()
-	tr := q.trimState()
-	chunkStart, newMin := from, from
-	removed, freed := uint64(0), uint64(0)
-	flush := func() error {
-		if newMin == chunkStart {
-			return nil
-		}
-		r.w.deleteRange(queueKey(q.topic.id, q.id, chunkStart), queueKey(q.topic.id, q.id, newMin))
-		// Offsets in the chunk with no entry were holes, now below min.
-		holes := (newMin - chunkStart) - removed
-		tr.min, tr.reclaimed, tr.holes = newMin, tr.reclaimed+freed, tr.holes-min(holes, tr.holes)
-		r.w.set(queueMinKey(q.topic.id, q.id), tr.encode())
-		// Derived state: if a crash loses it, the next round does the same again.
-		if err := r.commit(); err != nil {
-			return err
-		}
-		q.min.Store(tr.min)
-		q.reclaimed.Store(tr.reclaimed)
-		q.holes.Store(tr.holes)
-		chunkStart, removed, freed = newMin, 0, 0
-		return nil
-	}
-	for ok := r.idx.first(); ok; ok = r.idx.next() {
-		e, valid := decodeIndexEntry(r.idx.value())
-		if !valid {
-			return fmt.Errorf("corrupt index entry at %x", r.idx.key())
-		}
-		if e.storeTime >= cutoff {
-			break
-		}
-		if err := r.record(e.seq, e.keys); err != nil {
-			return err
-		}
-		newMin = queueKeyOffset(r.idx.key()) + 1
-		removed++
-		freed += uint64(e.size)
-		if removed == reclaimChunk {
-			if err := flush(); err != nil {
-				return err
-			}
-		}
-	}
-	if err := r.idx.error(); err != nil {
-		return err
-	}
-	return flush()
-}
-
-// remover deletes records, with their 'k' entries, found through an index range,
-// in batches. Its two iterators are one view of the store.
-type remover struct {
-	b   *Broker
-	idx storeIter
-	log recordLoader
-	w   writeBatch
-}
-
-func (b *Broker) newRemover(lower, upper []byte) (*remover, error) {
-	idx, err := b.store.iter(lower, upper)
-	if err != nil {
-		return nil, err
-	}
-	return &remover{b: b, idx: idx, w: b.store.newBatch()}, nil
-}
-
-// record adds the deletion of the record at seq to the batch, and of its 'k'
-// entries if it has any (keys false says it has none, without reading it).
-func (r *remover) record(seq uint64, keys bool) error {
-	r.w.delete(logKey(seq))
-	if !keys {
-		return nil
-	}
-	if !r.log.ok {
-		it, err := r.idx.clone([]byte{kindLog}, []byte{kindLog + 1})
-		if err != nil {
-			return err
-		}
-		r.log.it, r.log.ok = it, true
-	}
-	raw, found, err := r.log.load(logKey(seq))
-	if err != nil || !found {
-		return err // already gone: a removal that crashed half way, redone
-	}
-	return deleteKeyEntries(r.w, seq, raw)
-}
-
-// commit applies the batch without waiting for the disk and starts the next one:
-// a removal lost in a crash is done again.
-func (r *remover) commit() error {
-	w := r.w
-	r.w = r.b.store.newBatch()
-	return r.b.store.commitNoSync(w)
-}
-
-func (r *remover) close() {
-	r.log.close()
-	_ = r.idx.close()
-	r.w.discard()
-}
-
-// deleteKeyEntries adds the deletion of the 'k' entries of the record raw at seq
-// to w.
-func deleteKeyEntries(w writeBatch, seq uint64, raw []byte) error {
-	topic, keys, err := decodeRecordKeys(raw)
-	if err != nil {
-		return fmt.Errorf("message %d: %w", seq, err)
-	}
-	for _, k := range keys {
-		if k != "" {
-			w.delete(keyIndexKey(topic, k, seq))
-		}
-	}
-	return nil
-}
-
-// deleteRecordNow adds the deletion of the record at seq and its 'k' entries to w,
-// reading the record for its keys.
-func (b *Broker) deleteRecordNow(w writeBatch, seq uint64) error {
-	raw, err := b.store.get(logKey(seq))
-	if err == errNotFound {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	w.delete(logKey(seq))
-	return deleteKeyEntries(w, seq, raw)
 }
 
 // expireHalves rolls back every half message unresolved past its deadline, whether
@@ -268,7 +126,7 @@ func (b *Broker) reapTopics() error {
 
 func (b *Broker) reapTopic(id uint32, queues int) error {
 	for qi := range queues {
-		if err := b.reapQueue(id, qi); err != nil {
+		if err := b.messages.reapQueue(id, qi); err != nil {
 			return err
 		}
 	}
@@ -287,7 +145,7 @@ func (b *Broker) reapTopic(id uint32, queues int) error {
 		seq := binary.BigEndian.Uint64(it.key()[9:])
 		w.delete(it.key())
 		w.delete(refKey(seq))
-		if err := b.deleteRecordNow(w, seq); err != nil {
+		if err := b.messages.deleteRecordNow(w, seq); err != nil {
 			_ = it.close()
 			return err
 		}
@@ -318,7 +176,7 @@ func (b *Broker) reapTopic(id uint32, queues int) error {
 	}
 	for _, h := range halves {
 		w.delete(halfKey(h.seq))
-		if err := b.deleteRecordNow(w, h.seq); err != nil {
+		if err := b.messages.deleteRecordNow(w, h.seq); err != nil {
 			return abort(err)
 		}
 	}
@@ -336,40 +194,4 @@ func (b *Broker) reapTopic(id uint32, queues int) error {
 	}
 	b.txns.mu.Unlock()
 	return nil
-}
-
-// reapQueue removes the entries of one queue of a deleted topic with their records.
-func (b *Broker) reapQueue(topicID uint32, queueID int) error {
-	r, err := b.newRemover(queueKey(topicID, queueID, 0), queueKey(topicID, queueID+1, 0))
-	if err != nil {
-		return err
-	}
-	defer r.close()
-	n := 0
-	var first uint64
-	for ok := r.idx.first(); ok; ok = r.idx.next() {
-		e, valid := decodeIndexEntry(r.idx.value())
-		if !valid {
-			return fmt.Errorf("corrupt index entry at %x", r.idx.key())
-		}
-		off := queueKeyOffset(r.idx.key())
-		if n == 0 {
-			first = off
-		}
-		if err := r.record(e.seq, e.keys); err != nil {
-			return err
-		}
-		if n++; n == reclaimChunk {
-			r.w.deleteRange(queueKey(topicID, queueID, first), queueKey(topicID, queueID, off+1))
-			if err := r.commit(); err != nil {
-				return err
-			}
-			n = 0
-		}
-	}
-	if err := r.idx.error(); err != nil {
-		return err
-	}
-	r.w.deleteRange(queueKey(topicID, queueID, 0), queueKey(topicID, queueID+1, 0))
-	return r.commit()
 }

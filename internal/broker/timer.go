@@ -126,7 +126,7 @@ func (b *Broker) deliverDueTimers() (int, int64, error) {
 			seq := binary.BigEndian.Uint64(k[9:])
 			w.delete(k)
 			w.delete(refKey(seq))
-			if err := b.deleteRecordNow(w, seq); err != nil {
+			if err := b.messages.deleteRecordNow(w, seq); err != nil {
 				w.discard()
 				return 0, 0, err
 			}

@@ -202,7 +202,7 @@ func (b *Broker) resolveHalf(half *halfState, commit bool) error {
 		w := b.store.newBatch()
 		w.delete(halfKey(half.seq))
 		w.delete(refKey(half.seq)) // written for half messages by older versions
-		if err = b.deleteRecordNow(w, half.seq); err == nil {
+		if err = b.messages.deleteRecordNow(w, half.seq); err == nil {
 			err = b.store.commit(w)
 		} else {
 			w.discard()
@@ -333,7 +333,7 @@ func (b *Broker) takeChecks(keys func() []checkKey, max int) ([]Delivery, int64,
 		if q == nil {
 			continue
 		}
-		m, err := b.recordBySeq(s.h.seq)
+		m, err := b.messages.record(s.h.seq)
 		if errors.Is(err, ErrMessageNotFound) {
 			// Resolved since the lock was let go: the half message and its
 			// record went together.
