@@ -15,6 +15,7 @@ package sqlfilter
 import (
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 )
@@ -262,7 +263,7 @@ func (n cmpNode) eval(get Properties) (value, error) {
 // number, are unequal (and the left one the lesser).
 func compare(l, r value) (int, error) {
 	if l.k == kStr && r.k != kStr {
-		c, err := convert(l.s, r.k)
+		c, err := convert(l.s, r)
 		if err != nil {
 			return 0, err
 		}
@@ -272,7 +273,7 @@ func compare(l, r value) (int, error) {
 			// RocketMQ fails on a boolean constant left of a property.
 			return 0, errNoMatch
 		}
-		c, err := convert(r.s, l.k)
+		c, err := convert(r.s, l)
 		if err != nil {
 			return 0, err
 		}
@@ -291,11 +292,17 @@ func compare(l, r value) (int, error) {
 	return -1, nil
 }
 
-// convert reads a property as a value of kind k.
-func convert(s string, k kind) (value, error) {
-	switch k {
+// convert reads a property as a value of the kind of the constant it meets. A
+// whole number that fits 32 bits is Java's Integer in RocketMQ, which reads the
+// property with Integer.valueOf: "3000000000" does not convert to meet 5.
+func convert(s string, against value) (value, error) {
+	switch against.k {
 	case kInt:
-		i, err := strconv.ParseInt(s, 10, 64)
+		bits := 64
+		if against.i >= math.MinInt32 && against.i <= math.MaxInt32 {
+			bits = 32
+		}
+		i, err := strconv.ParseInt(s, 10, bits)
 		if err != nil {
 			return null, errNoMatch
 		}

@@ -34,17 +34,20 @@ func TestMatch(t *testing.T) {
 		{"a >= 5", []string{"a", "5"}, true},
 		{"a < 5.5", []string{"a", "5.25"}, true},
 		{"a <= -1", []string{"a", "-1"}, true},
-		{"a > 5", []string{}, false},            // missing: unknown
-		{"a > 5", []string{"a", "x"}, false},    // not a number: the message is not selected
-		{"a > 3", []string{"a", "3.5"}, false},  // an integer constant wants an integer
-		{"a > 3.0", []string{"a", "3.5"}, true}, // a floating one takes either
-		{"a = 3", []string{"a", "03"}, true},    // as Java's Integer.valueOf reads it
-		{"a = 3", []string{"a", "3.0"}, false},  // ... and not this
-		{"a = '3'", []string{"a", "3"}, true},   // strings compare as strings
-		{"a = 'x'", []string{"a", "X"}, false},  // case-sensitively
-		{"a <> 'x'", []string{"a", "y"}, true},  //
-		{"a <> 'x'", []string{}, false},         // NOT of unknown is unknown
-		{"'x' <> a", []string{}, true},          // RocketMQ's asymmetry: constant = missing is FALSE
+		{"a > 5", []string{}, false},                          // missing: unknown
+		{"a > 5", []string{"a", "x"}, false},                  // not a number: the message is not selected
+		{"a > 3", []string{"a", "3.5"}, false},                // an integer constant wants an integer
+		{"a > 3.0", []string{"a", "3.5"}, true},               // a floating one takes either
+		{"a = 3", []string{"a", "03"}, true},                  // as Java's Integer.valueOf reads it
+		{"a = 3", []string{"a", "3.0"}, false},                // ... and not this
+		{"a > 5", []string{"a", "3000000000"}, false},         // a 32-bit constant reads 32 bits
+		{"a > 5000000000", []string{"a", "6000000000"}, true}, // a 64-bit one 64
+		{"a < 5000000000", []string{"a", "3000000000"}, true},
+		{"a = '3'", []string{"a", "3"}, true},  // strings compare as strings
+		{"a = 'x'", []string{"a", "X"}, false}, // case-sensitively
+		{"a <> 'x'", []string{"a", "y"}, true}, //
+		{"a <> 'x'", []string{}, false},        // NOT of unknown is unknown
+		{"'x' <> a", []string{}, true},         // RocketMQ's asymmetry: constant = missing is FALSE
 		{"a = b", []string{"a", "1", "b", "1"}, true},
 		{"a > b", []string{"a", "2", "b", "10"}, false}, // two properties order as numbers
 		{"a > b", []string{"a", "x", "b", "10"}, false},
