@@ -74,7 +74,15 @@ func (s *Server) heartbeat(rc reqContext, c *conn, req *Command) *Command {
 		}
 	}
 	listed := map[string]bool{}
+	if n := len(hb.ConsumerData); n > maxConsumerGroupsPerHeartbeat {
+		refusals = append(refusals, fmt.Sprintf("%d consumer groups not registered: a heartbeat registers at most %d", n-maxConsumerGroupsPerHeartbeat, maxConsumerGroupsPerHeartbeat))
+		hb.ConsumerData = hb.ConsumerData[:maxConsumerGroupsPerHeartbeat]
+	}
 	for _, cd := range hb.ConsumerData {
+		if n := len(cd.Subscriptions); n > maxSubscriptionsPerGroup {
+			refusals = append(refusals, fmt.Sprintf("%d subscriptions of %.64q not registered: a group subscribes to at most %d topics", n-maxSubscriptionsPerGroup, cd.GroupName, maxSubscriptionsPerGroup))
+			cd.Subscriptions = cd.Subscriptions[:maxSubscriptionsPerGroup]
+		}
 		names, group, err := rc.resolveName(cd.GroupName)
 		if err != nil {
 			refusals = append(refusals, err.Error())

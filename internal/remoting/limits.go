@@ -90,6 +90,12 @@ const (
 	maxProducerGroupsPerHeartbeat = 64
 	maxProducerGroupsPerConn      = 64
 	maxProducerGroupsPerInstance  = 256
+	// maxConsumerGroupsPerHeartbeat and maxSubscriptionsPerGroup bound what a
+	// heartbeat registers as consumers: each subscription is kept, compiled (a
+	// SQL92 expression as its syntax tree), for as long as the connection lives,
+	// and a client consumes a handful of topics in a few groups.
+	maxConsumerGroupsPerHeartbeat = 64
+	maxSubscriptionsPerGroup      = 256
 	// maxClientIDsPerConn bounds the client ids one connection's heartbeats may
 	// register as consumers; a client has one per connection.
 	maxClientIDsPerConn = 8

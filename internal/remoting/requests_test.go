@@ -173,6 +173,34 @@ func TestAProducerThatDoesNotReadDelaysNoCheckBack(t *testing.T) {
 	}
 }
 
+// TestHeartbeatsRegisterBoundedSubscriptions: a heartbeat registers at most
+// maxConsumerGroupsPerHeartbeat groups and maxSubscriptionsPerGroup topics per
+// group, each kept compiled for the connection's life; the rest are refused by
+// count in the answer.
+func TestHeartbeatsRegisterBoundedSubscriptions(t *testing.T) {
+	e := newEnv(t)
+	e.group("GID_many", broker.TCP, 0)
+	var subs []string
+	for i := range maxSubscriptionsPerGroup + 44 {
+		subs = append(subs, fmt.Sprintf(`{"topic":"T%d","subString":"a > %d","expressionType":"SQL92"}`, i, i))
+	}
+	var groups []string
+	for i := range maxConsumerGroupsPerHeartbeat + 6 {
+		groups = append(groups, fmt.Sprintf(`{"groupName":"GID_other%d","subscriptionDataSet":[]}`, i))
+	}
+	hb := `{"clientID":"raw@subs","consumerDataSet":[{"groupName":"GID_many","subscriptionDataSet":[` + strings.Join(subs, ",") + `]},` + strings.Join(groups, ",") + `]}`
+	res := e.raw().call(reqHeartbeat, nil, []byte(hb), testAK, testSK)
+	if res.Code != codeSubscriptionMissing || !strings.Contains(res.Remark, "7 consumer groups not registered") || !strings.Contains(res.Remark, "44 subscriptions") {
+		t.Fatalf("an oversized heartbeat: %d %q", res.Code, res.Remark)
+	}
+	e.server.clients.mu.Lock()
+	defer e.server.clients.mu.Unlock()
+	m := e.server.clients.consumers[groupKey{testInstance, "GID_many"}]["raw@subs"]
+	if m == nil || len(m.subs) != maxSubscriptionsPerGroup {
+		t.Fatalf("registered %v", m)
+	}
+}
+
 func TestHeartbeatsRegisterBoundedProducerGroups(t *testing.T) {
 	e := newEnv(t)
 	heartbeat := func(c *rawClient, from, to int) *Command {
