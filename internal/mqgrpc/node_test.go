@@ -17,9 +17,10 @@ func TestNodeClient(t *testing.T) {
 	e.topic("ordered", broker.Ordered, 2)
 	e.topic("txn", broker.Transactional, 2)
 	e.group("GID_node", broker.HTTP, 0)
+	e.group("GID_nodesql", broker.HTTP, 0)
 	nodeclients.Run(t, "grpc.js", map[string]string{
 		"ORDERLY_GRPC": e.endpoint, "ORDERLY_ID": testInstance, "ORDERLY_AK": testAK, "ORDERLY_SK": testSK,
-		"TOPIC": "normal", "ORDERED_TOPIC": "ordered", "TXN_TOPIC": "txn", "GROUP": "GID_node",
+		"TOPIC": "normal", "ORDERED_TOPIC": "ordered", "TXN_TOPIC": "txn", "GROUP": "GID_node", "SQL_GROUP": "GID_nodesql",
 		// grpc-js reads its TLS roots from here, not from Node's own CA options.
 		"GRPC_DEFAULT_SSL_ROOTS_FILE_PATH": caFile,
 	}, 2*time.Minute)

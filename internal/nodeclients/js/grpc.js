@@ -1,12 +1,13 @@
 // The RocketMQ 5.x Node.js client against the gRPC endpoint, over TLS verified
 // against the test's CA (GRPC_DEFAULT_SSL_ROOTS_FILE_PATH): sends with tags, keys
-// and properties, a delayed message, a simple consumer's receive and ack, and a
-// sharded send, and transactions committed, rolled back and resolved by the
-// client's checker when the server checks back. Exits non-zero on the first difference.
+// and properties, a delayed message, a simple consumer's receive and ack, a
+// sharded send, a SQL92 subscription over the properties, and transactions
+// committed, rolled back and resolved by the client's checker when the server
+// checks back. Exits non-zero on the first difference.
 'use strict';
-const { Producer, SimpleConsumer } = require('rocketmq-client-nodejs');
+const { Producer, SimpleConsumer, FilterExpression } = require('rocketmq-client-nodejs');
 // The package's index does not export the checker's answers; they are the protocol's.
-const { TransactionResolution } = require('rocketmq-client-nodejs/proto/apache/rocketmq/v2/definition_pb');
+const { TransactionResolution, FilterType } = require('rocketmq-client-nodejs/proto/apache/rocketmq/v2/definition_pb');
 const assert = require('assert');
 
 const env = process.env;
@@ -69,12 +70,33 @@ const common = {
   assert.ok(delayedAt >= at, 'the delayed message came ' + (at - delayedAt) + ' ms early');
   console.log('grpc: %d sent and received, one delayed until its time', got.length);
   await consumer.shutdown();
+  await sqlFilter();
   await transactions();
   assert.deepStrictEqual(errors, [], 'the client logged errors');
 })().catch((e) => {
   console.error(e);
   process.exit(1);
 });
+
+// sqlFilter consumes the same messages in another group through a SQL92
+// expression over their properties: only p 3 to 5 come.
+async function sqlFilter() {
+  const sql = new FilterExpression('p IS NOT NULL AND p BETWEEN 3 AND 5 AND TAGS = \'NodeTag\'', FilterType.SQL);
+  const consumer = new SimpleConsumer({ ...common, consumerGroup: env.SQL_GROUP, subscriptions: new Map().set(env.TOPIC, sql), awaitDuration: 2000 });
+  await consumer.startup();
+  const got = [];
+  for (let i = 0; i < 30 && got.length < 3; i++) {
+    for (const m of await consumer.receive(16, 10000)) {
+      got.push(m.body.toString());
+      await consumer.ack(m);
+    }
+  }
+  assert.deepStrictEqual(got.sort(), ['grpc 3', 'grpc 4', 'grpc 5']);
+  const more = await consumer.receive(16, 10000);
+  assert.deepStrictEqual(more.map((m) => m.body.toString()), [], 'messages the expression rules out came');
+  console.log('grpc: a SQL92 subscription received %d', got.length);
+  await consumer.shutdown();
+}
 
 // transactions sends three half messages: one committed, one rolled back, and one
 // left open for the server to check back after its 10 s, which the checker commits.
