@@ -231,6 +231,12 @@ const messageFrame = len(`<Message><MessageId></MessageId><ReceiptHandle></Recei
 	`<FirstConsumeTime></FirstConsumeTime><NextConsumeTime></NextConsumeTime><ConsumedTimes>`+
 	`</ConsumedTimes><MessageTag></MessageTag></Message>`) + 4*20
 
+// bodyText is a delivered body as a string, without the copy string(body) makes:
+// a delivery's body is the broker's copy of the record, which nothing writes
+// once it is decoded. Each conversion was a second and third copy of every
+// consumed body (a fifth of what a consume allocated).
+func bodyText(body []byte) string { return unsafe.String(unsafe.SliceData(body), len(body)) }
+
 // messagesSize is what appendMessages writes for ds, but for properties: the
 // answer is allocated once at its size instead of doubling on the way (a batch of
 // 16 1 KiB messages grew three times, a third of the bytes a consume allocated).
@@ -238,7 +244,7 @@ func messagesSize(ds []broker.Delivery) int {
 	n := len(xmlHeader + `<Messages xmlns="` + xmlNamespace + `">` + `</Messages>`)
 	for i := range ds {
 		d := &ds[i]
-		n += messageFrame + len(d.ID) + len(d.Handle) + len(d.BodyMD5) + escapedLen(string(d.Body)) + escapedLen(d.Tag)
+		n += messageFrame + len(d.ID) + len(d.Handle) + len(d.BodyMD5) + escapedLen(bodyText(d.Body)) + escapedLen(d.Tag)
 	}
 	return n
 }
@@ -257,7 +263,7 @@ func appendMessages(b []byte, ds []broker.Delivery) []byte {
 		b = append(b, `</ReceiptHandle><MessageBodyMD5>`...)
 		b = append(b, d.BodyMD5...)
 		b = append(b, `</MessageBodyMD5><MessageBody>`...)
-		b = appendEscaped(b, string(d.Body))
+		b = appendEscaped(b, bodyText(d.Body))
 		b = append(b, `</MessageBody><PublishTime>`...)
 		b = strconv.AppendInt(b, d.StoreTime.UnixMilli(), 10)
 		b = append(b, `</PublishTime><FirstConsumeTime>`...)
