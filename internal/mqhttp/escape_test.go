@@ -3,6 +3,8 @@ package mqhttp
 import (
 	"bytes"
 	"context"
+	"crypto/md5"
+	"encoding/hex"
 	"encoding/xml"
 	"fmt"
 	"net/http"
@@ -117,5 +119,76 @@ func TestRecycledBodiesNeverReachStoredMessages(t *testing.T) {
 			}
 			delete(want, string(d.Body))
 		}
+	}
+}
+
+// Consume answers are built in recycled buffers too, each given back once its
+// answer is written. Consumers at once, with bodies of varying sizes, so that a
+// short answer lands in a buffer a longer one used: every message arrives once,
+// whole, with its own MD5. (Giving a buffer back before its answer is written
+// fails this test.)
+func TestRecycledAnswersAreWholeWhenWritten(t *testing.T) {
+	b := fuzzBroker(t) // instance MQ_INST_f, key ak/sk, topic T, HTTP group G
+	h := newHandler(b, time.Now, Limits{}.withDefaults())
+	want := map[string]bool{}
+	for i := range 320 {
+		body := fmt.Sprintf("m%d-%s", i, strings.Repeat(string(rune('a'+i%26)), i*37%9000))
+		if _, err := b.Publish(context.Background(), "MQ_INST_f", "T", broker.Message{Body: []byte(body), Queue: broker.AnyQueue}); err != nil {
+			t.Fatal(err)
+		}
+		want[body] = true
+	}
+	const consumers = 8
+	got := make(chan string, len(want)*2)
+	errs := make(chan error, consumers)
+	for range consumers {
+		go func() {
+			for empty := 0; empty < 3; {
+				w := httptest.NewRecorder()
+				h.ServeHTTP(w, signedRequest("GET", "/topics/T/messages?ns=MQ_INST_f&consumer=G&numOfMessages=16", nil, time.Now()))
+				if w.Code == http.StatusNotFound {
+					empty++
+					continue
+				}
+				var ms consumedMessages
+				if err := xml.Unmarshal(w.Body.Bytes(), &ms); w.Code != http.StatusOK || err != nil {
+					errs <- fmt.Errorf("consume: %d %v %.200s", w.Code, err, w.Body.Bytes())
+					return
+				}
+				var handles []string
+				for _, m := range ms.Messages {
+					sum := md5.Sum([]byte(m.MessageBody))
+					if strings.ToUpper(hex.EncodeToString(sum[:])) != m.MessageBodyMD5 {
+						errs <- fmt.Errorf("a body of %d bytes with another's MD5: %.40q", len(m.MessageBody), m.MessageBody)
+						return
+					}
+					got <- m.MessageBody
+					handles = append(handles, "<ReceiptHandle>"+m.ReceiptHandle+"</ReceiptHandle>")
+				}
+				ack := []byte("<ReceiptHandles>" + strings.Join(handles, "") + "</ReceiptHandles>")
+				w = httptest.NewRecorder()
+				h.ServeHTTP(w, signedRequest("DELETE", "/topics/T/messages?ns=MQ_INST_f&consumer=G", ack, time.Now()))
+				if w.Code != http.StatusNoContent {
+					errs <- fmt.Errorf("ack: %d %s", w.Code, w.Body.Bytes())
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range consumers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(got)
+	for body := range got {
+		if !want[body] {
+			t.Fatalf("a body that was not sent, or came twice: %.40q", body)
+		}
+		delete(want, body)
+	}
+	if len(want) > 0 {
+		t.Fatalf("%d messages never came", len(want))
 	}
 }

@@ -48,8 +48,9 @@ type handler struct {
 	// it, leaving the rest of the write timeout for its answer.
 	memory     *membudget.Shares
 	memoryWait time.Duration
-	// bodies recycles the buffers of small bodies (pooledBody).
-	bodies sync.Pool
+	// bodies recycles the buffers of small bodies (pooledBody), answers those
+	// of consume answers (pooledAnswer).
+	bodies, answers sync.Pool
 }
 
 // newHandler returns the handler of a server with limits lim (defaults applied).
@@ -202,6 +203,26 @@ func (h *handler) recycleBody(b []byte) {
 	}
 }
 
+// pooledAnswer is the largest consume answer whose buffer is kept for the next:
+// 16 messages of up to about 12 KiB. The answer is written before its buffer is
+// given back, and net/http keeps none of what it is handed.
+const pooledAnswer = 256 << 10
+
+// answerBuffer returns an empty buffer for a consume answer.
+func (h *handler) answerBuffer() []byte {
+	if p, ok := h.answers.Get().(*[]byte); ok {
+		return (*p)[:0]
+	}
+	return nil
+}
+
+// recycleAnswer gives an answer's buffer back once it is written.
+func (h *handler) recycleAnswer(b []byte) {
+	if cap(b) <= pooledAnswer {
+		h.answers.Put(&b)
+	}
+}
+
 // request is one authenticated request.
 type request struct {
 	w        http.ResponseWriter
@@ -307,11 +328,12 @@ func (h *handler) consume(q *request, trans string) {
 		// From here the answer is what the request holds, in place of the
 		// records (no longer referenced): accounted for, so that the instance's
 		// next reads wait while it is written.
-		answer := appendMessages(nil, ds)
+		answer := appendMessages(h.answerBuffer(), ds)
 		ds = nil
 		q.mem.Release()
 		q.mem.Charge(len(answer))
 		q.reply(http.StatusOK, answer)
+		h.recycleAnswer(answer)
 	}
 }
 
