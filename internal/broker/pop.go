@@ -163,7 +163,11 @@ func (b *Broker) popOnce(ctx context.Context, g *group, t *topic, req PopRequest
 				counts.delivered.Add(1)
 			}
 		}
-		out = append(out, r.out...)
+		if out == nil {
+			out = r.out // most pops take from one queue: no second copy
+		} else {
+			out = append(out, r.out...)
+		}
 		more = more || r.more
 		throttled = throttled || r.throttled
 		if r.wake != 0 && (wake == 0 || r.wake < wake) {

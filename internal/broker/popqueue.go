@@ -38,9 +38,20 @@ type delivery struct {
 	burying bool
 }
 
+// add appends d to what was taken, the first time making room for all the take
+// may take (room): a Delivery is large, and growing the slice by doubling was a
+// tenth of what a consume allocated.
+func (r *popped) add(d Delivery) {
+	if r.out == nil {
+		r.out = make([]Delivery, 0, max(r.room, 1))
+	}
+	r.out = append(r.out, d)
+}
+
 // popped is what one pop took from one queue.
 type popped struct {
-	out []Delivery
+	out  []Delivery
+	room int // how many the take may take
 	// dead are deliveries past the group's limit, for the caller to move to the
 	// dead letters: no handle acknowledges them meanwhile.
 	dead []*delivery
@@ -57,6 +68,7 @@ type popped struct {
 // popQueue takes up to max deliveries from one queue. Messages already delivered
 // maxDeliveries times are not delivered again but returned as dead.
 func (pq *popQueue) take(v *lazyView, q *queue, req PopRequest, now int64, max, maxDeliveries int, budget *int) (r popped, err error) {
+	r.room = max
 	pq.mu.Lock()
 	defer pq.mu.Unlock()
 	pq.catchUp(q.min.Load())
@@ -94,7 +106,7 @@ func (pq *popQueue) take(v *lazyView, q *queue, req PopRequest, now int64, max, 
 			d := &delivery{offset: ix.offset, seq: ix.entry.seq, firstConsume: now, heapIdx: -1}
 			q.topic.stats.consume.observe(time.Duration(now-ix.entry.storeTime) * time.Millisecond)
 			pq.inflight[ix.offset] = d
-			r.out = append(r.out, pq.hand(q, d, m, now, visibleAt))
+			r.add(pq.hand(q, d, m, now, visibleAt))
 			return len(r.out) < max && !full()
 		})
 		pq.cursor = max64(pq.cursor, next)
@@ -169,7 +181,7 @@ func (pq *popQueue) redeliver(r *popped, lv *lazyView, d *delivery, now, visible
 		return nil
 	}
 	dl := pq.hand(v.q, d, m, now, visibleAt)
-	r.out = append(r.out, dl)
+	r.add(dl)
 	*budget -= len(dl.Body)
 	return nil
 }
