@@ -51,7 +51,7 @@ func TestConsumeAnswerIsSizedOnce(t *testing.T) {
 	}
 	for n := 1; n <= len(ds); n++ {
 		out := appendMessages(nil, ds[:n])
-		if size := messagesSize(ds[:n]); len(out) > size {
+		if size := messagesSize(ds[:n], nil); len(out) > size {
 			t.Fatalf("%d messages: answer of %d bytes, sized for %d", n, len(out), size)
 		}
 		var doc consumedMessages

@@ -240,11 +240,22 @@ func bodyText(body []byte) string { return unsafe.String(unsafe.SliceData(body),
 // messagesSize is what appendMessages writes for ds, but for properties: the
 // answer is allocated once at its size instead of doubling on the way (a batch of
 // 16 1 KiB messages grew three times, a third of the bytes a consume allocated).
-func messagesSize(ds []broker.Delivery) int {
+// plain, if not nil, is set for each body that needs no escaping, so that the
+// answer does not scan a body twice (the scan was 6% of a consume's CPU).
+func messagesSize(ds []broker.Delivery, plain []bool) int {
 	n := len(xmlHeader + `<Messages xmlns="` + xmlNamespace + `">` + `</Messages>`)
 	for i := range ds {
 		d := &ds[i]
-		n += messageFrame + len(d.ID) + len(d.Handle) + len(d.BodyMD5) + escapedLen(bodyText(d.Body)) + escapedLen(d.Tag)
+		body := bodyText(d.Body)
+		p := !needsEscape(body)
+		if plain != nil {
+			plain[i] = p
+		}
+		bodyLen := len(body)
+		if !p {
+			bodyLen = escapedLen(body)
+		}
+		n += messageFrame + len(d.ID) + len(d.Handle) + len(d.BodyMD5) + bodyLen + escapedLen(d.Tag)
 	}
 	return n
 }
@@ -252,7 +263,12 @@ func messagesSize(ds []broker.Delivery) int {
 // appendMessages writes the 200 body of a consume. Compact, no attributes on child
 // elements, numbers in plain decimal: what every SDK's parser accepts.
 func appendMessages(b []byte, ds []broker.Delivery) []byte {
-	b = slices.Grow(b, messagesSize(ds))
+	var small [broker.MaxPopMessages]bool
+	plain := small[:]
+	if len(ds) > len(small) {
+		plain = make([]bool, len(ds))
+	}
+	b = slices.Grow(b, messagesSize(ds, plain))
 	b = append(b, xmlHeader+`<Messages xmlns="`+xmlNamespace+`">`...)
 	for i := range ds {
 		d := &ds[i]
@@ -263,7 +279,11 @@ func appendMessages(b []byte, ds []broker.Delivery) []byte {
 		b = append(b, `</ReceiptHandle><MessageBodyMD5>`...)
 		b = append(b, d.BodyMD5...)
 		b = append(b, `</MessageBodyMD5><MessageBody>`...)
-		b = appendEscaped(b, bodyText(d.Body))
+		if plain[i] {
+			b = append(b, d.Body...)
+		} else {
+			b = appendEscaped(b, bodyText(d.Body))
+		}
 		b = append(b, `</MessageBody><PublishTime>`...)
 		b = strconv.AppendInt(b, d.StoreTime.UnixMilli(), 10)
 		b = append(b, `</PublishTime><FirstConsumeTime>`...)
