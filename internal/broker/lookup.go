@@ -20,6 +20,16 @@ func (b *Broker) MessageByID(instanceID, id string) (StoredMessage, error) {
 	return b.messageBySeq(instanceID, seq)
 }
 
+// MessageAt returns the instance's message stored at seq, the commit-log offset a
+// message id ends with (RocketMQ's offsetMsgId), as MessageByID does.
+func (b *Broker) MessageAt(instanceID string, seq uint64) (StoredMessage, error) {
+	if err := b.enter(); err != nil {
+		return StoredMessage{}, err
+	}
+	defer b.leave()
+	return b.messageBySeq(instanceID, seq)
+}
+
 // MessagesByKey returns up to max messages of the topic published with key, oldest
 // first, for diagnosis. It stops before the message whose record would take what
 // it returns past MaxReadBytes (always returning one), as a pull does, so that a

@@ -288,11 +288,13 @@ const (
 	reqSendMessage          = 10
 	reqUpdateAndCreateTopic = 17
 	reqPullMessage          = 11
+	reqQueryMessage         = 12
 	reqQueryConsumerOffset  = 14
 	reqUpdateConsumerOffset = 15
 	reqSearchOffsetByTime   = 29
 	reqGetMaxOffset         = 30
 	reqGetMinOffset         = 31
+	reqViewMessageByID      = 33
 	reqHeartbeat            = 34
 	reqUnregisterClient     = 35
 	reqConsumerSendMsgBack  = 36

@@ -229,6 +229,10 @@ func (s *Server) handle(ctx context.Context, c *conn, req *Command, mem *frameMe
 		return s.consumerList(rc, req)
 	case reqCheckClientConfig:
 		return s.checkClientConfig(req)
+	case reqViewMessageByID:
+		return s.viewMessage(rc, c, req)
+	case reqQueryMessage:
+		return s.queryMessage(rc, c, req)
 	case reqQueryConsumerOffset:
 		return s.queryOffset(rc, req)
 	case reqUpdateConsumerOffset:
