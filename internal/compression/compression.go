@@ -56,9 +56,13 @@ var (
 	ErrCorrupt = errors.New("the body does not decompress")
 )
 
-// Reserve is asked for n more bytes of memory before Decompress allocates them;
-// an error from it ends the decompression with that error.
-type Reserve func(n int) error
+// Budget is the memory a decompression takes from: Take is asked for n bytes
+// before they are allocated (its error ends the decompression with that error),
+// Give gets back bytes no longer needed.
+type Budget interface {
+	Take(n int) error
+	Give(n int)
+}
 
 // zlibState is what a zlib or gzip reader allocates besides its output: the
 // 32 KiB window and the Huffman tables, rounded up.
@@ -69,14 +73,34 @@ const zlibState = 64 << 10
 // levels up to 19 write.
 const maxZstdWindow = 8 << 20
 
+// zstdState is what the decoder allocates for a window: twice the window below
+// 2 MiB, the window and 1 MiB above (klauspost/compress's history buffer), and
+// its block buffers.
+func zstdState(window int) int {
+	if window < 2<<20 {
+		return 2*window + 512<<10
+	}
+	return window + 1<<20 + 512<<10
+}
+
 // Decompress returns src inflated from format f: at most limit bytes, or
-// ErrTooLarge. Before each allocation it asks reserve for the bytes; what it
-// reserved is the caller's to give back once the result is dropped.
-func Decompress(f Format, src []byte, limit int, reserve Reserve) ([]byte, error) {
+// ErrTooLarge. It takes from budget before each allocation, decoders' state
+// included, and gives back what it no longer needs: on success the caller holds
+// cap(out) of budget, to give back once it drops the result; on an error,
+// nothing.
+func Decompress(f Format, src []byte, limit int, budget Budget) (out []byte, err error) {
+	t := &taker{b: budget}
+	defer func() {
+		keep := 0
+		if err == nil {
+			keep = cap(out)
+		}
+		t.give(t.held - keep)
+	}()
 	var r io.Reader
 	switch f {
 	case Zlib, Gzip:
-		if err := reserve(zlibState); err != nil {
+		if err := t.take(zlibState); err != nil {
 			return nil, err
 		}
 		var rc io.ReadCloser
@@ -95,9 +119,10 @@ func Decompress(f Format, src []byte, limit int, reserve Reserve) ([]byte, error
 		if len(src) < 4 || binary.LittleEndian.Uint32(src) != lz4FrameMagic {
 			return nil, fmt.Errorf("%w as lz4: no frame magic", ErrCorrupt)
 		}
-		// The reader holds a block as read and as inflated, and each frame of a
-		// body may declare blocks of up to 4 MiB: reserve the most it can hold.
-		if err := reserve(2 * lz4MaxBlock); err != nil {
+		// The reader holds a block as read and as inflated, and a body's later
+		// frames may declare any block size, the legacy format's 8 MiB included:
+		// reserve the most it can hold.
+		if err := t.take(2 * lz4MaxBlock); err != nil {
 			return nil, err
 		}
 		r = lz4.NewReader(bytes.NewReader(src))
@@ -113,14 +138,16 @@ func Decompress(f Format, src []byte, limit int, reserve Reserve) ([]byte, error
 		if window > maxZstdWindow || h.Skippable {
 			return nil, fmt.Errorf("%w as zstd: a window of %d bytes (at most %d), or a skippable frame first", ErrCorrupt, window, maxZstdWindow)
 		}
-		// The decoder keeps the window, and a block (128 KiB at most) on the side.
-		if err := reserve(int(window) + 256<<10); err != nil {
+		// What is reserved is for the first frame's window: a later frame may ask
+		// for no more (WithDecoderMaxWindow).
+		window = max(window, zstdMinWindow)
+		if err := t.take(zstdState(int(window))); err != nil {
 			return nil, err
 		}
 		d, err := zstd.NewReader(bytes.NewReader(src), zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
 			// The decoder compares windows with its memory bound as well: the
 			// output is bounded by readWithin.
-			zstd.WithDecoderMaxWindow(maxZstdWindow), zstd.WithDecoderMaxMemory(max(uint64(limit)+1, maxZstdWindow)))
+			zstd.WithDecoderMaxWindow(window), zstd.WithDecoderMaxMemory(max(uint64(limit)+1, maxZstdWindow)))
 		if err != nil {
 			return nil, fmt.Errorf("%w as zstd: %v", ErrCorrupt, err)
 		}
@@ -129,7 +156,7 @@ func Decompress(f Format, src []byte, limit int, reserve Reserve) ([]byte, error
 	default:
 		return nil, fmt.Errorf("%w: unknown format %d", ErrCorrupt, int(f))
 	}
-	out, err := readWithin(r, len(src), limit, reserve)
+	out, err = readWithin(r, len(src), limit, t)
 	if err != nil && !errors.Is(err, ErrTooLarge) {
 		var refused reserveError
 		if errors.As(err, &refused) {
@@ -140,16 +167,41 @@ func Decompress(f Format, src []byte, limit int, reserve Reserve) ([]byte, error
 	return out, err
 }
 
+// zstdMinWindow is the least window a zstd frame has (RFC 8878, 3.1.1.1.2).
+const zstdMinWindow = 1 << 10
+
+// taker counts what a decompression holds of its budget.
+type taker struct {
+	b    Budget
+	held int
+}
+
+func (t *taker) take(n int) error {
+	if err := t.b.Take(n); err != nil {
+		return err
+	}
+	t.held += n
+	return nil
+}
+
+func (t *taker) give(n int) {
+	if n > 0 {
+		t.b.Give(n)
+		t.held -= n
+	}
+}
+
 // reserveError carries reserve's refusal through readWithin unchanged.
 type reserveError struct{ err error }
 
 func (e reserveError) Error() string { return e.err.Error() }
 
 // readWithin reads r to its end into a buffer it grows by doubling, within limit
-// bytes and what reserve grants.
-func readWithin(r io.Reader, srcLen, limit int, reserve Reserve) ([]byte, error) {
+// bytes and what t is granted. A grown buffer is taken whole before the old one
+// is copied and given back.
+func readWithin(r io.Reader, srcLen, limit int, t *taker) ([]byte, error) {
 	first := min(limit, max(4*srcLen, 4<<10))
-	if err := reserve(first); err != nil {
+	if err := t.take(first); err != nil {
 		return nil, reserveError{err}
 	}
 	buf := make([]byte, 0, first)
@@ -170,10 +222,12 @@ func readWithin(r io.Reader, srcLen, limit int, reserve Reserve) ([]byte, error)
 				}
 			}
 			grown := min(2*cap(buf), limit)
-			if err := reserve(grown - cap(buf)); err != nil {
+			if err := t.take(grown); err != nil {
 				return nil, reserveError{err}
 			}
+			old := cap(buf)
 			buf = append(make([]byte, 0, grown), buf...)
+			t.give(old)
 		}
 		n, err := r.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
@@ -193,8 +247,9 @@ func readWithin(r io.Reader, srcLen, limit int, reserve Reserve) ([]byte, error)
 }
 
 // lz4FrameMagic opens an LZ4 frame; lz4MaxBlock is the largest block a frame
-// may declare (the frame format's block maximum size 7).
+// of the body may hold: 8 MiB, the legacy format's, which the reader takes
+// after a first modern frame.
 const (
 	lz4FrameMagic = 0x184D2204
-	lz4MaxBlock   = 4 << 20
+	lz4MaxBlock   = 8 << 20
 )

@@ -47,18 +47,22 @@ func compress(t testing.TB, f Format, plain []byte) []byte {
 	return b.Bytes()
 }
 
-// meter is a Reserve that counts what was asked of it and refuses past a cap.
+// meter is a Budget that counts what is held and its peak, and refuses past a
+// cap.
 type meter struct {
-	reserved, cap int
+	held, peak, cap int
 }
 
-func (m *meter) reserve(n int) error {
-	if m.cap > 0 && m.reserved+n > m.cap {
+func (m *meter) Take(n int) error {
+	if m.cap > 0 && m.held+n > m.cap {
 		return fmt.Errorf("no memory for %d more bytes", n)
 	}
-	m.reserved += n
+	m.held += n
+	m.peak = max(m.peak, m.held)
 	return nil
 }
+
+func (m *meter) Give(n int) { m.held -= n }
 
 var formats = []Format{Zlib, Gzip, LZ4, Zstd}
 
@@ -76,15 +80,15 @@ func TestRoundTrips(t *testing.T) {
 			t.Run(fmt.Sprintf("%s/%d", f, n), func(t *testing.T) {
 				plain := text(n)
 				var m meter
-				got, err := Decompress(f, compress(t, f, plain), 4<<20, m.reserve)
+				got, err := Decompress(f, compress(t, f, plain), 4<<20, &m)
 				if err != nil {
 					t.Fatal(err)
 				}
 				if !bytes.Equal(got, plain) {
 					t.Fatalf("got %d bytes back, sent %d", len(got), len(plain))
 				}
-				if m.reserved < cap(got) {
-					t.Fatalf("reserved %d bytes for an output of capacity %d", m.reserved, cap(got))
+				if m.held != cap(got) || m.peak < cap(got) {
+					t.Fatalf("holds %d bytes (peak %d) for an output of capacity %d", m.held, m.peak, cap(got))
 				}
 			})
 		}
@@ -94,7 +98,7 @@ func TestRoundTrips(t *testing.T) {
 func TestConcatenatedGzipMembers(t *testing.T) {
 	src := append(compress(t, Gzip, []byte("one ")), compress(t, Gzip, []byte("two"))...)
 	var m meter
-	got, err := Decompress(Gzip, src, 1<<20, m.reserve)
+	got, err := Decompress(Gzip, src, 1<<20, &m)
 	if err != nil || string(got) != "one two" {
 		t.Fatalf("got %q, %v", got, err)
 	}
@@ -108,12 +112,12 @@ func TestBombsStopAtTheLimit(t *testing.T) {
 		t.Run(f.String(), func(t *testing.T) {
 			src := compress(t, f, bomb)
 			var m meter
-			_, err := Decompress(f, src, 1<<20, m.reserve)
+			_, err := Decompress(f, src, 1<<20, &m)
 			if !errors.Is(err, ErrTooLarge) {
 				t.Fatalf("a %d-byte bomb: %v, want ErrTooLarge", len(src), err)
 			}
-			if m.reserved > 1<<20+maxZstdWindow+2*lz4MaxBlock {
-				t.Fatalf("reserved %d bytes for a 1 MiB limit", m.reserved)
+			if m.peak > 2<<20+zstdState(maxZstdWindow)+2*lz4MaxBlock || m.held != 0 {
+				t.Fatalf("peaked at %d bytes for a 1 MiB limit, and holds %d after the refusal", m.peak, m.held)
 			}
 		})
 	}
@@ -123,11 +127,11 @@ func TestExactlyTheLimitFits(t *testing.T) {
 	for _, f := range formats {
 		plain := text(64 << 10)
 		var m meter
-		got, err := Decompress(f, compress(t, f, plain), len(plain), m.reserve)
+		got, err := Decompress(f, compress(t, f, plain), len(plain), &m)
 		if err != nil || !bytes.Equal(got, plain) {
 			t.Errorf("%s: a body of exactly the limit: %d bytes, %v", f, len(got), err)
 		}
-		if _, err := Decompress(f, compress(t, f, plain), len(plain)-1, m.reserve); !errors.Is(err, ErrTooLarge) {
+		if _, err := Decompress(f, compress(t, f, plain), len(plain)-1, &m); !errors.Is(err, ErrTooLarge) {
 			t.Errorf("%s: a body one byte over the limit: %v, want ErrTooLarge", f, err)
 		}
 	}
@@ -143,13 +147,13 @@ func TestCorruptBodies(t *testing.T) {
 			"flipped":   append(append([]byte{}, good[:len(good)-8]...), 1, 2, 3, 4, 5, 6, 7, 8),
 		} {
 			var m meter
-			if _, err := Decompress(f, src, 1<<20, m.reserve); !errors.Is(err, ErrCorrupt) {
+			if _, err := Decompress(f, src, 1<<20, &m); !errors.Is(err, ErrCorrupt) {
 				t.Errorf("%s, %s: %v, want ErrCorrupt", f, name, err)
 			}
 		}
 	}
 	var m meter
-	if _, err := Decompress(Format(9), []byte("x"), 1<<20, m.reserve); !errors.Is(err, ErrCorrupt) {
+	if _, err := Decompress(Format(9), []byte("x"), 1<<20, &m); !errors.Is(err, ErrCorrupt) {
 		t.Errorf("an unknown format: %v, want ErrCorrupt", err)
 	}
 }
@@ -161,24 +165,35 @@ func TestAZstdWindowPastTheBoundIsRefused(t *testing.T) {
 	// window descriptor of exponent 20: 2^(10+20) bytes.
 	src := []byte{0x28, 0xb5, 0x2f, 0xfd, 0x00, 20 << 3, 0, 0, 0, 0}
 	var m meter
-	if _, err := Decompress(Zstd, src, 4<<20, m.reserve); !errors.Is(err, ErrCorrupt) {
+	if _, err := Decompress(Zstd, src, 4<<20, &m); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("%v, want ErrCorrupt", err)
 	}
-	if m.reserved != 0 {
-		t.Fatalf("reserved %d bytes for a refused frame", m.reserved)
+	if m.peak != 0 {
+		t.Fatalf("took %d bytes for a refused frame", m.peak)
 	}
 }
 
 func TestAReserveRefusalIsReturned(t *testing.T) {
 	for _, f := range formats {
-		m := meter{cap: 128 << 10}
 		src := compress(t, f, text(1<<20))
-		_, err := Decompress(f, src, 4<<20, m.reserve)
+		// Room for the decoder's state, not for the output.
+		m := meter{cap: zlibState + 128<<10}
+		switch f {
+		case LZ4:
+			m.cap = 2*lz4MaxBlock + 128<<10
+		case Zstd:
+			var h zstd.Header
+			if err := h.Decode(src); err != nil {
+				t.Fatal(err)
+			}
+			m.cap = zstdState(int(max(h.WindowSize, h.FrameContentSize))) + 128<<10
+		}
+		_, err := Decompress(f, src, 4<<20, &m)
 		if err == nil || errors.Is(err, ErrCorrupt) || errors.Is(err, ErrTooLarge) || !strings.Contains(err.Error(), "no memory") {
 			t.Errorf("%s: %v, want the reserve's refusal", f, err)
 		}
-		if m.reserved > m.cap {
-			t.Errorf("%s: reserved %d past the cap %d", f, m.reserved, m.cap)
+		if m.peak > m.cap || m.held != 0 {
+			t.Errorf("%s: peaked at %d past the cap %d, or holds %d after the refusal", f, m.peak, m.cap, m.held)
 		}
 	}
 }
@@ -193,15 +208,18 @@ func FuzzDecompress(f *testing.F) {
 	f.Fuzz(func(t *testing.T, format int, src []byte) {
 		const limit = 256 << 10
 		var m meter
-		out, err := Decompress(Format(format&3), src, limit, m.reserve)
+		out, err := Decompress(Format(format&3), src, limit, &m)
 		if err != nil {
 			if !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrTooLarge) {
 				t.Fatalf("an error of neither kind: %v", err)
 			}
+			if m.held != 0 {
+				t.Fatalf("holds %d bytes after an error", m.held)
+			}
 			return
 		}
-		if len(out) > limit || cap(out) > m.reserved {
-			t.Fatalf("%d bytes out (capacity %d) for a limit of %d and %d reserved", len(out), cap(out), limit, m.reserved)
+		if len(out) > limit || cap(out) != m.held {
+			t.Fatalf("%d bytes out (capacity %d) for a limit of %d, holding %d", len(out), cap(out), limit, m.held)
 		}
 	})
 }

@@ -137,8 +137,8 @@ func fromWire(m *pb.Message, topic string, topicType broker.MessageType, now tim
 // Without the shared bound, a request of a thousand small gzip bombs would each
 // inflate to the largest body.
 type inflation struct {
-	left    int
-	reserve compression.Reserve
+	left   int
+	budget compression.Budget
 }
 
 // decodeBody returns a body as stored: the clients may send it gzipped (Go
@@ -153,7 +153,7 @@ func decodeBody(body []byte, enc pb.Encoding, inf *inflation) ([]byte, *pb.Statu
 		if len(body) >= 2 && body[0] == 0x1f && body[1] == 0x8b {
 			format = compression.Gzip
 		}
-		plain, err := compression.Decompress(format, body, min(max(inf.left, 0), broker.MaxBodySize), inf.reserve)
+		plain, err := compression.Decompress(format, body, min(max(inf.left, 0), broker.MaxBodySize), inf.budget)
 		switch {
 		case errors.Is(err, compression.ErrTooLarge):
 			return nil, statusf(pb.Code_MESSAGE_BODY_TOO_LARGE, "the gzipped body inflates past %d bytes, or the request's bodies past %d together", broker.MaxBodySize, broker.MaxBatchBytes)

@@ -95,7 +95,13 @@ func FuzzFromWire(f *testing.F) {
 	})
 }
 
+// freeBudget grants every Take.
+type freeBudget struct{}
+
+func (freeBudget) Take(int) error { return nil }
+func (freeBudget) Give(int)       {}
+
 // freeInflation bounds a send's bodies as a call does, with memory for free.
 func freeInflation() *inflation {
-	return &inflation{left: broker.MaxBatchBytes, reserve: func(int) error { return nil }}
+	return &inflation{left: broker.MaxBatchBytes, budget: freeBudget{}}
 }

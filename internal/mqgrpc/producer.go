@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/orderly-dev/orderly/internal/broker"
+	"github.com/orderly-dev/orderly/internal/membudget"
 	pb "github.com/orderly-dev/orderly/internal/mqgrpc/apiv2"
 )
 
@@ -50,7 +51,7 @@ func (s *Server) send(ctx context.Context, c *call, msgs []*pb.Message) ([]*pb.S
 	}
 	now := time.Now()
 	out := make([]broker.Message, len(msgs))
-	inf := &inflation{left: broker.MaxBatchBytes, reserve: func(n int) error { return c.hold.Take(ctx, n) }}
+	inf := &inflation{left: broker.MaxBatchBytes, budget: holdBudget{ctx, c.hold}}
 	for i, m := range msgs {
 		if out[i], st = fromWire(m, topic, info.Type, now, inf); st != nil {
 			return nil, st
@@ -81,6 +82,15 @@ func (s *Server) send(ctx context.Context, c *call, msgs []*pb.Message) ([]*pb.S
 	}
 	return entries, nil
 }
+
+// holdBudget is a call's hold as the memory its bodies inflate in.
+type holdBudget struct {
+	ctx  context.Context
+	hold *membudget.Hold
+}
+
+func (b holdBudget) Take(n int) error { return b.hold.Take(b.ctx, n) }
+func (b holdBudget) Give(n int)       { b.hold.Give(n) }
 
 // EndTransaction commits or rolls back a half message by the transaction id its
 // send returned (3.5): the broker's transaction handle.

@@ -276,6 +276,14 @@ func (m *frameMemory) take(instance string, n int) error {
 	return nil
 }
 
+// giveBack returns n of the bytes take added, before the request is done.
+func (m *frameMemory) giveBack(n int) {
+	m.tenant.Give(n)
+	m.c.give(n)
+	m.tenantHeld -= n
+	m.n -= n
+}
+
 // giveFrame returns the memory a frame was charged.
 func (c *conn) giveFrame(ch frameCharge) {
 	c.give(ch.n)

@@ -213,12 +213,22 @@ func (s *Server) inflate(instance string, body []byte, sysFlag int64, batch bool
 	if err != nil {
 		return nil, err
 	}
-	plain, err := compression.Decompress(format, body, broker.MaxBodySize, func(n int) error { return mem.take(instance, n) })
+	plain, err := compression.Decompress(format, body, broker.MaxBodySize, inflateBudget{mem, instance})
 	if errors.Is(err, compression.ErrTooLarge) {
 		return nil, fmt.Errorf("the body inflates past %d bytes", broker.MaxBodySize)
 	}
 	return plain, err
 }
+
+// inflateBudget is the memory a body inflates in: the request's, alongside its
+// frame's, given back with it.
+type inflateBudget struct {
+	mem      *frameMemory
+	instance string
+}
+
+func (b inflateBudget) Take(n int) error { return b.mem.take(b.instance, n) }
+func (b inflateBudget) Give(n int)       { b.mem.giveBack(n) }
 
 // publish stores msgs on the topic, one or a batch.
 func (s *Server) publish(ctx context.Context, instance, topic string, msgs []broker.Message) ([]broker.PublishResult, error) {
