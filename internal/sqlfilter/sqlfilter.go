@@ -235,9 +235,9 @@ func (n cmpNode) eval(get Properties) (value, error) {
 	}
 	if l.k == kStr && r.k == kStr {
 		// Two strings are ordered as numbers, or not at all.
-		lf, lerr := strconv.ParseFloat(strings.TrimSpace(l.s), 64)
-		rf, rerr := strconv.ParseFloat(strings.TrimSpace(r.s), 64)
-		if lerr != nil || rerr != nil {
+		lf, lok := javaDouble(l.s)
+		rf, rok := javaDouble(r.s)
+		if !lok || !rok {
 			return null, errNoMatch
 		}
 		l, r = value{k: kFloat, f: lf}, value{k: kFloat, f: rf}
@@ -283,7 +283,7 @@ func compare(l, r value) (int, error) {
 	case l.k == kInt && r.k == kInt:
 		return cmpOrdered(l.i, r.i), nil
 	case isNumber(l) && isNumber(r):
-		return cmpOrdered(asFloat(l), asFloat(r)), nil
+		return javaCompare(asFloat(l), asFloat(r)), nil
 	case l.k == kStr && r.k == kStr:
 		return strings.Compare(l.s, r.s), nil
 	case l.k == kBool && r.k == kBool:
@@ -308,8 +308,8 @@ func convert(s string, against value) (value, error) {
 		}
 		return value{k: kInt, i: i}, nil
 	case kFloat:
-		f, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
-		if err != nil {
+		f, ok := javaDouble(s)
+		if !ok {
 			return null, errNoMatch
 		}
 		return value{k: kFloat, f: f}, nil
@@ -333,6 +333,68 @@ func b2i(b bool) int {
 		return 1
 	}
 	return 0
+}
+
+// javaDouble reads s as Java's Double.valueOf does, which RocketMQ uses to read
+// a property that meets a floating constant: surrounding control characters and
+// spaces trimmed (String.trim), an optional sign, then "NaN", "Infinity", or a
+// decimal or hexadecimal number with an optional f, F, d or D suffix. Go's
+// ParseFloat also takes "inf", "nan" and "infinity" in any case and digits
+// separated by underscores, which Java refuses; a number past the largest
+// double is Infinity in Java, not an error.
+func javaDouble(s string) (float64, bool) {
+	s = strings.TrimFunc(s, func(r rune) bool { return r <= ' ' })
+	body := strings.TrimLeft(s, "+-")
+	if len(s)-len(body) > 1 {
+		return 0, false
+	}
+	neg := strings.HasPrefix(s, "-")
+	switch body {
+	case "NaN":
+		return math.NaN(), true
+	case "Infinity":
+		if neg {
+			return math.Inf(-1), true
+		}
+		return math.Inf(1), true
+	}
+	if n := len(body); n > 1 && strings.ContainsRune("fFdD", rune(body[n-1])) {
+		// A suffix after a hexadecimal number's exponent, or after decimal digits:
+		// a hexadecimal mantissa's own d or f is taken by ParseFloat's need for p.
+		s = s[:len(s)-1]
+	}
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c >= '0' && c <= '9', c == '.', c == '+', c == '-', c == 'e', c == 'E',
+			c == 'x', c == 'X', c == 'p', c == 'P', c >= 'a' && c <= 'f', c >= 'A' && c <= 'F':
+		default:
+			return 0, false // underscores, "inf", "nan" and anything else
+		}
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil && !errors.Is(err, strconv.ErrRange) {
+		return 0, false
+	}
+	return f, true
+}
+
+// javaCompare orders doubles as Java's Double.compare, which RocketMQ's
+// comparisons use (Double.compareTo): NaN above every other value and equal to
+// itself, -0.0 below 0.0.
+func javaCompare(a, b float64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	bits := func(f float64) int64 {
+		if math.IsNaN(f) {
+			return 0x7ff8000000000000 // doubleToLongBits's one NaN
+		}
+		return int64(math.Float64bits(f))
+	}
+	return cmpOrdered(bits(a), bits(b))
 }
 
 func cmpOrdered[T int | int64 | float64](a, b T) int {

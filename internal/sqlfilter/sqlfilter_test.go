@@ -43,6 +43,26 @@ func TestMatch(t *testing.T) {
 		{"a > 5", []string{"a", "3000000000"}, false},         // a 32-bit constant reads 32 bits
 		{"a > 5000000000", []string{"a", "6000000000"}, true}, // a 64-bit one 64
 		{"a < 5000000000", []string{"a", "3000000000"}, true},
+		// A property meeting a floating constant is read as Java's Double.valueOf
+		// reads it, and ordered as Double.compare orders: NaN above everything.
+		{"a > 1.0", []string{"a", "NaN"}, true},
+		{"a < 1.0", []string{"a", "NaN"}, false},
+		{"a = 1.0", []string{"a", "NaN"}, false},
+		{"a BETWEEN 0.0 AND 1.0", []string{"a", "NaN"}, false},
+		{"a > 1.0", []string{"a", "Infinity"}, true},
+		{"a < 1.0", []string{"a", "-Infinity"}, true},
+		{"a > 1.0", []string{"a", "1e999"}, true}, // Infinity, not an error
+		{"a > 1.0", []string{"a", "2.5d"}, true},  // Java's suffix
+		{"a > 1.0", []string{"a", " 2.5\t"}, true},
+		{"a = 0.0", []string{"a", "-0.0"}, false}, // Double.equals tells the zeros apart
+		{"a < 0.0", []string{"a", "-0.0"}, true},
+		{"a > 1.0", []string{"a", "nan"}, false}, // Go's spellings Java refuses
+		{"a > 1.0", []string{"a", "inf"}, false},
+		{"a > 1.0", []string{"a", "+Inf"}, false},
+		{"a > 1.0", []string{"a", "infinity"}, false},
+		{"a > 1.0", []string{"a", "2_5"}, false},
+		{"a > 1.0", []string{"a", "+-2"}, false},
+		{"a > b", []string{"a", "NaN", "b", "1"}, true},
 		{"a = '3'", []string{"a", "3"}, true},  // strings compare as strings
 		{"a = 'x'", []string{"a", "X"}, false}, // case-sensitively
 		{"a <> 'x'", []string{"a", "y"}, true}, //
