@@ -25,13 +25,13 @@ func TestLookupByIDAndKey(t *testing.T) {
 	if _, err := f.b.MessageByID(inst, "nonsense"); !errors.Is(err, ErrInvalidArgument) {
 		t.Fatalf("bad id: %v", err)
 	}
-	got, err := f.b.MessagesByKey(inst, "t", "order-1", 10)
+	got, err := f.b.MessagesByKey(context.Background(), inst, "t", KeyQuery{Key: "order-1", Max: 10})
 	if err != nil || len(got) != 2 || got[0].ID != a.ID || got[1].ID != c.ID {
 		t.Fatalf("MessagesByKey = %+v, %v", got, err)
 	}
 	// "order-1" must not match "order-10": keys are length-prefixed.
 	f.publish("t", Message{Body: []byte("d"), Keys: []string{"order-10"}, Queue: AnyQueue})
-	if got, _ := f.b.MessagesByKey(inst, "t", "order-1", 10); len(got) != 2 {
+	if got, _ := f.b.MessagesByKey(context.Background(), inst, "t", KeyQuery{Key: "order-1", Max: 10}); len(got) != 2 {
 		t.Fatalf("prefix of a longer key matched: %d results", len(got))
 	}
 }

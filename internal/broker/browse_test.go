@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync/atomic"
 	"testing"
@@ -343,10 +344,86 @@ func TestMessagesByKeyStopsAtTheReadBudget(t *testing.T) {
 		f.publish("t", Message{Body: big, Keys: []string{"k"}, Queue: AnyQueue})
 	}
 	f.publish("t", Message{Body: []byte("small"), Keys: []string{"other"}, Queue: AnyQueue})
-	if ms, err := f.b.MessagesByKey(inst, "t", "k", 10); err != nil || len(ms) != 1 {
+	if ms, err := f.b.MessagesByKey(context.Background(), inst, "t", KeyQuery{Key: "k", Max: 10}); err != nil || len(ms) != 1 {
 		t.Fatalf("MessagesByKey of three bodies over half the budget = %d, %v; want 1", len(ms), err)
 	}
-	if ms, err := f.b.MessagesByKey(inst, "t", "other", 10); err != nil || len(ms) != 1 || string(ms[0].Body) != "small" {
+	if ms, err := f.b.MessagesByKey(context.Background(), inst, "t", KeyQuery{Key: "other", Max: 10}); err != nil || len(ms) != 1 || string(ms[0].Body) != "small" {
 		t.Fatalf("MessagesByKey(other) = %v, %v", storedBodies(ms), err)
 	}
+}
+
+// TestMessagesByKeyInATimeRange: the range is applied while the key's entries are
+// scanned, not to the first Max of them, so a range after many older messages
+// with the key finds its own; entries of older stores, without store times, are
+// found the same way.
+func TestMessagesByKeyInATimeRange(t *testing.T) {
+	f := newFixture(t)
+	f.topic("t", Normal, 4)
+	t0 := f.clock.Now()
+	for i := range 200 {
+		f.publish("t", Message{Body: fmt.Appendf(nil, "%d", i), Keys: []string{"k", fmt.Sprint("other", i%3)}, Queue: AnyQueue})
+		f.clock.Advance(time.Second)
+	}
+	query := func(from, to time.Duration, max int) []string {
+		t.Helper()
+		q := KeyQuery{Key: "k", From: t0.Add(from), To: t0.Add(to), Max: max}
+		ms, err := f.b.MessagesByKey(context.Background(), inst, "t", q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return storedBodies(ms)
+	}
+	check := func(store string) {
+		t.Helper()
+		if got, want := query(150*time.Second, 159*time.Second, 64), seqStrings(150, 160); !slices.Equal(got, want) {
+			t.Errorf("%s: seconds 150 to 159 = %v, want %v", store, got, want)
+		}
+		if got, want := query(150*time.Second, 190*time.Second, 5), seqStrings(150, 155); !slices.Equal(got, want) {
+			t.Errorf("%s: five from second 150 = %v, want %v", store, got, want)
+		}
+		if got := query(300*time.Second, 400*time.Second, 64); len(got) != 0 {
+			t.Errorf("%s: after the last = %v, want none", store, got)
+		}
+		if got := query(-time.Hour, -time.Minute, 64); len(got) != 0 {
+			t.Errorf("%s: before the first = %v, want none", store, got)
+		}
+		if got, want := query(-time.Hour, 2*time.Second, 64), seqStrings(0, 3); !slices.Equal(got, want) {
+			t.Errorf("%s: up to second 2 = %v, want %v", store, got, want)
+		}
+	}
+	check("store times in the index")
+
+	// An older store's entries hold no time: rewrite them so.
+	tp, err := f.b.topicLocked(inst, "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := keyIndexKey(tp.id, "k", 0)
+	prefix = prefix[:len(prefix)-8]
+	it, err := f.b.store.iter(prefix, prefixEnd(prefix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := f.b.store.newBatch()
+	n := 0
+	for ok := it.first(); ok; ok = it.next() {
+		w.set(slices.Clone(it.key()), nil)
+		n++
+	}
+	_ = it.close()
+	if n != 200 {
+		t.Fatalf("%d entries for the key, want 200", n)
+	}
+	if err := f.b.store.commit(w); err != nil {
+		t.Fatal(err)
+	}
+	check("no store times in the index")
+}
+
+func seqStrings(from, to int) []string {
+	var s []string
+	for i := from; i < to; i++ {
+		s = append(s, fmt.Sprint(i))
+	}
+	return s
 }

@@ -8,7 +8,7 @@ import "encoding/binary"
 //
 //	'l' seq(8)                                 -> message record (the log)
 //	'q' topic(4) queue(4) offset(8)            -> indexEntry: seq, store time, tag hash
-//	'k' topic(4) len(2) key seq(8)             -> nothing: lookup by message key
+//	'k' topic(4) len(2) key seq(8)             -> store time (ms, 8; empty in older stores): lookup by key
 //	'o' group(4) topic(4) queue(4)             -> committed consume offset(8)
 //	't' due(8) seq(8)                          -> pendingEntry: a timer not yet due
 //	'h' seq(8)                                 -> halfState: an unresolved half message

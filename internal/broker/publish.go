@@ -305,9 +305,13 @@ func (b *Broker) applyEntry(w writeBatch, item *commitItem, e *appendEntry, now 
 		seq = b.nextSeq
 		b.nextSeq++
 		w.set(logKey(seq), e.record)
+		// A key's entry holds the store time, for queries by key and time range
+		// (MessagesByKey) that need not read the records they skip.
+		var at [8]byte
+		binary.BigEndian.PutUint64(at[:], uint64(e.store))
 		for _, k := range e.keys {
 			if k != "" {
-				w.set(keyIndexKey(t.id, k, seq), nil)
+				w.set(keyIndexKey(t.id, k, seq), at[:])
 			}
 		}
 	}

@@ -63,7 +63,7 @@ func TestAFarTimerOrALongRetentionPinsNothingElse(t *testing.T) {
 	if n := f.keysOf(kindKey); n != 0 {
 		t.Fatalf("%d key entries left pointing at reclaimed records", n)
 	}
-	if got, _ := f.b.MessagesByKey(inst, "short", "k", 10); len(got) != 0 {
+	if got, _ := f.b.MessagesByKey(context.Background(), inst, "short", KeyQuery{Key: "k", Max: 10}); len(got) != 0 {
 		t.Fatalf("lookup by key found %d reclaimed messages", len(got))
 	}
 }

@@ -482,7 +482,7 @@ func (a *api) messages(w http.ResponseWriter, r *http.Request) {
 	if key != "" {
 		var ms []broker.StoredMessage
 		err := a.readMessages(r.Context(), func() (err error) {
-			ms, err = a.b.MessagesByKey(t.id, topic, key, maxByKey)
+			ms, err = a.b.MessagesByKey(r.Context(), t.id, topic, broker.KeyQuery{Key: key, Max: maxByKey})
 			return err
 		})
 		if err != nil {

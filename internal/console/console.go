@@ -43,7 +43,7 @@ type Broker interface {
 	Group(instanceID, id string) (broker.GroupInfo, error)
 	GroupStats(instanceID, groupID string) (broker.GroupStats, error)
 	MessageState(instanceID, id string) (broker.MessageState, error)
-	MessagesByKey(instanceID, topicName, key string, max int) ([]broker.StoredMessage, error)
+	MessagesByKey(ctx context.Context, instanceID, topicName string, q broker.KeyQuery) ([]broker.StoredMessage, error)
 	MessagesBetween(instanceID, topicName string, from, to time.Time, max int) (broker.RangeResult, error)
 	DeadLetters(instanceID, groupID string, offset int64, max int) ([]broker.StoredMessage, int64, error)
 	Redrive(ctx context.Context, instanceID, groupID string, ids []string) (int, error)

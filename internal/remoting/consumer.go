@@ -321,14 +321,7 @@ func (s *Server) pull(ctx context.Context, rc reqContext, c *conn, req *Command)
 	res, err := s.Broker.Pull(broker.WithReadBudget(ctx, mem), rc.instance, group, topic, queue, offset, maxMsgs, filter, wait)
 	if err != nil {
 		mem.give()
-		switch {
-		case errors.Is(err, context.Canceled):
-			return nil
-		case errors.Is(err, errNoMemory):
-			s.Broker.NoteThrottled(rc.instance)
-			return response(req, codeSystemBusy, err.Error())
-		}
-		return brokerError(req, err)
+		return s.readError(req, rc.instance, err)
 	}
 	code := int16(codeSuccess)
 	switch {

@@ -1,6 +1,7 @@
 package remoting
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strconv"
@@ -20,21 +21,23 @@ const maxQueryMessages = 64
 // viewMessage answers VIEW_MESSAGE_BY_ID: the message stored at the header's
 // offset, encoded as a pull delivers it. Java's viewMessage(offsetMsgId) and
 // mqadmin queryMsgById send it.
-func (s *Server) viewMessage(rc reqContext, c *conn, req *Command) *Command {
+func (s *Server) viewMessage(ctx context.Context, rc reqContext, c *conn, req *Command) *Command {
 	seq, err := strconv.ParseUint(req.ExtFields["offset"], 10, 64)
 	if err != nil {
 		return response(req, codeSystemError, "bad offset")
 	}
-	m, err := s.Broker.MessageAt(rc.instance, seq)
-	if errors.Is(err, broker.ErrMessageNotFound) {
-		// RocketMQ's broker answers a missing message so, and the clients read the
-		// code as not found.
-		return response(req, codeSystemError, fmt.Sprintf("no message at offset %d", seq))
-	}
+	mem := &answerMemory{c: c}
+	m, err := s.Broker.MessageAt(broker.WithReadBudget(ctx, mem), rc.instance, seq)
 	if err != nil {
-		return brokerError(req, err)
+		mem.give()
+		if errors.Is(err, broker.ErrMessageNotFound) {
+			// RocketMQ's broker answers a missing message so, and the clients read
+			// the code as not found.
+			return response(req, codeSystemError, fmt.Sprintf("no message at offset %d", seq))
+		}
+		return s.readError(req, rc.instance, err)
 	}
-	return s.answerMessages(c, req, []broker.StoredMessage{m}, namer{}, nil)
+	return s.answerMessages(c, req, []broker.StoredMessage{m}, namer{}, nil, mem)
 }
 
 // queryMessage answers QUERY_MESSAGE: up to maxNum (at most 64) of the topic's
@@ -42,7 +45,7 @@ func (s *Server) viewMessage(rc reqContext, c *conn, req *Command) *Command {
 // endTimestamp (ms), oldest first; QUERY_NOT_FOUND if there are none. A query by
 // the client's own message id (the _UNIQUE_KEY_QUERY flag, for UNIQ_KEY) finds
 // nothing: the broker indexes keys, not the ids the clients make up.
-func (s *Server) queryMessage(rc reqContext, c *conn, req *Command) *Command {
+func (s *Server) queryMessage(ctx context.Context, rc reqContext, c *conn, req *Command) *Command {
 	h := req.ExtFields
 	names, topic, err := rc.resolveName(h["topic"])
 	if err != nil {
@@ -56,32 +59,39 @@ func (s *Server) queryMessage(rc reqContext, c *conn, req *Command) *Command {
 	if h["_UNIQUE_KEY_QUERY"] == "true" {
 		return notFound()
 	}
-	max, err := strconv.Atoi(h["maxNum"])
-	if err != nil || max <= 0 || max > maxQueryMessages {
-		max = maxQueryMessages
+	q := broker.KeyQuery{Key: h["key"], Max: maxQueryMessages}
+	if n, err := strconv.Atoi(h["maxNum"]); err == nil && n > 0 && n < maxQueryMessages {
+		q.Max = n
 	}
-	begin, _ := strconv.ParseInt(h["beginTimestamp"], 10, 64)
-	end, err := strconv.ParseInt(h["endTimestamp"], 10, 64)
-	if err != nil || end <= 0 {
-		end = time.Now().Add(time.Hour).UnixMilli()
+	if begin, err := strconv.ParseInt(h["beginTimestamp"], 10, 64); err == nil && begin > 0 {
+		q.From = time.UnixMilli(begin)
 	}
-	found, err := s.Broker.MessagesByKey(rc.instance, topic, h["key"], max)
-	if err != nil {
-		if errors.Is(err, broker.ErrTopicNotFound) || errors.Is(err, broker.ErrInvalidArgument) {
+	if end, err := strconv.ParseInt(h["endTimestamp"], 10, 64); err == nil && end > 0 {
+		q.To = time.UnixMilli(end)
+	}
+	mem := &answerMemory{c: c}
+	msgs, err := s.Broker.MessagesByKey(broker.WithReadBudget(ctx, mem), rc.instance, topic, q)
+	if err != nil || len(msgs) == 0 {
+		mem.give()
+		if err == nil || errors.Is(err, broker.ErrTopicNotFound) || errors.Is(err, broker.ErrInvalidArgument) {
 			return notFound()
 		}
-		return brokerError(req, err)
+		return s.readError(req, rc.instance, err)
 	}
-	var msgs []broker.StoredMessage
-	for _, m := range found {
-		if at := m.StoreTime.UnixMilli(); at >= begin && at <= end {
-			msgs = append(msgs, m)
-		}
+	return s.answerMessages(c, req, msgs, names, queryHeader(), mem)
+}
+
+// readError answers a read that failed: nothing for a request whose connection
+// closed, SYSTEM_BUSY for one that waited past the frame timeout for memory.
+func (s *Server) readError(req *Command, instance string, err error) *Command {
+	switch {
+	case errors.Is(err, context.Canceled):
+		return nil
+	case errors.Is(err, errNoMemory):
+		s.Broker.NoteThrottled(instance)
+		return response(req, codeSystemBusy, err.Error())
 	}
-	if len(msgs) == 0 {
-		return notFound()
-	}
-	return s.answerMessages(c, req, msgs, names, queryHeader())
+	return brokerError(req, err)
 }
 
 // queryHeader is QUERY_MESSAGE's answer header; the clients read its fields but
@@ -90,22 +100,21 @@ func queryHeader() map[string]string {
 	return map[string]string{"indexLastUpdateTimestamp": "0", "indexLastUpdatePhyoffset": "0"}
 }
 
-// answerMessages answers req with msgs encoded as a pull's body, charging the
-// answer to the connection's memory until it is written.
-func (s *Server) answerMessages(c *conn, req *Command, msgs []broker.StoredMessage, names namer, ext map[string]string) *Command {
+// answerMessages answers req with msgs encoded as a pull's body. mem holds what
+// the read took for them, until the answer is written.
+func (s *Server) answerMessages(c *conn, req *Command, msgs []broker.StoredMessage, names namer, ext map[string]string, mem *answerMemory) *Command {
 	var body []byte
 	for i := range msgs {
 		m := &msgs[i]
 		var err error
 		if body, err = appendRecord(body, m, names.topic(m.Topic), m.Queue, wireProperties(m, names), s.store); err != nil {
+			mem.give()
 			return response(req, codeSystemError, err.Error())
 		}
 	}
 	res := response(req, codeSuccess, "")
 	res.ExtFields = ext
 	res.Body = body
-	mem := &answerMemory{c: c}
-	mem.Charge(len(body))
 	c.answerHolding(req, res, mem)
 	return nil
 }

@@ -230,9 +230,9 @@ func (s *Server) handle(ctx context.Context, c *conn, req *Command, mem *frameMe
 	case reqCheckClientConfig:
 		return s.checkClientConfig(req)
 	case reqViewMessageByID:
-		return s.viewMessage(rc, c, req)
+		return s.viewMessage(ctx, rc, c, req)
 	case reqQueryMessage:
-		return s.queryMessage(rc, c, req)
+		return s.queryMessage(ctx, rc, c, req)
 	case reqQueryConsumerOffset:
 		return s.queryOffset(rc, req)
 	case reqUpdateConsumerOffset:
