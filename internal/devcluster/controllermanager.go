@@ -28,20 +28,23 @@ import (
 	"k8s.io/utils/ptr"
 )
 
-// Controllers are the kube-controller-manager controllers a control plane without
+// runControllers returns the kube-controller-manager controllers a control plane without
 // nodes runs: what makes namespace deletion finish and owner references collect,
 // plus what a namespace gets in a real cluster (its default ServiceAccount, the
 // kube-root-ca.crt ConfigMap, token Secrets) and the aggregated ClusterRoles
 // (admin, edit, view). Nothing that schedules, runs or watches pods is in it: with
 // no kubelet, a Deployment's pods would never start, and podgc would delete the
 // dev mode's local pods as orphans of a node that does not exist.
-var Controllers = []string{
-	"namespace-controller",
-	"garbage-collector-controller",
-	"serviceaccount-controller",
-	"serviceaccount-token-controller",
-	"root-ca-certificate-publisher-controller",
-	"clusterrole-aggregation-controller",
+// A fresh list each call: no package-level state a caller could change.
+func runControllers() []string {
+	return []string{
+		"namespace-controller",
+		"garbage-collector-controller",
+		"serviceaccount-controller",
+		"serviceaccount-token-controller",
+		"root-ca-certificate-publisher-controller",
+		"clusterrole-aggregation-controller",
+	}
 }
 
 // ControllerManagerOptions configure StartControllerManager.
@@ -96,7 +99,7 @@ func StartControllerManager(opts ControllerManagerOptions) (stop func() error, e
 	if err != nil {
 		return nil, err
 	}
-	controllers := Controllers
+	controllers := runControllers()
 	args := []string{
 		"--kubeconfig=" + kubeconfig,
 		// Its own API is for the health check only: the apiserver's delegated
