@@ -35,6 +35,7 @@ import (
 // (admin, edit, view). Nothing that schedules, runs or watches pods is in it: with
 // no kubelet, a Deployment's pods would never start, and podgc would delete the
 // dev mode's local pods as orphans of a node that does not exist.
+//
 // A fresh list each call: no package-level state a caller could change.
 func runControllers() []string {
 	return []string{
