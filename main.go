@@ -116,7 +116,7 @@ func main() {
 	flag.StringVar(&plainText, "allow-plaintext", "", "With TLS: who may still speak plain text on the same ports: none, loopback or all. Default: loopback in dev mode, none otherwise.")
 	flag.StringVar(&runtimeImage, "runtime-image", os.Getenv("ORDERLY_RUNTIME_IMAGE"), "Image of the init container that installs the consumer runtime in MessageConsumer pods: the operator's own image.")
 	flag.Int64Var(&memoryLimit, "memory-limit-mib", 288, "Soft limit of the Go heap, in MiB (debug.SetMemoryLimit); the environment's GOMEMLIMIT wins when set. The store's block cache (256 MiB with its memtables) is outside it: a build without cgo (the container image), which keeps the cache in the Go heap, adds the cache to the limit.")
-	flag.IntVar(&gcPercent, "gc-percent", 400, "How far the Go heap grows past what is live before a collection, in percent (debug.SetGCPercent); the environment's GOGC wins when set. The memory limit caps the heap whatever this says.")
+	flag.IntVar(&gcPercent, "gc-percent", 400, "How far the Go heap grows past what is live before a collection, in percent (debug.SetGCPercent); 0 keeps Go's default of 100, -1 collects only near the memory limit. The environment's GOGC wins when set. The memory limit (--memory-limit-mib or GOMEMLIMIT) caps the heap whatever this says; with neither, nothing does.")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -132,8 +132,12 @@ func main() {
 	// CPU in a consume profile. Letting the heap grow to five times what is live
 	// collects a quarter as often; the memory limit above still caps the heap,
 	// so the peak a tenant can cause is the same.
-	if os.Getenv("GOGC") == "" && gcPercent > 0 {
-		debug.SetGCPercent(gcPercent)
+	if os.Getenv("GOGC") == "" && gcPercent != 0 {
+		if gcPercent < 0 && os.Getenv("GOMEMLIMIT") == "" && memoryLimit <= 0 {
+			fmt.Fprintln(os.Stderr, "--gc-percent=-1 needs a memory limit (--memory-limit-mib or GOMEMLIMIT): the heap would grow without bound")
+			os.Exit(2)
+		}
+		debug.SetGCPercent(max(gcPercent, -1))
 	}
 	if dev {
 		opts.Development = true // human-readable logs on a developer's terminal

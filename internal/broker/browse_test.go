@@ -381,6 +381,27 @@ func TestMessagesByKeyInATimeRange(t *testing.T) {
 		if got, want := query(150*time.Second, 190*time.Second, 5), seqStrings(150, 155); !slices.Equal(got, want) {
 			t.Errorf("%s: five from second 150 = %v, want %v", store, got, want)
 		}
+		newest := func(from, to time.Duration, max int) []string {
+			t.Helper()
+			q := KeyQuery{Key: "k", From: t0.Add(from), Max: max, NewestFirst: true}
+			if to != 0 {
+				q.To = t0.Add(to) // else no end
+			}
+			ms, err := f.b.MessagesByKey(context.Background(), inst, "t", q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return storedBodies(ms)
+		}
+		if got, want := newest(150*time.Second, 159*time.Second, 3), []string{"159", "158", "157"}; !slices.Equal(got, want) {
+			t.Errorf("%s: the newest three of seconds 150 to 159 = %v, want %v", store, got, want)
+		}
+		if got, want := newest(198*time.Second, 0, 64), []string{"199", "198"}; !slices.Equal(got, want) {
+			t.Errorf("%s: the newest from second 198, no end = %v, want %v", store, got, want)
+		}
+		if got := newest(-time.Hour, -time.Minute, 64); len(got) != 0 {
+			t.Errorf("%s: newest before the first = %v, want none", store, got)
+		}
 		if got := query(300*time.Second, 400*time.Second, 64); len(got) != 0 {
 			t.Errorf("%s: after the last = %v, want none", store, got)
 		}

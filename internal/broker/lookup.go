@@ -42,7 +42,7 @@ func (b *Broker) MessageAt(ctx context.Context, instanceID string, seq uint64) (
 	return m, err
 }
 
-// KeyQuery selects a topic's messages by key, as RocketMQ's QUERY_MESSAGE does.
+// KeyQuery selects a topic's messages by key.
 type KeyQuery struct {
 	Key string
 	// From and To bound the messages' store times, both included; a zero To is no
@@ -50,10 +50,14 @@ type KeyQuery struct {
 	From, To time.Time
 	// Max bounds how many are returned.
 	Max int
+	// NewestFirst returns the newest Max of the range, newest first, as
+	// RocketMQ's index walks a key's entries back from the latest. Otherwise the
+	// oldest Max are returned, oldest first.
+	NewestFirst bool
 }
 
 // MessagesByKey returns up to q.Max of the topic's messages published with q.Key
-// and stored in q's time range, oldest first, for diagnosis. It stops before the
+// and stored in q's time range, oldest first or newest first, for diagnosis. It stops before the
 // message whose record would take what it returns past MaxReadBytes (always
 // returning one), within ctx's read budget, as a pull does.
 //
@@ -96,37 +100,59 @@ func (b *Broker) MessagesByKey(ctx context.Context, instanceID, topicName string
 	k := keyScan{b: b, it: it, prefix: prefix}
 	var out []StoredMessage
 	err = readWithin(ctx, func() (int, int, error) {
-		seq, err := k.firstAtOrAfter(from)
-		if err != nil {
-			return 0, 0, err
-		}
 		budget := MaxReadBytes
 		skipped := 0
-		start := binary.BigEndian.AppendUint64(append([]byte(nil), prefix...), seq)
-		for ok := it.seekGE(start); ok && len(out) < q.Max; ok = it.next() {
+		// visit takes the entry the iterator is on, and says whether to go on.
+		visit := func() (bool, error) {
 			seq, at, err := k.entry()
 			if err != nil {
-				return 0, 0, err
+				return false, err
 			}
-			if at > to {
-				break
-			}
-			if at < from {
-				// Out of order by a clock's moment: skipped, within the scan's bound.
-				if skipped++; skipped > maxScan {
-					break
+			if at < from || at > to {
+				if past := at > to; past != q.NewestFirst {
+					return false, nil // the far edge of the range
 				}
-				continue
+				// Out of order by a clock's moment: skipped, within the scan's bound.
+				skipped++
+				return skipped <= maxScan, nil
 			}
 			m, err := b.messageBySeq(instanceID, seq)
 			if err != nil {
-				continue // reclaimed since it was indexed
+				return true, nil // reclaimed since it was indexed
 			}
 			if len(out) > 0 && len(m.Body) > budget {
-				break
+				return false, nil
 			}
 			budget -= len(m.Body)
 			out = append(out, m)
+			return len(out) < q.Max, nil
+		}
+		var ok bool
+		step := it.next
+		switch {
+		case !q.NewestFirst:
+			seq, err := k.firstAtOrAfter(from)
+			if err != nil {
+				return 0, 0, err
+			}
+			ok = it.seekGE(k.at(seq))
+		case to == math.MaxInt64:
+			ok, step = it.last(), it.prev
+		default:
+			seq, err := k.firstAtOrAfter(to + 1)
+			if err != nil {
+				return 0, 0, err
+			}
+			ok, step = it.seekLT(k.at(seq)), it.prev
+		}
+		for ; ok; ok = step() {
+			more, err := visit()
+			if err != nil {
+				return 0, 0, err
+			}
+			if !more {
+				break
+			}
 		}
 		return len(out), MaxReadBytes - budget, it.error()
 	})
@@ -138,6 +164,11 @@ type keyScan struct {
 	b      *Broker
 	it     storeIter
 	prefix []byte
+}
+
+// at is the index key of the key's entry at seq.
+func (k *keyScan) at(seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(append([]byte(nil), k.prefix...), seq)
 }
 
 // entry returns the sequence and store time of the entry the iterator is on. An

@@ -248,6 +248,7 @@ func (i storeIter) clone(lower, upper []byte) (storeIter, error) {
 func (i storeIter) first() bool          { return i.it.First() }
 func (i storeIter) last() bool           { return i.it.Last() }
 func (i storeIter) seekGE(k []byte) bool { return i.it.SeekGE(k) }
+func (i storeIter) seekLT(k []byte) bool { return i.it.SeekLT(k) }
 func (i storeIter) next() bool           { return i.it.Next() }
 func (i storeIter) prev() bool           { return i.it.Prev() }
 func (i storeIter) valid() bool          { return i.it.Valid() }

@@ -57,8 +57,8 @@ var (
 )
 
 // Budget is the memory a decompression takes from: Take is asked for n bytes
-// before they are allocated (its error ends the decompression with that error),
-// Give gets back bytes no longer needed.
+// before they are allocated (its error ends the decompression with that error,
+// and a Take that fails holds nothing), Give gets back bytes no longer needed.
 type Budget interface {
 	Take(n int) error
 	Give(n int)

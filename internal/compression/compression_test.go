@@ -223,3 +223,31 @@ func FuzzDecompress(f *testing.F) {
 		}
 	})
 }
+
+// TestZstdLaterFrameMayNotAskMore: what is taken for a zstd body is sized by its
+// first frame's window, so a later frame of the same body that declares a larger
+// one is refused rather than decoded past what was taken.
+func TestZstdLaterFrameMayNotAskMore(t *testing.T) {
+	small := compress(t, Zstd, text(100))
+	large := compress(t, Zstd, text(1<<20))
+	var h zstd.Header
+	if err := h.Decode(small); err != nil || h.WindowSize >= 1<<20 {
+		t.Fatalf("the first frame's window is %d (%v); the test wants a small one", h.WindowSize, err)
+	}
+	var m meter
+	m.cap = 64 << 20
+	out, err := Decompress(Zstd, append(small, large...), 8<<20, &m)
+	if !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("a later frame with a larger window: %d bytes, %v; want ErrCorrupt", len(out), err)
+	}
+	if m.held != 0 {
+		t.Fatalf("holds %d bytes after the refusal", m.held)
+	}
+	// Each frame alone decodes.
+	for _, src := range [][]byte{small, large} {
+		m = meter{cap: 64 << 20}
+		if _, err := Decompress(Zstd, src, 8<<20, &m); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -89,7 +89,18 @@ type holdBudget struct {
 	hold *membudget.Hold
 }
 
-func (b holdBudget) Take(n int) error { return b.hold.Take(b.ctx, n) }
+// Take holds nothing when it fails: a Hold that took the bytes but found its
+// context ended gives them back here, as compression.Budget asks.
+func (b holdBudget) Take(n int) error {
+	if err := b.ctx.Err(); err != nil {
+		return err
+	}
+	err := b.hold.Take(b.ctx, n)
+	if err != nil && !errors.Is(err, membudget.ErrNoMemory) {
+		b.hold.Give(n)
+	}
+	return err
+}
 func (b holdBudget) Give(n int)       { b.hold.Give(n) }
 
 // EndTransaction commits or rolls back a half message by the transaction id its

@@ -42,7 +42,8 @@ func (s *Server) viewMessage(ctx context.Context, rc reqContext, c *conn, req *C
 
 // queryMessage answers QUERY_MESSAGE: up to maxNum (at most 64) of the topic's
 // messages with the header's key, stored between beginTimestamp and
-// endTimestamp (ms), oldest first; QUERY_NOT_FOUND if there are none. A query by
+// endTimestamp (ms): the newest of them, newest first, as RocketMQ's index
+// answers; QUERY_NOT_FOUND if there are none. A query by
 // the client's own message id (the _UNIQUE_KEY_QUERY flag, for UNIQ_KEY) finds
 // nothing: the broker indexes keys, not the ids the clients make up.
 func (s *Server) queryMessage(ctx context.Context, rc reqContext, c *conn, req *Command) *Command {
@@ -59,7 +60,7 @@ func (s *Server) queryMessage(ctx context.Context, rc reqContext, c *conn, req *
 	if h["_UNIQUE_KEY_QUERY"] == "true" {
 		return notFound()
 	}
-	q := broker.KeyQuery{Key: h["key"], Max: maxQueryMessages}
+	q := broker.KeyQuery{Key: h["key"], Max: maxQueryMessages, NewestFirst: true}
 	if n, err := strconv.Atoi(h["maxNum"]); err == nil && n > 0 && n < maxQueryMessages {
 		q.Max = n
 	}
@@ -101,7 +102,7 @@ func queryHeader() map[string]string {
 }
 
 // answerMessages answers req with msgs encoded as a pull's body. mem holds what
-// the read took for them, until the answer is written.
+// the read took for them, and at least the answer's size, until it is written.
 func (s *Server) answerMessages(c *conn, req *Command, msgs []broker.StoredMessage, names namer, ext map[string]string, mem *answerMemory) *Command {
 	var body []byte
 	for i := range msgs {
@@ -111,6 +112,11 @@ func (s *Server) answerMessages(c *conn, req *Command, msgs []broker.StoredMessa
 			mem.give()
 			return response(req, codeSystemError, err.Error())
 		}
+	}
+	// The read counted the bodies; the answer also holds each record's header,
+	// topic and properties (up to 16 KiB a message), charged here as written.
+	if d := len(body) - mem.held; d > 0 {
+		mem.Charge(d)
 	}
 	res := response(req, codeSuccess, "")
 	res.ExtFields = ext

@@ -73,8 +73,8 @@ func TestLookups(t *testing.T) {
 	if slices.Sort(bodies); !slices.Equal(bodies, []string{"body0", "body1"}) {
 		t.Fatalf("QUERY_MESSAGE by k1: %v", bodies)
 	}
-	if ms := primitive.DecodeMessage(query(map[string]string{"maxNum": "1"}, testAK, testSK).Body); len(ms) != 1 || string(ms[0].Body) != "body0" {
-		t.Fatalf("QUERY_MESSAGE of one by k1: %v, want the oldest", ms)
+	if ms := primitive.DecodeMessage(query(map[string]string{"maxNum": "1"}, testAK, testSK).Body); len(ms) != 1 || string(ms[0].Body) != "body1" {
+		t.Fatalf("QUERY_MESSAGE of one by k1: %v, want the newest", ms)
 	}
 	for name, ext := range map[string]map[string]string{
 		"a time range before them": {"endTimestamp": strconv.FormatInt(time.Now().Add(-time.Hour).UnixMilli(), 10)},
