@@ -101,7 +101,7 @@ func (b holdBudget) Take(n int) error {
 	}
 	return err
 }
-func (b holdBudget) Give(n int)       { b.hold.Give(n) }
+func (b holdBudget) Give(n int) { b.hold.Give(n) }
 
 // EndTransaction commits or rolls back a half message by the transaction id its
 // send returned (3.5): the broker's transaction handle.
