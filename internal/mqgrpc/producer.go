@@ -101,6 +101,7 @@ func (b holdBudget) Take(n int) error {
 	}
 	return err
 }
+
 func (b holdBudget) Give(n int) { b.hold.Give(n) }
 
 // EndTransaction commits or rolls back a half message by the transaction id its
