@@ -1,8 +1,8 @@
 package sqlfilter
 
 import (
+	"errors"
 	"fmt"
-	"math"
 	"strconv"
 	"strings"
 )
@@ -158,9 +158,11 @@ func lexNumber(src string, i int) (token, int, error) {
 	}
 	text := src[i:j]
 	if float {
+		// Past the largest double is Infinity, as Java's Double.valueOf reads
+		// RocketMQ's floating literals, not an error.
 		f, err := strconv.ParseFloat(text, 64)
-		if err != nil || math.IsInf(f, 0) {
-			return token{}, 0, fmt.Errorf("number %q at offset %d is out of range", text, i)
+		if err != nil && !errors.Is(err, strconv.ErrRange) {
+			return token{}, 0, fmt.Errorf("number %q at offset %d does not parse", text, i)
 		}
 		return token{kind: tFloat, text: text, f: f, pos: i}, j - i, nil
 	}

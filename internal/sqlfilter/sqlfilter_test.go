@@ -51,8 +51,10 @@ func TestMatch(t *testing.T) {
 		{"a BETWEEN 0.0 AND 1.0", []string{"a", "NaN"}, false},
 		{"a > 1.0", []string{"a", "Infinity"}, true},
 		{"a < 1.0", []string{"a", "-Infinity"}, true},
-		{"a > 1.0", []string{"a", "1e999"}, true}, // Infinity, not an error
-		{"a > 1.0", []string{"a", "2.5d"}, true},  // Java's suffix
+		{"a > 1.0", []string{"a", "1e999"}, true},   // Infinity, not an error
+		{"a < 1e999", []string{"a", "1e300"}, true}, // a literal past the largest double is Infinity too
+		{"a = 1e999", []string{"a", "Infinity"}, true},
+		{"a > 1.0", []string{"a", "2.5d"}, true}, // Java's suffix
 		{"a > 1.0", []string{"a", " 2.5\t"}, true},
 		{"a = 0.0", []string{"a", "-0.0"}, false}, // Double.equals tells the zeros apart
 		{"a < 0.0", []string{"a", "-0.0"}, true},
