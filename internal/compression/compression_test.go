@@ -251,3 +251,33 @@ func TestZstdLaterFrameMayNotAskMore(t *testing.T) {
 		}
 	}
 }
+
+// TestLZ4LegacyFrameAfterAModernOne: the reader takes a legacy frame (8 MiB
+// blocks) after a modern one, which is why 2 × 8 MiB is taken for LZ4; the body
+// decodes whole, and what is held after is the result's capacity.
+func TestLZ4LegacyFrameAfterAModernOne(t *testing.T) {
+	modern := compress(t, LZ4, text(5000))
+	var legacy bytes.Buffer
+	lw := lz4.NewWriter(&legacy)
+	if err := lw.Apply(lz4.LegacyOption(true)); err != nil {
+		t.Fatal(err)
+	}
+	second := text(300 << 10)
+	if _, err := lw.Write(second); err != nil {
+		t.Fatal(err)
+	}
+	if err := lw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var m meter
+	out, err := Decompress(LZ4, append(modern, legacy.Bytes()...), 1<<20, &m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := append(text(5000), second...); !bytes.Equal(out, want) {
+		t.Fatalf("%d bytes out, want %d", len(out), len(want))
+	}
+	if m.peak < 2*lz4MaxBlock || m.held != cap(out) {
+		t.Fatalf("peaked at %d (want at least %d taken for the reader), holds %d for a result of capacity %d", m.peak, 2*lz4MaxBlock, m.held, cap(out))
+	}
+}
